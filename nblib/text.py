@@ -1,0 +1,31 @@
+"""Splitting Chinese text into units: characters or jieba words."""
+from __future__ import annotations
+
+import logging
+import unicodedata
+from typing import Iterable, Literal
+
+import jieba
+
+jieba.setLogLevel(logging.WARNING)
+
+Unit = Literal["char", "word"]
+
+
+def is_content(token: str) -> bool:
+    """True unless the token is only whitespace or punctuation (emoji and symbols count as content)."""
+    return any(not (c.isspace() or unicodedata.category(c).startswith("P")) for c in token)
+
+
+def tokenize(text: str, unit: Unit = "char") -> list[str]:
+    """Split one text into characters or jieba words, dropping whitespace-only tokens."""
+    if unit == "char":
+        return [c for c in text if not c.isspace()]
+    if unit == "word":
+        return [w for w in jieba.lcut(text) if w.strip()]
+    raise ValueError(f"unit must be 'char' or 'word', not {unit!r}")
+
+
+def tokenize_all(texts: Iterable[str], unit: Unit = "char") -> list[list[str]]:
+    """Tokenize many texts."""
+    return [tokenize(t, unit) for t in texts]
