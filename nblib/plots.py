@@ -85,3 +85,69 @@ def length_comparison(groups: dict[str, Sequence[int]], unit: str = "characters"
                  bins=np.linspace(0, upper, 40), ax=ax)
     ax.set(xlabel=f"Length ({unit}, up to the 99th percentile)", ylabel="Density", title=title)
     return fig
+
+
+def _tick_names(label_names: Sequence[str], max_len: int = 8) -> list[str]:
+    return [n if len(n) <= max_len else n[: max_len - 1] + "…" for n in label_names]
+
+
+def confusion_matrices(cms: np.ndarray | Sequence[np.ndarray], label_names: Sequence[str], title: str,
+                       row_titles: Sequence[str] | None = None) -> plt.Figure:
+    """Counts and row-normalised (recall per gold class) confusion matrices side by side, one row per matrix."""
+    cms = [cms] if isinstance(cms, np.ndarray) and cms.ndim == 2 else list(cms)
+    k = len(label_names)
+    size = max(4.0, 0.55 * k + 2.5)
+    fig, axes = plt.subplots(len(cms), 2, figsize=(2 * size + 1, size * len(cms)), squeeze=False)
+    names = _tick_names(label_names)
+    for r, cm in enumerate(cms):
+        rows = cm.sum(axis=1, keepdims=True)
+        norm = np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0)
+        for ax, mat, fmt, sub in [(axes[r, 0], cm, "d", "counts"), (axes[r, 1], norm, ".2f", "row-normalised")]:
+            sns.heatmap(mat, annot=True, fmt=fmt, cmap="Blues", cbar=False, square=True, ax=ax,
+                        xticklabels=names, yticklabels=names, vmin=0, vmax=None if fmt == "d" else 1)
+            prefix = f"{row_titles[r]}: " if row_titles else ""
+            ax.set(xlabel="Predicted", ylabel="Gold", title=prefix + sub)
+            ax.tick_params(axis="x", rotation=45 if k > 4 else 0)
+            ax.tick_params(axis="y", rotation=0)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def model_comparison(per_fold: dict[str, pd.DataFrame], columns: Sequence[str] = ("accuracy", "macro_f1"),
+                     title: str = "Cross-validated scores (mean ± sd over folds)") -> plt.Figure:
+    """Grouped bars of each model's mean score with error bars of the standard deviation across folds."""
+    long = pd.concat([m[list(columns)].assign(model=name) for name, m in per_fold.items()]).melt(
+        id_vars="model", var_name="metric", value_name="score")
+    order = long[long["metric"] == columns[0]].groupby("model")["score"].mean().sort_values(ascending=False).index
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.9 * len(order) + 2), 4))
+    sns.barplot(data=long, x="model", y="score", hue="metric", order=order, errorbar="sd", capsize=0.1, ax=ax)
+    ax.set(xlabel="", ylabel="Score", ylim=(0, 1), title=title)
+    ax.tick_params(axis="x", rotation=30)
+    plt.setp(ax.get_xticklabels(), ha="right")
+    ax.legend(title="", loc="lower right")
+    return fig
+
+
+def per_class_scores(table: pd.DataFrame, title: str = "Per-class F1 (mean over folds)") -> plt.Figure:
+    """Grouped bars of per-class F1 for several models (columns: model, class, f1)."""
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.2 * table["class"].nunique() + 3), 4))
+    sns.barplot(data=table, x="class", y="f1", hue="model", ax=ax)
+    ax.set(xlabel="Class", ylabel="F1", ylim=(0, 1), title=title)
+    ax.legend(title="", fontsize=8, loc="lower right")
+    return fig
+
+
+def learning_curves(history: pd.DataFrame, title: str) -> plt.Figure:
+    """Training and validation loss, and validation macro-F1, per epoch; one line per fold."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    long = history.melt(id_vars=["fold", "epoch"], value_vars=["train_loss", "val_loss"], var_name="split", value_name="loss")
+    sns.lineplot(data=long, x="epoch", y="loss", hue="split", units="fold", estimator=None, alpha=0.7, ax=axes[0])
+    sns.lineplot(data=history, x="epoch", y="val_macro_f1", hue="fold", palette="tab10", marker="o", ax=axes[1])
+    axes[0].set(title="Loss", ylabel="Cross-entropy")
+    axes[1].set(title="Validation macro-F1", ylabel="Macro-F1")
+    for ax in axes:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

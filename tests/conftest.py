@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -28,6 +29,20 @@ def write_sheet(tmp_path):
         return path
 
     return write
+
+
+def tiny_data(write_sheet, n_per_class: int = 12):
+    """Three classes, each marked by its own words: a separable set of 3 × n_per_class texts."""
+    from nblib.data import load_labelled
+
+    words = {0: ["舞美", "灯光", "演员"], 1: ["文物", "青铜", "古籍"], 2: ["文化", "精神", "民族"]}
+    rng = np.random.default_rng(0)
+    texts, labels = [], []
+    for c, ws in words.items():
+        for i in range(n_per_class):
+            texts.append("".join(rng.choice(ws, 3)) + f"第{i}条" + "好" * (i % 4))
+            labels.append(c)
+    return load_labelled(write_sheet(pd.DataFrame({"Label": labels, "Sentence": texts})))
 
 
 @pytest.fixture

@@ -1,0 +1,265 @@
+"""Classic baselines on the shared folds: MLPs on bags of units / averaged word2vec, a BiLSTM, TF-IDF + LR.
+
+Every model is trained from scratch for each fold on the training part, early-stopped on a
+validation part taken from the training folds, and asked once for the test fold's probabilities.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_sequence
+from torch.utils.data import DataLoader
+
+from . import features
+from .cv import FoldOutput, FoldSplit, run_cv
+from .data import LabelledData
+from .metrics import fold_metrics
+from .results import ModelResults, ModelRun
+from .text import Unit, tokenize_all
+
+log = logging.getLogger(__name__)
+
+MODELS = ["mlp_onehot", "mlp_tf", "mlp_tfidf", "mlp_word2vec", "lstm_word2vec", "lstm_random", "lr_tfidf_char"]
+
+
+@dataclass
+class BaselineConfig:
+    """Every setting of the baselines (the notebook's parameters), written to each model's config.json."""
+
+    unit: Unit = "word"            # text units for the bags, word2vec and the LSTM: "char" or "word" (jieba)
+    min_df: int = 2                # a unit must occur in this many training texts to enter a bag
+    max_features: int = 20000
+    w2v_dim: int = 100
+    w2v_window: int = 5
+    w2v_epochs: int = 10
+    w2v_min_count: int = 2
+    mlp_hidden: int = 256
+    lstm_hidden: int = 64
+    max_len: int = 128             # units per text for the LSTM
+    dropout: float = 0.3
+    epochs: int = 20               # upper bound; early stopping on the validation part decides
+    patience: int = 2
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    lr_C: float = 10.0             # inverse regularisation of the logistic regression
+    ngram_max: int = 3             # character n-grams 1..ngram_max for TF-IDF + LR
+    val_fraction: float = 0.1
+    seed: int = 42
+
+
+# --- models ---------------------------------------------------------------------------------------
+
+class MLP(nn.Module):
+    """One hidden layer; accepts dense or sparse (COO) input."""
+
+    def __init__(self, in_dim: int, hidden: int, num_labels: int, dropout: float):
+        super().__init__()
+        self.hidden = nn.Linear(in_dim, hidden)
+        self.out = nn.Sequential(nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_labels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.sparse.mm(x, self.hidden.weight.t()) + self.hidden.bias if x.is_sparse else self.hidden(x)
+        return self.out(h)
+
+
+class LSTMClassifier(nn.Module):
+    """Embedding → BiLSTM (packed, so padding is ignored) → mean and max pooling over real units → linear."""
+
+    def __init__(self, vocab_size: int, emb_dim: int, hidden: int, num_labels: int, dropout: float,
+                 pretrained: np.ndarray | None = None):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, emb_dim, padding_idx=features.PAD)
+        if pretrained is not None:
+            self.embedding.weight.data.copy_(torch.from_numpy(pretrained))
+        self.lstm = nn.LSTM(emb_dim, hidden, batch_first=True, bidirectional=True)
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(4 * hidden, num_labels)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(self.dropout(self.embedding(ids)), lengths.cpu(), batch_first=True,
+                                      enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
+        mask = (ids != features.PAD).unsqueeze(-1)
+        mean = (out * mask).sum(1) / lengths.unsqueeze(-1).clamp(min=1)
+        maxed = out.masked_fill(~mask, float("-inf")).max(1).values
+        return self.out(self.dropout(torch.cat([mean, maxed], dim=-1)))
+
+
+# --- batching -------------------------------------------------------------------------------------
+
+def _loader(n: int, collate: Callable, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+    return DataLoader(range(n), batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+def matrix_loader(x: np.ndarray | sp.spmatrix, y: np.ndarray, batch_size: int, shuffle: bool = False,
+                  seed: int = 0) -> DataLoader:
+    """Batches ((features,), labels) from a dense array or a sparse matrix (sent as sparse tensors)."""
+    x = x.tocsr() if sp.issparse(x) else np.asarray(x, dtype=np.float32)
+
+    def collate(idx: list[int]):
+        part = x[idx]
+        if sp.issparse(part):
+            coo = part.tocoo()
+            indices = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
+            t = torch.sparse_coo_tensor(indices, torch.from_numpy(coo.data.astype(np.float32)), coo.shape,
+                                        check_invariants=False)  # scipy already made them valid
+        else:
+            t = torch.from_numpy(part)
+        return (t,), torch.as_tensor(y[idx], dtype=torch.long)
+
+    return _loader(len(y), collate, batch_size, shuffle, seed)
+
+
+def sequence_loader(seqs: list[list[int]], y: np.ndarray, batch_size: int, shuffle: bool = False,
+                    seed: int = 0) -> DataLoader:
+    """Batches ((ids, lengths), labels), each batch padded only to its own longest text."""
+
+    def collate(idx: list[int]):
+        ids = pad_sequence([torch.tensor(seqs[i]) for i in idx], batch_first=True, padding_value=features.PAD)
+        return (ids, torch.tensor([len(seqs[i]) for i in idx])), torch.as_tensor(y[idx], dtype=torch.long)
+
+    return _loader(len(y), collate, batch_size, shuffle, seed)
+
+
+# --- training -------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, batches: Iterable) -> np.ndarray:
+    """Class probabilities for every batch, in order."""
+    model.eval()
+    return torch.cat([torch.softmax(model(*inputs), -1) for inputs, _ in batches]).numpy()
+
+
+def train_early_stopping(model: nn.Module, train: DataLoader, val: DataLoader, y_val: np.ndarray, num_labels: int,
+                         epochs: int, lr: float, weight_decay: float, patience: int) -> tuple[nn.Module, pd.DataFrame]:
+    """AdamW training; after each epoch score the validation part and keep the weights of the lowest loss.
+
+    Stops after ``patience`` epochs without improvement. Returns the best model and the per-epoch curves.
+    """
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    loss_fn = nn.CrossEntropyLoss()
+    best, best_state, since, rows = np.inf, None, 0, []
+    for epoch in range(1, epochs + 1):
+        model.train()
+        total, count = 0.0, 0
+        for inputs, y in train:
+            optimizer.zero_grad()
+            loss = loss_fn(model(*inputs), y)
+            loss.backward()
+            optimizer.step()
+            total, count = total + loss.item() * len(y), count + len(y)
+        probs = predict_proba(model, val)
+        m = fold_metrics(y_val, probs.argmax(1), num_labels)
+        val_loss = float(-np.log(np.clip(probs[np.arange(len(y_val)), y_val], 1e-12, None)).mean())
+        rows.append({"epoch": epoch, "train_loss": total / count, "val_loss": val_loss,
+                     "val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"]})
+        if val_loss < best:
+            best, best_state, since = val_loss, copy.deepcopy(model.state_dict()), 0
+        else:
+            since += 1
+            if since >= patience:
+                break
+    model.load_state_dict(best_state)
+    return model, pd.DataFrame(rows)
+
+
+# --- one fold of each kind of model ---------------------------------------------------------------
+
+class BaselineSuite:
+    """Runs the baselines on one dataset and its folds, sharing the tokenization and the word2vec vectors."""
+
+    def __init__(self, data: LabelledData, folds: np.ndarray, config: BaselineConfig, results_dir: str | Path,
+                 unlabelled_texts: list[str] | None = None):
+        self.data, self.folds, self.cfg, self.results_dir = data, np.asarray(folds), config, results_dir
+        self.tokens = tokenize_all(data.texts, config.unit)
+        self.unlabelled_tokens = tokenize_all(unlabelled_texts or [], config.unit)
+        self._wv = None
+
+    @property
+    def word2vec(self) -> features.KeyedVectors:
+        """word2vec trained once on the labelled texts plus the unlabelled pool (texts only, no labels)."""
+        if self._wv is None:
+            c = self.cfg
+            self._wv = features.train_word2vec(self.tokens + self.unlabelled_tokens, c.w2v_dim, c.w2v_window,
+                                               c.w2v_min_count, c.w2v_epochs, c.seed)
+            log.info("word2vec: %d %s units, trained on %d texts (%d unlabelled).", len(self._wv), c.unit,
+                     len(self.tokens) + len(self.unlabelled_tokens), len(self.unlabelled_tokens))
+        return self._wv
+
+    def run(self, name: str) -> ModelResults:
+        """Cross-validate one baseline (see ``MODELS``); resumes a finished or interrupted run."""
+        if name not in MODELS:
+            raise ValueError(f"Unknown baseline {name!r}; choose from {MODELS}.")
+        cfg = asdict(self.cfg)
+        if name == "lr_tfidf_char":
+            cfg["unit"] = f"char 1-{self.cfg.ngram_max}-grams"
+        if "word2vec" in name:
+            cfg["word2vec_texts"] = {"labelled": len(self.tokens), "unlabelled": len(self.unlabelled_tokens)}
+        run = ModelRun(self.results_dir, self._run_name(name), cfg, self.data, self.folds)
+        fit = self._logistic_regression if name == "lr_tfidf_char" else self._neural(name)
+        return run_cv(run, self.data, self.folds, fit, self.cfg.val_fraction, self.cfg.seed)
+
+    def _run_name(self, name: str) -> str:
+        return name if name == "lr_tfidf_char" else f"{name}_{self.cfg.unit}"
+
+    def _logistic_regression(self, split: FoldSplit) -> FoldOutput:
+        c, texts, y = self.cfg, np.array(self.data.texts, dtype=object), self.data.labels
+        vec = features.char_ngram_tfidf((1, c.ngram_max), c.min_df)
+        # LR needs no early stopping: it is fitted on training + validation parts together
+        train = np.concatenate([split.train, split.val])
+        clf = LogisticRegression(C=c.lr_C, max_iter=2000)
+        clf.fit(vec.fit_transform(texts[train]), y[train])
+        return FoldOutput(clf.predict_proba(vec.transform(texts[split.test])), {"features": len(vec.vocabulary_)})
+
+    def _neural(self, name: str) -> Callable[[FoldSplit], FoldOutput]:
+        def fit(split: FoldSplit) -> FoldOutput:
+            c, y, k = self.cfg, self.data.labels, self.data.num_labels
+            model, loaders, extra = self._build(name, split)
+            train = loaders(split.train, True)
+            model, history = train_early_stopping(model, train, loaders(split.val, False), y[split.val], k,
+                                                  c.epochs, c.lr, c.weight_decay, c.patience)
+            best = int(history.loc[history["val_loss"].idxmin(), "epoch"])
+            probs = predict_proba(model, loaders(split.test, False))
+            return FoldOutput(probs, {**extra, "best_epoch": best, "epochs_run": len(history)}, history)
+
+        return fit
+
+    def _build(self, name: str, split: FoldSplit):
+        """The fresh model of this fold, a function making its batches for given indices, and extras."""
+        c, y, k = self.cfg, self.data.labels, self.data.num_labels
+        tokens = [self.tokens[i] for i in split.train]
+        if name.startswith("mlp_"):
+            kind = name.removeprefix("mlp_")
+            if kind == "word2vec":
+                x = features.mean_vectors(self.tokens, self.word2vec)
+                x = StandardScaler().fit(x[split.train]).transform(x).astype(np.float32)
+                extra = {"features": x.shape[1]}
+            else:
+                vec = features.bag_vectorizer(kind, c.min_df, c.max_features).fit(tokens)
+                x = vec.transform(self.tokens).astype(np.float32)
+                extra = {"features": len(vec.vocabulary_)}
+            model = MLP(x.shape[1], c.mlp_hidden, k, c.dropout)
+            return model, lambda idx, shuffle: matrix_loader(x[idx], y[idx], c.batch_size, shuffle, split.seed), extra
+        vocab = features.Vocab(tokens, min_count=1, max_size=c.max_features)
+        seqs = vocab.encode(self.tokens, c.max_len)
+        extra = {"vocab": len(vocab)}
+        pretrained = None
+        if name == "lstm_word2vec":
+            pretrained, extra["word2vec_coverage"] = vocab.embedding_matrix(self.word2vec, split.seed)
+        model = LSTMClassifier(len(vocab), c.w2v_dim, c.lstm_hidden, k, c.dropout, pretrained)
+        return model, lambda idx, shuffle: sequence_loader([seqs[i] for i in idx], y[idx], c.batch_size, shuffle,
+                                                           split.seed), extra

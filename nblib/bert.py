@@ -1,0 +1,290 @@
+"""Fine-tuning a Hugging Face encoder for text classification: loading (offline-ready), batching, one fold.
+
+Each piece fixes a defect of the original study's code: a fresh pretrained model per fold, attention
+masks, dynamic padding of length-grouped batches, ``torch.optim.AdamW`` with linear warm-up/decay and
+no weight decay on biases and LayerNorm, best epoch chosen on a validation part of the training folds,
+and checkpoints written with ``save_pretrained`` (safetensors) that reload into a plain model.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertModel,
+                          BertTokenizer, DataCollatorWithPadding, PreTrainedModel, PreTrainedTokenizerBase,
+                          get_linear_schedule_with_warmup)
+from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.utils import logging as hf_logging
+
+from .metrics import fold_metrics
+
+log = logging.getLogger(__name__)
+TINY_RANDOM = "tiny-random"
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+class ModelNotAvailableError(RuntimeError):
+    """The encoder is neither a local folder nor downloadable from here."""
+
+
+# --- finding and building encoders ------------------------------------------------------------------
+
+def resolve_model(model: str) -> str:
+    """Return a loadable source for ``model`` (a local folder, or a hub id found in the cache or online).
+
+    Fails fast with instructions when the model cannot be had: many servers have no internet, so
+    the usual way is to download the model once elsewhere and pass the folder.
+    """
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelNotAvailableError(f"{path} is a folder but holds no config.json: it is not a saved "
+                                         f"Hugging Face model. Pass the folder that save_pretrained() wrote.")
+        return str(path)
+    if model.startswith((".", "/", "~")) or os.sep in model and not _looks_like_hub_id(model):
+        raise ModelNotAvailableError(f"Model folder {path.resolve()} does not exist.")
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    for local_only in (True,) if offline else (True, False):
+        try:
+            AutoConfig.from_pretrained(model, local_files_only=local_only)
+            return model
+        except (OSError, ValueError):
+            continue
+    raise ModelNotAvailableError(
+        f"Model '{model}' is not a local folder and could not be loaded from the Hugging Face cache or hub "
+        f"(no internet here?). On a machine with internet run:\n"
+        f"    python -c \"from transformers import AutoModel, AutoTokenizer; "
+        f"AutoTokenizer.from_pretrained('{model}').save_pretrained('{Path(model).name}'); "
+        f"AutoModel.from_pretrained('{model}').save_pretrained('{Path(model).name}')\"\n"
+        f"(or: hf download {model} --local-dir {Path(model).name}), copy the folder '{Path(model).name}' to this "
+        f"machine and pass its path as the model (e.g. -p model /data/models/{Path(model).name}).")
+
+
+def _looks_like_hub_id(model: str) -> bool:
+    parts = model.split("/")
+    return len(parts) == 2 and all(parts) and not model.startswith((".", "/", "~"))
+
+
+def build_tiny_encoder(texts: Sequence[str], out_dir: str | Path, hidden: int = 64, layers: int = 2,
+                       heads: int = 2, max_positions: int = 512, seed: int = 0) -> Path:
+    """A small randomly initialised BERT with a character vocabulary built from ``texts``.
+
+    For tests and smoke runs where no pretrained model is available; its scores say nothing about BERT.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chars = sorted({c for t in texts for c in t.lower() if not c.isspace()})
+    pieces = [f"##{c}" for c in chars if c.isascii() and c.isalnum()]
+    (out_dir / "vocab.txt").write_text("\n".join(SPECIAL_TOKENS + chars + pieces) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizer(vocab=str(out_dir / "vocab.txt"))
+    tokenizer.save_pretrained(out_dir)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=max_positions)
+    BertModel(config).save_pretrained(out_dir)
+    return out_dir
+
+
+def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(source)
+
+
+def load_classifier(source: str, label_names: Sequence[str]) -> PreTrainedModel:
+    """The pretrained encoder with a new classification head (a fresh copy every call)."""
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialized: classifier" notice, expected for every fold
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=len(label_names), id2label=dict(enumerate(label_names)),
+            label2id={n: i for i, n in enumerate(label_names)})
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def encoder_checksum(model: PreTrainedModel) -> float:
+    """A fingerprint of the encoder weights (classification head excluded): equal for every fresh fold model."""
+    with torch.no_grad():
+        return float(sum(p.double().sum() for p in model.base_model.parameters()))
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+class Encoded(torch.utils.data.Dataset):
+    """Tokenized texts (no padding here), with labels and their index for re-ordering after gathering."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_len: int,
+                 labels: Sequence[int] | None = None):
+        enc = tokenizer(list(texts), truncation=True, max_length=max_len)
+        self.items = [{k: enc[k][i] for k in enc} | {"idx": i} for i in range(len(texts))]
+        if labels is not None:
+            for item, y in zip(self.items, labels):
+                item["labels"] = int(y)
+        self.lengths = [len(item["input_ids"]) for item in self.items]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+    def subset(self, index: Sequence[int]) -> "Encoded":
+        """The texts at ``index``, renumbered 0..len-1 (``evaluate`` returns rows in this order)."""
+        out = copy.copy(self)
+        out.items = [self.items[i] | {"idx": j} for j, i in enumerate(index)]
+        out.lengths = [self.lengths[i] for i in index]
+        return out
+
+
+def train_loader(ds: Encoded, collator, batch_size: int, seed: int) -> DataLoader:
+    """Shuffled batches of similar length (less padding), padded per batch."""
+    sampler = LengthGroupedSampler(batch_size, lengths=ds.lengths, generator=torch.Generator().manual_seed(seed))
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, collate_fn=collator)
+
+
+def eval_loader(ds: Encoded, collator, batch_size: int) -> DataLoader:
+    """Batches in length order (least padding); ``evaluate`` restores the original order."""
+    order = np.argsort(ds.lengths, kind="stable").tolist()
+    return DataLoader(ds, batch_size=batch_size, sampler=order, collate_fn=collator)
+
+
+def make_collator(tokenizer: PreTrainedTokenizerBase, accelerator: Accelerator) -> DataCollatorWithPadding:
+    """Dynamic padding (to a multiple of 8 on GPU for tensor cores); returns the attention mask."""
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if accelerator.device.type == "cuda" else None)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator, desc: str | None = None) -> np.ndarray:
+    """Logits for every example of ``loader``, in dataset order (gathered across processes)."""
+    model.eval()
+    idx_all, logits_all = [], []
+    for batch in tqdm(loader, desc=desc, disable=desc is None or not accelerator.is_local_main_process, leave=False):
+        idx = batch.pop("idx")
+        batch.pop("labels", None)
+        logits = model(**batch).logits.float()
+        idx, logits = accelerator.gather_for_metrics((idx, logits))
+        idx_all.append(idx.cpu())
+        logits_all.append(logits.cpu())
+    idx, logits = torch.cat(idx_all).numpy(), torch.cat(logits_all).numpy()
+    out = np.empty_like(logits)
+    out[idx] = logits
+    return out
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+# --- training -----------------------------------------------------------------------------------------
+
+@dataclass
+class TrainSettings:
+    epochs: int = 4
+    batch_size: int = 32           # per optimizer step, over all processes and accumulation steps
+    lr: float = 2e-5
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    grad_accum: int = 1
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on weight matrices, none on biases and LayerNorm weights (1-d tensors)."""
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@dataclass
+class FoldResult:
+    test_probs: np.ndarray | None
+    history: pd.DataFrame
+    best_epoch: int
+    model: PreTrainedModel   # unwrapped, holding the best epoch's weights
+    encoder_checksum: float
+
+
+def fine_tune(source: str, label_names: Sequence[str], train: Encoded, val: Encoded | None, test: Encoded | None,
+              settings: TrainSettings, accelerator: Accelerator, tokenizer: PreTrainedTokenizerBase, seed: int,
+              desc: str = "") -> FoldResult:
+    """Fine-tune a fresh copy of ``source`` on ``train``; keep the epoch with the best validation macro-F1.
+
+    Without ``val`` (the final model on all data) the last epoch is kept. ``test`` is predicted once,
+    with the kept weights, after training.
+    """
+    model = load_classifier(source, label_names)
+    checksum = encoder_checksum(model)
+    n_proc = accelerator.num_processes
+    per_device = settings.batch_size // (n_proc * settings.grad_accum)
+    if per_device < 1:
+        raise ValueError(f"batch_size {settings.batch_size} is smaller than processes × grad_accum "
+                         f"({n_proc} × {settings.grad_accum}).")
+    collator = make_collator(tokenizer, accelerator)
+    optimizer = torch.optim.AdamW(param_groups(model, settings.weight_decay), lr=settings.lr)
+    loaders = [train_loader(train, collator, per_device, seed)]
+    loaders += [eval_loader(ds, collator, 2 * per_device) for ds in (val, test) if ds is not None]
+    model, optimizer, *loaders = accelerator.prepare(model, optimizer, *loaders)
+    train_dl = loaders[0]
+    val_dl = loaders[1] if val is not None else None
+    test_dl = loaders[-1] if test is not None else None
+    steps_per_epoch = math.ceil(len(train_dl) / settings.grad_accum)
+    total = steps_per_epoch * settings.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total), total)
+
+    best_f1, best_state, best_epoch, rows = -1.0, None, settings.epochs, []
+    for epoch in range(1, settings.epochs + 1):
+        model.train()
+        loss_sum, seen = 0.0, 0
+        bar = tqdm(train_dl, desc=f"{desc} epoch {epoch}", disable=not accelerator.is_local_main_process, leave=False)
+        for step, batch in enumerate(bar):
+            batch.pop("idx")
+            last_micro = (step + 1) % settings.grad_accum == 0 or step + 1 == len(train_dl)
+            with accelerator.no_sync(model) if not last_micro else contextlib.nullcontext():
+                loss = model(**batch).loss
+                accelerator.backward(loss / settings.grad_accum)
+            if last_micro:
+                accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            loss_sum, seen = loss_sum + loss.item() * len(batch["labels"]), seen + len(batch["labels"])
+        row = {"epoch": epoch, "train_loss": accelerator.reduce(torch.tensor(loss_sum / seen, device=accelerator.device), "mean").item()}
+        if val_dl is not None:
+            logits = evaluate(model, val_dl, accelerator)
+            y = np.array([item["labels"] for item in val.items])
+            probs = softmax(logits)
+            m = fold_metrics(y, probs.argmax(1), len(label_names))
+            row |= {"val_loss": float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean()),
+                    "val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"]}
+            if m["macro_f1"] > best_f1:
+                best_f1, best_epoch = m["macro_f1"], epoch
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in accelerator.unwrap_model(model).state_dict().items()}
+            log.info("%s epoch %d: train loss %.4f, val loss %.4f, val macro-F1 %.4f", desc, epoch, row["train_loss"],
+                     row["val_loss"], row["val_macro_f1"])
+        rows.append(row)
+    plain = accelerator.unwrap_model(model)
+    if best_state is not None:
+        plain.load_state_dict(best_state)
+    probs = softmax(evaluate(model, test_dl, accelerator)) if test_dl is not None else None
+    accelerator.free_memory()
+    return FoldResult(probs, pd.DataFrame(rows), best_epoch, plain, checksum)
+
+
+def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> Path:
+    """``save_pretrained`` (safetensors) of model, tokenizer and label names: reloads anywhere with Auto* classes."""
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

@@ -1,0 +1,268 @@
+"""k-fold cross-validation of a fine-tuned encoder on CPU, one GPU or several, resumable fold by fold.
+
+From a notebook call :func:`cross_validate`. Several processes are started from here:
+
+- ``parallel="folds"``: one worker process per GPU, each training whole folds on its own GPU
+  (no communication; each fold's result is the same as on one GPU). The default when there are at
+  least as many pending folds as GPUs.
+- ``parallel="ddp"``: every fold trained by all GPUs together with DistributedDataParallel
+  (``torchrun`` + ``accelerate``; the global batch size stays ``batch_size``).
+
+Across machines, start the same module with torchrun on every node (shared filesystem for results)::
+
+    torchrun --nnodes 2 --nproc_per_node 4 --node_rank $RANK --master_addr $HOST --master_port 29500 \\
+        -m nblib.bert_cv --config results/<study>/models/<run>/launch.json
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from . import bert
+from .cv import FoldOutput, FoldSplit, run_folds
+from .data import LabelledData, load_labelled, load_or_make_folds, study_dir
+from .results import ModelResults, ModelRun
+
+log = logging.getLogger(__name__)
+
+OOM_ADVICE = ("CUDA ran out of memory at batch size {per_device} per device. Try, in this order: a smaller "
+              "max_len (texts are short; see 01_eda's length table), precision='bf16' or 'fp16', a smaller "
+              "batch_size with grad_accum > 1 (same effective batch), or a smaller model.")
+
+
+@dataclass
+class FineTuneConfig:
+    """Everything a run needs: data, model, training, hardware. Written as JSON for worker processes."""
+
+    data_path: str
+    text_col: str = "Sentence"
+    label_col: str = "Label"
+    sheet: str | int | None = None
+    label_table: dict | str | None = None
+    n_folds: int = 5
+    seed: int = 42
+    results_dir: str = "../results"
+    model: str = "bert-base-chinese"   # hub id, local folder, or "tiny-random" (a small random model, for smoke runs)
+    run_name: str | None = None        # results folder name; default "bert_<model folder name>"
+    max_len: int = 128
+    epochs: int = 4
+    batch_size: int = 32
+    lr: float = 2e-5
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    grad_accum: int = 1
+    val_fraction: float = 0.1
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_processes: int | Literal["auto"] = "auto"
+    parallel: Literal["auto", "folds", "ddp"] = "auto"
+    train_final: bool = True
+    save_fold_models: bool = True
+    oom_retry: bool = True
+    worker_folds: list[int] | None = field(default=None, repr=False)  # set for worker processes only
+
+    @property
+    def name(self) -> str:
+        return self.run_name or f"bert_{Path(self.model.rstrip('/')).name}"
+
+    def use_cpu(self) -> bool:
+        return self.device == "cpu" or not torch.cuda.is_available()
+
+    def resolved_precision(self) -> str:
+        """fp32 on CPU unless asked; on GPU bf16 where supported, else fp16 (with loss scaling)."""
+        if self.precision != "auto":
+            return self.precision
+        if self.use_cpu():
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+    def processes(self) -> int:
+        if self.num_processes != "auto":
+            return int(self.num_processes)
+        return 1 if self.use_cpu() else max(1, torch.cuda.device_count())
+
+    def identity(self, source: str) -> dict:
+        """The settings that decide the results (hardware and parallel mode do not); a rerun must match them."""
+        keys = ["max_len", "epochs", "batch_size", "lr", "warmup_ratio", "weight_decay", "val_fraction", "seed",
+                "train_final"]
+        return {"source": source, **{k: getattr(self, k) for k in keys}, "precision": self.resolved_precision(),
+                "model_selection": "best validation macro-F1 per fold"}
+
+
+# --- one process ------------------------------------------------------------------------------------
+
+def _load(cfg: FineTuneConfig) -> tuple[LabelledData, np.ndarray, str]:
+    data = load_labelled(cfg.data_path, cfg.text_col, cfg.label_col, cfg.sheet, cfg.label_table)
+    folds = load_or_make_folds(data, cfg.results_dir, cfg.n_folds, cfg.seed)
+    if cfg.model == bert.TINY_RANDOM:
+        folder = study_dir(cfg.results_dir, data) / "encoders" / bert.TINY_RANDOM
+        source = str(folder if (folder / "config.json").exists() else bert.build_tiny_encoder(data.texts, folder, seed=cfg.seed))
+    else:
+        source = bert.resolve_model(cfg.model)
+    return data, folds, source
+
+
+def _accelerator(cfg: FineTuneConfig) -> Accelerator:
+    precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.resolved_precision()]
+    if not cfg.use_cpu():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return Accelerator(cpu=cfg.use_cpu(), mixed_precision=precision)
+
+
+def _fine_tune_retrying(cfg: FineTuneConfig, settings: bert.TrainSettings, accelerator: Accelerator, **kw) -> bert.FoldResult:
+    """fine_tune, and on CUDA out-of-memory: halve the per-device batch (doubling accumulation) and retry."""
+    while True:
+        per_device = settings.batch_size // (accelerator.num_processes * settings.grad_accum)
+        try:
+            return bert.fine_tune(settings=settings, accelerator=accelerator, **kw)
+        except torch.OutOfMemoryError as e:
+            accelerator.free_memory()
+            gc.collect()
+            torch.cuda.empty_cache()
+            if not cfg.oom_retry or per_device <= 1 or accelerator.num_processes > 1:
+                raise RuntimeError(OOM_ADVICE.format(per_device=per_device)) from e
+            settings = replace(settings, grad_accum=settings.grad_accum * 2)
+            log.warning("CUDA out of memory at %d texts per device; retrying this fold with %d and grad_accum=%d "
+                        "(same effective batch).", per_device, per_device // 2, settings.grad_accum)
+
+
+def run_in_process(cfg: FineTuneConfig, final: bool = False) -> None:
+    """Train folds (``cfg.worker_folds``, default all pending) or the final model, in this process.
+
+    Under torchrun (several processes) all processes train each fold together (DDP) and the main one saves.
+    """
+    accelerator = _accelerator(cfg)
+    data, folds, source = _load(cfg)
+    run = ModelRun(cfg.results_dir, cfg.name, cfg.identity(source), data, folds, write=accelerator.is_main_process)
+    tokenizer = bert.load_tokenizer(source)
+    encoded = bert.Encoded(tokenizer, data.texts, cfg.max_len, data.labels)
+    settings = bert.TrainSettings(cfg.epochs, cfg.batch_size, cfg.lr, cfg.warmup_ratio, cfg.weight_decay,
+                                  grad_accum=cfg.grad_accum)
+    common = dict(source=source, label_names=data.label_names, tokenizer=tokenizer)
+    if final:
+        _train_final(cfg, run, encoded, settings, accelerator, common)
+        return
+
+    def fit_predict(split: FoldSplit) -> FoldOutput:
+        res = _fine_tune_retrying(cfg, settings, accelerator, train=encoded.subset(split.train),
+                                  val=encoded.subset(split.val), test=encoded.subset(split.test), seed=split.seed,
+                                  desc=f"fold {split.fold}", **common)
+        if cfg.save_fold_models and accelerator.is_main_process:
+            bert.save_checkpoint(res.model, tokenizer, run.path / "fold_models" / f"fold_{split.fold}")
+        extra = {"best_epoch": res.best_epoch, "encoder_checksum": res.encoder_checksum,
+                 "processes": accelerator.num_processes, "precision": cfg.resolved_precision()}
+        return FoldOutput(res.test_probs, extra, res.history)
+
+    which = cfg.worker_folds if cfg.worker_folds is not None else run.pending_folds()
+    run_folds(run, data, folds, fit_predict, cfg.val_fraction, cfg.seed, which=which, save=accelerator.is_main_process)
+    accelerator.wait_for_everyone()
+
+
+def _train_final(cfg, run: ModelRun, encoded: bert.Encoded, settings: bert.TrainSettings, accelerator, common) -> None:
+    """One model on all labelled texts, for as many epochs as the folds' best epochs suggest (median)."""
+    best = [json.loads(p.read_text())["best_epoch"] for p in sorted((run.path / "folds").glob("fold_*.json"))]
+    epochs = int(np.median(best)) if best else cfg.epochs
+    res = _fine_tune_retrying(cfg, replace(settings, epochs=epochs), accelerator, train=encoded, val=None, test=None,
+                              seed=cfg.seed, desc="final", **common)
+    if accelerator.is_main_process:
+        out = bert.save_checkpoint(res.model, common["tokenizer"], run.path / "final")
+        info = {"epochs": epochs, "fold_best_epochs": best, "texts": len(encoded), "history": res.history.to_dict("records")}
+        (out / "training.json").write_text(json.dumps(info, indent=2))
+        log.info("Final model (all %d texts, %d epochs) saved to %s", len(encoded), epochs, out)
+    accelerator.wait_for_everyone()
+
+
+# --- the notebook's entry point ---------------------------------------------------------------------
+
+def cross_validate(cfg: FineTuneConfig) -> ModelResults:
+    """Cross-validate (resuming finished folds), train the final model if asked, return the results."""
+    cfg = replace(cfg, data_path=str(Path(cfg.data_path).resolve()), results_dir=str(Path(cfg.results_dir).resolve()))
+    data, folds, source = _load(cfg)
+    run = ModelRun(cfg.results_dir, cfg.name, cfg.identity(source), data, folds)
+    pending, n_proc = run.pending_folds(), cfg.processes()
+    mode = cfg.parallel if cfg.parallel != "auto" else ("folds" if n_proc <= max(1, len(pending)) else "ddp")
+    log.info("%s: %d pending folds on %s, %d process(es)%s; precision %s.", cfg.name, len(pending),
+             "CPU" if cfg.use_cpu() else "GPU", n_proc, f", parallel={mode}" if n_proc > 1 else "",
+             cfg.resolved_precision())
+    launch = run.path / "launch.json"
+    launch.write_text(json.dumps(asdict(cfg), indent=2, ensure_ascii=False))
+    if pending:
+        if n_proc == 1:
+            run_in_process(cfg)
+        elif mode == "ddp":
+            _launch_torchrun(launch, n_proc, run.path / "logs" / "ddp.log")
+        else:
+            _launch_fold_workers(cfg, pending, n_proc, run.path / "logs")
+    final = run.path / "final" / "training.json"
+    if cfg.train_final and not final.exists():
+        if n_proc == 1:
+            run_in_process(cfg, final=True)
+        else:
+            _launch_torchrun(launch, n_proc, run.path / "logs" / "final.log", final=True)
+    return run.finish()
+
+
+def _run_logged(commands: list[tuple[list[str], dict, Path]]) -> None:
+    """Start the commands side by side, wait for all, and fail with the end of the log of any that failed."""
+    procs = []
+    for cmd, env, log_file in commands:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        procs.append((subprocess.Popen(cmd, env=env, stdout=log_file.open("w"), stderr=subprocess.STDOUT), log_file))
+    failed = [(p.wait(), f) for p, f in procs]
+    for code, f in failed:
+        if code != 0:
+            tail = "\n".join(f.read_text(errors="replace").splitlines()[-30:])
+            raise RuntimeError(f"worker failed (exit {code}); log {f}:\n{tail}")
+        log.info("worker finished; log in %s", f)
+
+
+def _launch_torchrun(config_file: Path, n_proc: int, log_file: Path, final: bool = False) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n_proc}",
+           "-m", "nblib.bert_cv", "--config", str(config_file)] + (["--final"] if final else [])
+    log.info("DDP over %d processes: %s", n_proc, " ".join(cmd))
+    _run_logged([(cmd, dict(os.environ), log_file)])
+
+
+def _launch_fold_workers(cfg: FineTuneConfig, pending: list[int], n_proc: int, log_dir: Path) -> None:
+    commands = []
+    for i in range(n_proc):
+        mine = pending[i::n_proc]
+        if not mine:
+            continue
+        env = dict(os.environ)
+        if not cfg.use_cpu():
+            env["CUDA_VISIBLE_DEVICES"] = str(i)
+        worker_cfg = log_dir / f"worker_{i}.json"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        worker_cfg.write_text(json.dumps(asdict(replace(cfg, worker_folds=mine, num_processes=1)), ensure_ascii=False))
+        commands.append(([sys.executable, "-m", "nblib.bert_cv", "--config", str(worker_cfg)], env, log_dir / f"worker_{i}.log"))
+        log.info("worker %d: folds %s", i, mine)
+    _run_logged(commands)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Worker entry point: ``python -m nblib.bert_cv --config FILE [--final]`` (also under torchrun)."""
+    ap = argparse.ArgumentParser(description="Train folds (or the final model) of a fine-tuning run.")
+    ap.add_argument("--config", required=True, type=Path, help="a launch.json written by cross_validate")
+    ap.add_argument("--final", action="store_true", help="train the final model on all labelled texts")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = FineTuneConfig(**json.loads(args.config.read_text()))
+    run_in_process(cfg, final=args.final)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Text representations for the classic baselines.
+
+- bags of units (one-hot = binary presence, term frequency, TF-IDF), vocabulary fitted on the training part only;
+- character n-gram TF-IDF on raw text (the classical reference);
+- word2vec vectors trained with gensim on texts only (unsupervised), averaged per text;
+- integer sequences for the LSTM, with an embedding matrix initialised from word2vec.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from typing import Literal, Sequence
+
+import numpy as np
+from gensim.models import KeyedVectors, Word2Vec
+from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
+
+BagKind = Literal["onehot", "tf", "tfidf"]
+PAD, UNK = 0, 1
+
+
+def _identity(tokens: list[str]) -> list[str]:
+    return tokens
+
+
+def bag_vectorizer(kind: BagKind, min_df: int = 2, max_features: int | None = 20000) -> CountVectorizer:
+    """A vectorizer over pre-tokenized texts: one-hot (binary), term frequency, or TF-IDF."""
+    if kind == "tfidf":
+        return TfidfVectorizer(analyzer=_identity, min_df=min_df, max_features=max_features, sublinear_tf=True)
+    if kind in ("onehot", "tf"):
+        return CountVectorizer(analyzer=_identity, min_df=min_df, max_features=max_features, binary=kind == "onehot")
+    raise ValueError(f"kind must be 'onehot', 'tf' or 'tfidf', not {kind!r}")
+
+
+def char_ngram_tfidf(ngram_range: tuple[int, int] = (1, 3), min_df: int = 2,
+                     max_features: int | None = 200_000) -> TfidfVectorizer:
+    """TF-IDF of character n-grams of the raw text (the usual strong linear baseline for Chinese)."""
+    return TfidfVectorizer(analyzer="char", ngram_range=ngram_range, min_df=min_df, max_features=max_features,
+                           sublinear_tf=True)
+
+
+def _stable_hash(token: str) -> int:
+    # gensim seeds each word's initial vector with hash(); Python's str hash changes per process
+    return int.from_bytes(hashlib.md5(token.encode()).digest()[:4], "little")
+
+
+def train_word2vec(token_lists: Sequence[list[str]], dim: int = 100, window: int = 5, min_count: int = 2,
+                   epochs: int = 10, seed: int = 42) -> KeyedVectors:
+    """Skip-gram word2vec on texts alone (no labels); single worker so that it is reproducible."""
+    model = Word2Vec(sentences=list(token_lists), vector_size=dim, window=window, min_count=min_count, sg=1,
+                     epochs=epochs, seed=seed, workers=1, hashfxn=_stable_hash)
+    return model.wv
+
+
+def mean_vectors(token_lists: Sequence[list[str]], wv: KeyedVectors) -> np.ndarray:
+    """The average word2vec vector of each text's known units (zeros when none is known)."""
+    out = np.zeros((len(token_lists), wv.vector_size), dtype=np.float32)
+    for i, tokens in enumerate(token_lists):
+        known = [t for t in tokens if t in wv.key_to_index]
+        if known:
+            out[i] = wv[known].mean(axis=0)
+    return out
+
+
+class Vocab:
+    """Unit-to-id map built from training texts; id 0 is padding, id 1 unknown."""
+
+    def __init__(self, token_lists: Sequence[list[str]], min_count: int = 1, max_size: int | None = 50000):
+        counts = Counter(t for tokens in token_lists for t in tokens)
+        kept = [t for t, c in counts.most_common(max_size) if c >= min_count]
+        self.itos = ["<pad>", "<unk>"] + kept
+        self.stoi = {t: i for i, t in enumerate(self.itos)}
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def encode(self, token_lists: Sequence[list[str]], max_len: int = 128) -> list[list[int]]:
+        """Ids of each text, cut to ``max_len`` (an empty text becomes a single unknown id)."""
+        return [[self.stoi.get(t, UNK) for t in tokens[:max_len]] or [UNK] for tokens in token_lists]
+
+    def embedding_matrix(self, wv: KeyedVectors, seed: int = 0) -> tuple[np.ndarray, float]:
+        """Embedding init: word2vec vectors where known, small random vectors elsewhere; returns (matrix, coverage)."""
+        rng = np.random.default_rng(seed)
+        matrix = rng.normal(0, 0.1, (len(self), wv.vector_size)).astype(np.float32)
+        matrix[PAD] = 0
+        known = [i for i, t in enumerate(self.itos) if t in wv.key_to_index]
+        matrix[known] = wv[[self.itos[i] for i in known]]
+        return matrix, len(known) / max(1, len(self) - 2)

@@ -1,0 +1,165 @@
+"""Feature builders, baseline models on tiny inputs, the CV loop and the results format."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from nblib import baselines, cv, features, results
+from nblib import data as nbdata
+from nblib.text import tokenize, tokenize_all
+
+from conftest import tiny_data
+
+
+# --- text units and features ---------------------------------------------------------------------
+
+def test_tokenize_chars_and_words():
+    assert tokenize("只此 青绿！", "char") == ["只", "此", "青", "绿", "！"]
+    assert "青绿" in tokenize("只此青绿的舞美绝了", "word") or "舞美" in tokenize("只此青绿的舞美绝了", "word")
+    with pytest.raises(ValueError):
+        tokenize("好", "sentence")
+
+
+def test_bag_vectorizers_fit_on_training_texts_only():
+    train = [["文物", "文物", "好"], ["文化", "好"]]
+    test = [["文物", "从未见过"]]
+    onehot = features.bag_vectorizer("onehot", min_df=1).fit(train)
+    tf = features.bag_vectorizer("tf", min_df=1).fit(train)
+    tfidf = features.bag_vectorizer("tfidf", min_df=1).fit(train)
+    assert "从未见过" not in onehot.vocabulary_
+    col = onehot.vocabulary_["文物"]
+    assert onehot.transform(train)[0, col] == 1 and tf.transform(train)[0, col] == 2
+    assert np.isclose(np.linalg.norm(tfidf.transform(test).toarray()), 1.0)
+    assert features.bag_vectorizer("onehot", min_df=2).fit(train).vocabulary_.keys() == {"好"}
+
+
+def test_char_ngrams():
+    vec = features.char_ngram_tfidf((1, 3), min_df=1).fit(["只此青绿"])
+    assert {"只", "只此", "只此青", "青绿"} <= set(vec.vocabulary_)
+
+
+def test_word2vec_is_reproducible_and_averages():
+    corpus = tokenize_all(["只此青绿的舞美绝了", "国家宝藏的文物好美", "只此青绿的灯光绝了"] * 20, "word")
+    a, b = features.train_word2vec(corpus, dim=16, min_count=1, epochs=3), features.train_word2vec(corpus, dim=16, min_count=1, epochs=3)
+    assert np.allclose(a["绝"], b["绝"]) if "绝" in a.key_to_index else np.allclose(a[a.index_to_key[0]], b[b.index_to_key[0]])
+    x = features.mean_vectors([corpus[0], ["从未见过"]], a)
+    assert x.shape == (2, 16) and np.allclose(x[1], 0) and not np.allclose(x[0], 0)
+    assert np.allclose(x[0], a[[t for t in corpus[0] if t in a.key_to_index]].mean(0))
+
+
+def test_vocab_encoding_and_embedding_init():
+    vocab = features.Vocab([["文", "物", "文"], ["好"]])
+    assert vocab.itos[:3] == ["<pad>", "<unk>", "文"]
+    assert vocab.encode([["文", "新", "好"], []], max_len=2) == [[2, 1], [1]]
+    wv = features.train_word2vec([["文", "物", "好"]] * 10, dim=8, min_count=1, epochs=1)
+    matrix, coverage = vocab.embedding_matrix(wv)
+    assert matrix.shape == (len(vocab), 8) and np.allclose(matrix[0], 0) and coverage == 1.0
+    assert np.allclose(matrix[vocab.stoi["物"]], wv["物"])
+
+
+# --- models ---------------------------------------------------------------------------------------
+
+def test_sparse_and_dense_mlp_agree():
+    torch.manual_seed(0)
+    mlp = baselines.MLP(6, 5, 3, dropout=0.0).eval()
+    dense = torch.tensor([[1.0, 0, 0, 2, 0, 0], [0, 0, 3, 0, 0, 1]])
+    assert torch.allclose(mlp(dense), mlp(dense.to_sparse()), atol=1e-6)
+
+
+def test_lstm_ignores_padding():
+    torch.manual_seed(0)
+    model = baselines.LSTMClassifier(10, 8, 6, 3, dropout=0.0).eval()
+    short = torch.tensor([[2, 3, 4]])
+    padded = torch.tensor([[2, 3, 4, 0, 0, 0], [5, 6, 7, 8, 9, 2]])
+    alone = model(short, torch.tensor([3]))
+    in_batch = model(padded, torch.tensor([3, 6]))[:1]
+    assert torch.allclose(alone, in_batch, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "lstm"])
+def test_models_fit_a_separable_set(kind):
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 40)
+    if kind == "mlp":
+        x = rng.normal(0, 0.3, (120, 6)).astype(np.float32)
+        x[np.arange(120), y] += 3
+        model, loader = baselines.MLP(6, 16, 3, 0.1), lambda idx, s: baselines.matrix_loader(x[idx], y[idx], 16, s)
+    else:
+        seqs = [[2 + 3 * c + int(j) for j in rng.integers(0, 3, rng.integers(2, 8))] for c in y]
+        model = baselines.LSTMClassifier(12, 8, 16, 3, 0.1)
+        loader = lambda idx, s: baselines.sequence_loader([seqs[i] for i in idx], y[idx], 16, s)
+    torch.manual_seed(0)
+    idx = rng.permutation(120)
+    train, val = idx[:90], idx[90:]
+    model, history = baselines.train_early_stopping(model, loader(train, True), loader(val, False), y[val], 3,
+                                                    epochs=30, lr=0.01, weight_decay=0.0, patience=5)
+    assert history["val_accuracy"].max() == 1.0
+    assert (baselines.predict_proba(model, loader(val, False)).argmax(1) == y[val]).mean() == 1.0
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
+
+
+# --- the CV loop and the results format ------------------------------------------------------------
+
+def test_validation_split_is_disjoint_from_test(write_sheet):
+    d = tiny_data(write_sheet)
+    folds = nbdata.make_folds(d, 3, seed=0)
+    for k in range(3):
+        s = cv.split_fold(d, folds, k, val_fraction=0.2, seed=0)
+        assert set(s.train).isdisjoint(s.val) and set(s.train).isdisjoint(s.test) and set(s.val).isdisjoint(s.test)
+        assert sorted(np.concatenate([s.train, s.val, s.test])) == list(range(len(d.df)))
+        assert set(s.test) == set(np.flatnonzero(folds == k))
+        assert set(d.labels[s.val]) == {0, 1, 2}
+
+
+@pytest.mark.parametrize("name", ["lr_tfidf_char", "mlp_tf", "mlp_word2vec", "lstm_random"])
+def test_each_baseline_writes_the_results_format(tmp_path, write_sheet, name):
+    d = tiny_data(write_sheet)
+    folds = nbdata.make_folds(d, 3, seed=0)
+    cfg = baselines.BaselineConfig(unit="char", min_df=1, epochs=15, patience=15, lr=0.01, w2v_dim=16, w2v_min_count=1,
+                                   mlp_hidden=32, lstm_hidden=16, val_fraction=0.2)
+    res = baselines.BaselineSuite(d, folds, cfg, tmp_path, ["舞美好看", "青铜器"]).run(name)
+    folder = nbdata.study_dir(tmp_path, d) / "models" / res.name
+    for f in ["config.json", "predictions.csv", "metrics.csv"]:
+        assert (folder / f).stat().st_size > 0
+    pred = pd.read_csv(folder / "predictions.csv")
+    assert pred.columns.tolist() == ["index", "row", "fold", "text", "gold", "pred", "prob_0", "prob_1", "prob_2"]
+    assert len(pred) == len(d.df) and (pred["fold"].to_numpy() == folds).all()
+    assert np.allclose(pred[["prob_0", "prob_1", "prob_2"]].sum(axis=1), 1, atol=1e-5)
+    m = pd.read_csv(folder / "metrics.csv")
+    assert len(m) == 3 and {"accuracy", "macro_f1", "weighted_f1", "f1_0", "recall_2", "seconds"} <= set(m.columns)
+    (env_file,) = (folder / "environment").glob("*.json")
+    env = json.loads(env_file.read_text())
+    assert env["versions"]["torch"] and env["python"]
+    assert json.loads((folder / "config.json").read_text())["data_fingerprint"] == d.fingerprint()
+    if name != "lr_tfidf_char":
+        assert (folder / "history.csv").exists() and "best_epoch" in m.columns
+    if name != "mlp_word2vec":  # the separable words are found; averaged word2vec of 2 texts is too weak a signal
+        assert m["accuracy"].mean() > 0.8, m
+
+
+def test_rerun_resumes_and_other_settings_refuse(tmp_path, write_sheet):
+    d = tiny_data(write_sheet)
+    folds = nbdata.make_folds(d, 3, seed=0)
+    cfg = baselines.BaselineConfig(unit="char", min_df=1)
+    first = baselines.BaselineSuite(d, folds, cfg, tmp_path).run("lr_tfidf_char")
+    fold_file = nbdata.study_dir(tmp_path, d) / "models" / "lr_tfidf_char" / "folds" / "fold_1.csv"
+    fold_file.write_text(fold_file.read_text())  # same content; its mtime marks whether it is rewritten
+    stamp = fold_file.stat().st_mtime_ns
+    again = baselines.BaselineSuite(d, folds, cfg, tmp_path).run("lr_tfidf_char")
+    assert fold_file.stat().st_mtime_ns == stamp
+    pd.testing.assert_frame_equal(first.metrics, again.metrics)
+    assert len(list((fold_file.parents[1] / "environment").glob("*.json"))) == 2
+    with pytest.raises(results.ResultsExistError, match="lr_C"):
+        baselines.BaselineSuite(d, folds, baselines.BaselineConfig(unit="char", min_df=1, lr_C=1.0), tmp_path).run("lr_tfidf_char")
+
+
+def test_load_all_reads_finished_models_of_these_folds(tmp_path, write_sheet):
+    d = tiny_data(write_sheet)
+    folds = nbdata.make_folds(d, 3, seed=0)
+    baselines.BaselineSuite(d, folds, baselines.BaselineConfig(unit="char", min_df=1), tmp_path).run("lr_tfidf_char")
+    assert list(results.load_all(tmp_path, d, folds)) == ["lr_tfidf_char"]
+    assert results.load_all(tmp_path, d, nbdata.make_folds(d, 3, seed=1)) == {}
