@@ -32,6 +32,8 @@ notebooks: setup
 	$(call run_nb,01_eda)
 	$(call run_nb,02_baselines)
 	$(call run_nb,03_bert_cv,$(BERT_PARAMS))
+	$(call run_nb,04_error_analysis)
+	$(call run_nb,05_predict)
 
 # Unit tests, then every notebook under nbval with the small settings of tests/nbparams/*.yaml
 # (papermill injects them into copies under build/nbtest; nbval executes the copies).

@@ -134,7 +134,7 @@ def read_table(path: str | Path, sheet: str | int | None = None) -> pd.DataFrame
     return pd.read_csv(path, sep="\t" if kind == "tsv" else ",", dtype=object, keep_default_na=True)
 
 
-def _check_columns(df: pd.DataFrame, wanted: Sequence[str], path: Path) -> None:
+def require_columns(df: pd.DataFrame, wanted: Sequence[str], path: Path) -> None:
     missing = [c for c in wanted if c not in df.columns]
     if missing:
         raise DataError(
@@ -218,7 +218,7 @@ def load_labelled(
     """
     path = Path(path)
     raw = read_table(path, sheet)
-    _check_columns(raw, [text_col, label_col], path)
+    require_columns(raw, [text_col, label_col], path)
     report = LoadReport(source=path.name, rows_read=len(raw))
     if raw.empty:
         raise DataError(f"{path.name}: the sheet has a header but no rows.")
@@ -285,7 +285,7 @@ def load_unlabelled(path: str | Path, text_col: str = "Sentence", sheet: str | i
     """Load a pool of unlabelled texts through the same checks; returns columns ``text`` and ``row``."""
     path = Path(path)
     raw = read_table(path, sheet)
-    _check_columns(raw, [text_col], path)
+    require_columns(raw, [text_col], path)
     if raw.empty:
         raise DataError(f"{path.name}: the sheet has a header but no rows.")
     report = LoadReport(source=path.name, rows_read=len(raw))

@@ -129,13 +129,18 @@ def model_comparison(per_fold: dict[str, pd.DataFrame], columns: Sequence[str] =
     return fig
 
 
-def per_class_scores(table: pd.DataFrame, title: str = "Per-class F1 (mean over folds)") -> plt.Figure:
-    """Grouped bars of per-class F1 for several models (columns: model, class, f1)."""
-    fig, ax = plt.subplots(figsize=(max(6.4, 1.2 * table["class"].nunique() + 3), 4))
-    sns.barplot(data=table, x="class", y="f1", hue="model", ax=ax)
-    ax.set(xlabel="Class", ylabel="F1", ylim=(0, 1), title=title)
+def grouped_bars(table: pd.DataFrame, x: str, y: str, hue: str, title: str, ylabel: str) -> plt.Figure:
+    """Bars of ``y`` per ``x`` with one colour per ``hue`` (e.g. per-class F1 of several models), y in [0, 1]."""
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.2 * table[x].nunique() + 3), 4))
+    sns.barplot(data=table, x=x, y=y, hue=hue, ax=ax)
+    ax.set(xlabel=x.capitalize(), ylabel=ylabel, ylim=(0, 1), title=title)
     ax.legend(title="", fontsize=8, loc="lower right")
     return fig
+
+
+def per_class_scores(table: pd.DataFrame, title: str = "Per-class F1 (mean over folds)") -> plt.Figure:
+    """Grouped bars of per-class F1 for several models (columns: model, class, f1)."""
+    return grouped_bars(table, "class", "f1", "model", title, "F1")
 
 
 def learning_curves(history: pd.DataFrame, title: str) -> plt.Figure:

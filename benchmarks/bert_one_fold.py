@@ -1,0 +1,51 @@
+"""One fold of BERT fine-tuning against TF-IDF + LR on the same fold (a quick check with a real encoder).
+
+    .venv/bin/python benchmarks/bert_one_fold.py --model models/e5-small --epochs 2 [--fold 0]
+
+Trains on the training folds of fold k only (validation part for the best epoch), predicts fold k, and
+prints both models' scores on it. Results go to a temporary folder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from nblib import baselines, bert_cv, data
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "weibo_emotion" / "labelled_8665.xlsx"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=SHARED, type=Path)
+    ap.add_argument("--model", required=True, help="hub id or local folder")
+    ap.add_argument("--fold", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--max-len", type=int, default=128)
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = bert_cv.FineTuneConfig(data_path=str(args.data), results_dir=tmp, model=args.model, epochs=args.epochs,
+                                     batch_size=args.batch_size, lr=args.lr, max_len=args.max_len, device=args.device,
+                                     train_final=False, save_fold_models=False, worker_folds=[args.fold])
+        start = time.perf_counter()
+        bert_cv.run_in_process(cfg)
+        seconds = time.perf_counter() - start
+        (fold_file,) = Path(tmp).glob(f"*/models/{cfg.name}/folds/fold_{args.fold}.json")
+        b = json.loads(fold_file.read_text())
+        labelled = data.load_labelled(args.data)
+        folds = data.load_or_make_folds(labelled, tmp)
+        lr = baselines.BaselineSuite(labelled, folds, baselines.BaselineConfig(), tmp).run("lr_tfidf_char")
+        lr = lr.metrics.set_index("fold").loc[args.fold]
+    print(f"fold {args.fold}: {cfg.name} ({args.epochs} epochs, best {b['best_epoch']}, {seconds:.0f} s): "
+          f"accuracy {b['accuracy']:.3f}, macro-F1 {b['macro_f1']:.3f}")
+    print(f"fold {args.fold}: TF-IDF char 1-3-grams + LR: accuracy {lr['accuracy']:.3f}, macro-F1 {lr['macro_f1']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Training throughput (texts/s) of 03_bert_cv's training step against the original study's loop.
+
+    .venv/bin/python benchmarks/bert_throughput.py                      # CPU: a small random BERT (4 × 256)
+    .venv/bin/python benchmarks/bert_throughput.py --model models/e5-small --steps 20
+    python benchmarks/bert_throughput.py --model bert-base-chinese      # on a GPU
+
+Same model weights, same texts, same batch size, same machine, one run:
+- original: every text padded to 100 tokens, no attention mask, fp32, random batches;
+- nblib: batches of similar length padded to their own longest text, attention mask, mixed precision
+  where the device supports it (bf16/fp16 on GPU, fp32 on CPU), as in ``nblib.bert.fine_tune``.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+
+from nblib import bert, data
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "datasets" / "weibo_emotion" / "labelled_8665.xlsx"
+
+
+def timed_steps(model, loader, optimizer, accelerator: Accelerator, steps: int, warmup: int = 3) -> float:
+    """Texts per second over ``steps`` optimizer steps (after ``warmup`` untimed ones)."""
+    model.train()
+    it = iter(loader)
+    seen, start = 0, None
+    for i in range(warmup + steps):
+        if i == warmup:
+            if accelerator.device.type == "cuda":
+                torch.cuda.synchronize()
+            start, seen = time.perf_counter(), 0
+        batch = next(it)
+        batch.pop("idx", None)
+        loss = model(**batch).loss
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+        seen += len(batch["labels"])
+    if accelerator.device.type == "cuda":
+        torch.cuda.synchronize()
+    return seen / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=SHARED if SHARED.exists() else ROOT / "data" / "demo_labelled.xlsx")
+    ap.add_argument("--model", default=None, help="hub id or folder; default: a random BERT, 4 layers × 256")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--max-len", type=int, default=128, help="truncation of the nblib path (the original pads to 100)")
+    ap.add_argument("--cpu", action="store_true")
+    args = ap.parse_args()
+
+    labelled = data.load_labelled(args.data)
+    with tempfile.TemporaryDirectory() as tmp:
+        source = (bert.resolve_model(args.model) if args.model else
+                  str(bert.build_tiny_encoder(labelled.texts, Path(tmp) / "enc", hidden=256, layers=4, heads=4)))
+        tok = bert.load_tokenizer(source)
+        gpu = torch.cuda.is_available() and not args.cpu
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if gpu else "no"
+        n = args.batch_size * (args.steps + 3)
+        texts, labels = labelled.texts[:n], labelled.labels[:n]
+        results = {}
+        for name in ["original", "nblib"]:
+            accelerator = Accelerator(cpu=not gpu, mixed_precision="no" if name == "original" else precision)
+            torch.manual_seed(0)
+            model = bert.load_classifier(source, labelled.label_names)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5)
+            if name == "original":
+                enc = tok(texts, padding="max_length", max_length=100, truncation=True, return_tensors="pt")
+                ds = [{"input_ids": enc["input_ids"][i], "labels": torch.tensor(int(y))} for i, y in enumerate(labels)]
+                loader = DataLoader(ds, batch_size=args.batch_size, shuffle=True)  # no attention mask, as there
+            else:
+                ds = bert.Encoded(tok, texts, args.max_len, labels)
+                loader = bert.train_loader(ds, bert.make_collator(tok, accelerator), args.batch_size, seed=0)
+            model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+            results[name] = timed_steps(model, loader, optimizer, accelerator, args.steps)
+            accelerator.free_memory()
+            del model, optimizer
+    device = torch.cuda.get_device_name(0) if gpu else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"model: {args.model or 'random BERT 4x256'}; device: {device}; batch {args.batch_size}; {args.steps} steps; "
+          f"nblib precision: {precision if gpu else 'fp32'}")
+    for name, v in results.items():
+        print(f"  {name:9s} {v:8.1f} texts/s")
+    print(f"  speed-up  {results['nblib'] / results['original']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Error analysis on out-of-fold predictions of several models (same texts, same folds).
+
+Paired tests (McNemar), bootstrap confidence intervals, accuracy by text length, confident errors,
+disagreements between models, confused class pairs, and label-noise candidates for the annotator.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.stats import binomtest
+from sklearn.metrics import accuracy_score, f1_score
+
+from .results import ModelResults
+
+
+def _correct(res: ModelResults) -> np.ndarray:
+    return (res.predictions["gold"] == res.predictions["pred"]).to_numpy()
+
+
+def mcnemar(reference: ModelResults, other: ModelResults) -> dict:
+    """Exact McNemar test on the texts where exactly one of the two models is right."""
+    a, b = _correct(reference), _correct(other)
+    only_ref, only_other = int((a & ~b).sum()), int((~a & b).sum())
+    p = binomtest(only_ref, only_ref + only_other, 0.5).pvalue if only_ref + only_other else 1.0
+    return {"model": other.name, f"only {reference.name} right": only_ref, "only this model right": only_other,
+            "accuracy difference": (a.mean() - b.mean()), "p-value (exact McNemar)": p}
+
+
+def bootstrap_ci(results: dict[str, ModelResults], n_boot: int = 1000, level: float = 0.95,
+                 seed: int = 0) -> pd.DataFrame:
+    """Percentile bootstrap intervals of accuracy and macro-F1, resampling the same texts for every model."""
+    any_res = next(iter(results.values()))
+    n, k = len(any_res.predictions), any_res.probs.shape[1]
+    idx = np.random.default_rng(seed).integers(0, n, (n_boot, n))
+    lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
+    rows = []
+    for name, res in results.items():
+        y, p = res.predictions["gold"].to_numpy(), res.predictions["pred"].to_numpy()
+        acc = np.array([accuracy_score(y[i], p[i]) for i in idx])
+        f1 = np.array([f1_score(y[i], p[i], labels=range(k), average="macro", zero_division=0) for i in idx])
+        rows.append({"model": name, "accuracy": accuracy_score(y, p),
+                     "accuracy CI": f"[{np.quantile(acc, lo):.3f}, {np.quantile(acc, hi):.3f}]",
+                     "macro_f1": f1_score(y, p, labels=range(k), average="macro", zero_division=0),
+                     "macro_f1 CI": f"[{np.quantile(f1, lo):.3f}, {np.quantile(f1, hi):.3f}]"})
+    return pd.DataFrame(rows).set_index("model").sort_values("macro_f1", ascending=False)
+
+
+def accuracy_by_length(results: dict[str, ModelResults], edges: Sequence[int] = (0, 10, 20, 40, 80, 10_000)) -> pd.DataFrame:
+    """Accuracy of each model per bucket of text length in characters (long form: bucket, model, accuracy, texts)."""
+    rows = []
+    for name, res in results.items():
+        pred = res.predictions
+        bucket = pd.cut(pred["text"].str.len(), list(edges), right=False,
+                        labels=[f"{a}–{b - 1}" if b < 10_000 else f"{a}+" for a, b in zip(edges, edges[1:])])
+        grouped = pd.DataFrame({"bucket": bucket, "correct": _correct(res)}).groupby("bucket", observed=True)["correct"]
+        rows.append(pd.DataFrame({"accuracy": grouped.mean(), "texts": grouped.size()}).reset_index().assign(model=name))
+    return pd.concat(rows, ignore_index=True)
+
+
+def confident_errors(res: ModelResults, label_names: Sequence[str], top: int = 10) -> pd.DataFrame:
+    """The wrong predictions the model was most sure of."""
+    pred = res.predictions.assign(confidence=res.probs.max(axis=1))
+    wrong = pred[pred["gold"] != pred["pred"]].nlargest(top, "confidence")
+    return _named(wrong, label_names)[["row", "text", "gold", "predicted", "confidence"]]
+
+
+def disagreements(a: ModelResults, b: ModelResults, label_names: Sequence[str], top: int = 10) -> pd.DataFrame:
+    """Texts model ``a`` gets wrong and ``b`` gets right, most confident (in ``b``) first."""
+    mask = ~_correct(a) & _correct(b)
+    table = a.predictions.assign(**{f"{a.name} says": [label_names[i] for i in a.predictions["pred"]],
+                                    "confidence of b": b.probs.max(axis=1)})[mask]
+    table = _named(table, label_names).nlargest(top, "confidence of b")
+    return table[["row", "text", "gold", f"{a.name} says"]].rename(columns={"gold": f"gold (= {b.name})"})
+
+
+def confused_pairs(res: ModelResults, label_names: Sequence[str], top: int = 5, examples: int = 3) -> pd.DataFrame:
+    """The most frequent (gold → predicted) confusions with a few example texts each."""
+    pred = res.predictions[res.predictions["gold"] != res.predictions["pred"]]
+    counts = pred.groupby(["gold", "pred"]).size().nlargest(top)
+    return pd.DataFrame([{"gold": label_names[g], "predicted": label_names[p], "texts": int(n),
+                          "examples": " ｜ ".join(pred[(pred["gold"] == g) & (pred["pred"] == p)]["text"].head(examples))}
+                         for (g, p), n in counts.items()])
+
+
+def label_noise_candidates(results: dict[str, ModelResults], label_names: Sequence[str],
+                           min_confidence: float = 0.7) -> pd.DataFrame:
+    """Texts whose gold label every model rejects, all agreeing on one other label with at least ``min_confidence``."""
+    any_res = next(iter(results.values()))
+    preds = np.stack([r.predictions["pred"].to_numpy() for r in results.values()])
+    conf = np.stack([r.probs.max(axis=1) for r in results.values()])
+    gold = any_res.predictions["gold"].to_numpy()
+    agree = (preds == preds[0]).all(axis=0) & (preds[0] != gold) & (conf >= min_confidence).all(axis=0)
+    table = any_res.predictions.loc[agree, ["row", "text", "gold"]].assign(
+        predicted=[label_names[i] for i in preds[0][agree]], confidence=conf.mean(axis=0)[agree].round(3))
+    table["gold"] = [label_names[i] for i in table["gold"]]
+    return table.sort_values("confidence", ascending=False).reset_index(drop=True)
+
+
+def _named(table: pd.DataFrame, label_names: Sequence[str]) -> pd.DataFrame:
+    return table.assign(gold=[label_names[i] for i in table["gold"]],
+                        predicted=[label_names[i] for i in table["pred"]])
