@@ -246,7 +246,7 @@ def fine_tune(source: str, label_names: Sequence[str], train: Encoded, val: Enco
     best_f1, best_state, best_epoch, rows = -1.0, None, settings.epochs, []
     for epoch in range(1, settings.epochs + 1):
         model.train()
-        loss_sum, seen = 0.0, 0
+        loss_sum, seen = torch.zeros((), device=accelerator.device), 0  # summed on the device: no sync per step
         bar = tqdm(train_dl, desc=f"{desc} epoch {epoch}", disable=not accelerator.is_local_main_process, leave=False)
         for step, batch in enumerate(bar):
             batch.pop("idx")
@@ -259,8 +259,8 @@ def fine_tune(source: str, label_names: Sequence[str], train: Encoded, val: Enco
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            loss_sum, seen = loss_sum + loss.item() * len(batch["labels"]), seen + len(batch["labels"])
-        row = {"epoch": epoch, "train_loss": accelerator.reduce(torch.tensor(loss_sum / seen, device=accelerator.device), "mean").item()}
+            loss_sum, seen = loss_sum + loss.detach().float() * len(batch["labels"]), seen + len(batch["labels"])
+        row = {"epoch": epoch, "train_loss": accelerator.reduce(loss_sum / seen, "mean").item()}
         if val_dl is not None:
             logits = evaluate(model, val_dl, accelerator)
             y = np.array([item["labels"] for item in val.items])
