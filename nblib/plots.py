@@ -33,8 +33,8 @@ def save(fig: plt.Figure, name: str, fig_dir: str | Path, formats: Sequence[str]
     fig_dir = Path(fig_dir)
     fig_dir.mkdir(parents=True, exist_ok=True)
     paths = [fig_dir / f"{name}.{ext}" for ext in formats]
-    for p in paths:
-        fig.savefig(p)
+    for p in paths:  # no creation date in PDFs, so that a rerun gives identical files
+        fig.savefig(p, metadata={"CreationDate": None} if p.suffix == ".pdf" else None)
     log.info("Saved figure %s", ", ".join(map(str, paths)))
     return paths
 
