@@ -26,12 +26,13 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--head-lr", type=float, default=None)
     ap.add_argument("--max-len", type=int, default=128)
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = bert_cv.FineTuneConfig(data_path=str(args.data), results_dir=tmp, model=args.model, epochs=args.epochs,
-                                     batch_size=args.batch_size, lr=args.lr, max_len=args.max_len, device=args.device,
+                                     batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr, max_len=args.max_len, device=args.device,
                                      train_final=False, save_fold_models=False, worker_folds=[args.fold])
         start = time.perf_counter()
         bert_cv.run_in_process(cfg)

@@ -101,16 +101,23 @@ def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(source)
 
 
-def load_classifier(source: str, label_names: Sequence[str]) -> PreTrainedModel:
-    """The pretrained encoder with a new classification head (a fresh copy every call)."""
+def load_classifier_and_new(source: str, label_names: Sequence[str]) -> tuple[PreTrainedModel, set[str]]:
+    """The pretrained encoder with a new classification head (a fresh copy every call), and the names of
+    the parameters the checkpoint did not have (the head; for some checkpoints also the pooler)."""
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized: classifier" notice, expected for every fold
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
+        model, info = AutoModelForSequenceClassification.from_pretrained(
             source, num_labels=len(label_names), id2label=dict(enumerate(label_names)),
-            label2id={n: i for i, n in enumerate(label_names)})
+            label2id={n: i for i, n in enumerate(label_names)}, output_loading_info=True)
     finally:
         hf_logging.set_verbosity(level)
+    return model, set(info["missing_keys"])
+
+
+def load_classifier(source: str, label_names: Sequence[str]) -> PreTrainedModel:
+    """The pretrained encoder with a new classification head (a fresh copy every call)."""
+    return load_classifier_and_new(source, label_names)[0]
 
 
 def encoder_checksum(model: PreTrainedModel) -> float:
@@ -198,13 +205,22 @@ class TrainSettings:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     grad_accum: int = 1
+    head_lr: float | None = None   # learning rate of the newly initialised parameters (None: lr)
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: weight decay on weight matrices, none on biases and LayerNorm weights (1-d tensors)."""
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def param_groups(model: torch.nn.Module, weight_decay: float, new: set[str] = frozenset(),
+                 head_lr: float | None = None) -> list[dict]:
+    """AdamW groups: weight decay on weight matrices, none on biases and LayerNorm weights (1-d tensors);
+    parameters named in ``new`` get ``head_lr`` when it is given."""
+    groups = []
+    for is_new in (False, True):
+        for decayed in (True, False):
+            params = [p for n, p in model.named_parameters()
+                      if p.requires_grad and (p.ndim >= 2) == decayed and (head_lr is not None and n in new) == is_new]
+            if params:
+                groups.append({"params": params, "weight_decay": weight_decay if decayed else 0.0}
+                              | ({"lr": head_lr} if is_new else {}))
+    return groups
 
 
 @dataclass
@@ -224,7 +240,7 @@ def fine_tune(source: str, label_names: Sequence[str], train: Encoded, val: Enco
     Without ``val`` (the final model on all data) the last epoch is kept. ``test`` is predicted once,
     with the kept weights, after training.
     """
-    model = load_classifier(source, label_names)
+    model, new = load_classifier_and_new(source, label_names)
     checksum = encoder_checksum(model)
     n_proc = accelerator.num_processes
     per_device = settings.batch_size // (n_proc * settings.grad_accum)
@@ -232,7 +248,7 @@ def fine_tune(source: str, label_names: Sequence[str], train: Encoded, val: Enco
         raise ValueError(f"batch_size {settings.batch_size} is smaller than processes × grad_accum "
                          f"({n_proc} × {settings.grad_accum}).")
     collator = make_collator(tokenizer, accelerator)
-    optimizer = torch.optim.AdamW(param_groups(model, settings.weight_decay), lr=settings.lr)
+    optimizer = torch.optim.AdamW(param_groups(model, settings.weight_decay, new, settings.head_lr), lr=settings.lr)
     loaders = [train_loader(train, collator, per_device, seed)]
     loaders += [eval_loader(ds, collator, 2 * per_device) for ds in (val, test) if ds is not None]
     model, optimizer, *loaders = accelerator.prepare(model, optimizer, *loaders)

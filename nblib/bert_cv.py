@@ -60,6 +60,7 @@ class FineTuneConfig:
     epochs: int = 4
     batch_size: int = 32
     lr: float = 2e-5
+    head_lr: float | None = None       # learning rate of the new head (and of a pooler the checkpoint lacks); None: lr
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     grad_accum: int = 1
@@ -95,7 +96,7 @@ class FineTuneConfig:
 
     def identity(self, source: str) -> dict:
         """The settings that decide the results (hardware and parallel mode do not); a rerun must match them."""
-        keys = ["max_len", "epochs", "batch_size", "lr", "warmup_ratio", "weight_decay", "val_fraction", "seed",
+        keys = ["max_len", "epochs", "batch_size", "lr", "head_lr", "warmup_ratio", "weight_decay", "val_fraction", "seed",
                 "train_final"]
         return {"source": source, **{k: getattr(self, k) for k in keys}, "precision": self.resolved_precision(),
                 "model_selection": "best validation macro-F1 per fold"}
@@ -150,7 +151,7 @@ def run_in_process(cfg: FineTuneConfig, final: bool = False) -> None:
     tokenizer = bert.load_tokenizer(source)
     encoded = bert.Encoded(tokenizer, data.texts, cfg.max_len, data.labels)
     settings = bert.TrainSettings(cfg.epochs, cfg.batch_size, cfg.lr, cfg.warmup_ratio, cfg.weight_decay,
-                                  grad_accum=cfg.grad_accum)
+                                  grad_accum=cfg.grad_accum, head_lr=cfg.head_lr)
     common = dict(source=source, label_names=data.label_names, tokenizer=tokenizer)
     if final:
         _train_final(cfg, run, encoded, settings, accelerator, common)

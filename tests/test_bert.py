@@ -72,6 +72,16 @@ def test_no_weight_decay_on_biases_and_layernorm(tiny_encoder):
     assert all(names[id(p)].endswith("weight") and "LayerNorm" not in names[id(p)] for p in decay["params"])
 
 
+def test_new_head_can_get_its_own_learning_rate(tiny_encoder):
+    model, new = bert.load_classifier_and_new(tiny_encoder, ["a", "b"])
+    assert new == {"classifier.weight", "classifier.bias"}  # the tiny encoder has a pooler; only the head is new
+    groups = bert.param_groups(model, 0.01, new, head_lr=1e-3)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for g in groups if g.get("lr") == 1e-3 for p in g["params"]} == new
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert len(bert.param_groups(model, 0.01, new)) == 2 and all("lr" not in g for g in bert.param_groups(model, 0.01, new))
+
+
 def test_fine_tuning_learns_a_separable_set(tmp_path, write_sheet):
     d = tiny_data(write_sheet, n_per_class=20)
     enc = str(bert.build_tiny_encoder(d.texts, tmp_path / "enc"))
