@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/bert_one_fold.py --model models/e5-small --epochs 2 [--fold 0]
 
 Trains on the training folds of fold k only (validation part for the best epoch), predicts fold k, and
-prints both models' scores on it. Results go to a temporary folder.
+prints both models' scores on it, with an exact McNemar test of the paired difference (same texts).
+Results go to a temporary folder.
 """
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from nblib import baselines, bert_cv, data
+import pandas as pd
+
+from nblib import analysis, baselines, bert_cv, data
+from nblib.results import ModelResults
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "weibo_emotion" / "labelled_8665.xlsx"
 
@@ -27,25 +31,36 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--head-lr", type=float, default=None)
+    ap.add_argument("--freeze-embeddings", action="store_true")
     ap.add_argument("--max-len", type=int, default=128)
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = bert_cv.FineTuneConfig(data_path=str(args.data), results_dir=tmp, model=args.model, epochs=args.epochs,
-                                     batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr, max_len=args.max_len, device=args.device,
+                                     batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr,
+                                     freeze_embeddings=args.freeze_embeddings, max_len=args.max_len, device=args.device,
                                      train_final=False, save_fold_models=False, worker_folds=[args.fold])
         start = time.perf_counter()
         bert_cv.run_in_process(cfg)
         seconds = time.perf_counter() - start
-        (fold_file,) = Path(tmp).glob(f"*/models/{cfg.name}/folds/fold_{args.fold}.json")
-        b = json.loads(fold_file.read_text())
         labelled = data.load_labelled(args.data)
         folds = data.load_or_make_folds(labelled, tmp)
-        lr = baselines.BaselineSuite(labelled, folds, baselines.BaselineConfig(), tmp).run("lr_tfidf_char")
-        lr = lr.metrics.set_index("fold").loc[args.fold]
+        baselines.BaselineSuite(labelled, folds, baselines.BaselineConfig(), tmp).run("lr_tfidf_char")
+        b, lr = (fold_results(tmp, name, args.fold) for name in (cfg.name, "lr_tfidf_char"))
+        test = analysis.mcnemar(lr, b)
+        b, lr = b.metrics.iloc[0], lr.metrics.iloc[0]
     print(f"fold {args.fold}: {cfg.name} ({args.epochs} epochs, best {b['best_epoch']}, {seconds:.0f} s): "
           f"accuracy {b['accuracy']:.3f}, macro-F1 {b['macro_f1']:.3f}")
     print(f"fold {args.fold}: TF-IDF char 1-3-grams + LR: accuracy {lr['accuracy']:.3f}, macro-F1 {lr['macro_f1']:.3f}")
+    print(f"paired: only TF-IDF right on {test['only lr_tfidf_char right']} texts, only {cfg.name} right on "
+          f"{test['only this model right']}; exact McNemar p = {test['p-value (exact McNemar)']:.2g}")
+
+
+def fold_results(results_dir: str, name: str, fold: int) -> ModelResults:
+    """One fold's saved predictions and metrics of one model, as ModelResults."""
+    (folder,) = Path(results_dir).glob(f"*/models/{name}/folds")
+    metrics = pd.DataFrame([json.loads((folder / f"fold_{fold}.json").read_text())])
+    return ModelResults(name, {}, pd.read_csv(folder / f"fold_{fold}.csv"), metrics, None)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
 """Training throughput (texts/s) of 03_bert_cv's training step against the original study's loop.
 
     .venv/bin/python benchmarks/bert_throughput.py                      # CPU: a small random BERT (4 × 256)
-    .venv/bin/python benchmarks/bert_throughput.py --model models/e5-small --steps 20
+    .venv/bin/python benchmarks/bert_throughput.py --model models/e5-small --steps 20 --freeze-embeddings
     python benchmarks/bert_throughput.py --model bert-base-chinese      # on a GPU
 
 Same model weights, same texts, same batch size, same machine, one run:
 - original: every text padded to 100 tokens, no attention mask, fp32, random batches;
 - nblib: batches of similar length padded to their own longest text, attention mask, mixed precision
-  where the device supports it (bf16/fp16 on GPU, fp32 on CPU), as in ``nblib.bert.fine_tune``.
+  where the device supports it (bf16/fp16 on GPU, fp32 on CPU), as in ``nblib.bert.fine_tune``;
+- with ``--freeze-embeddings`` also nblib with the input word embeddings fixed (``freeze_embeddings=True``).
 """
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--max-len", type=int, default=128, help="truncation of the nblib path (the original pads to 100)")
     ap.add_argument("--cpu", action="store_true")
+    ap.add_argument("--freeze-embeddings", action="store_true", help="also time nblib with frozen word embeddings")
     args = ap.parse_args()
 
     labelled = data.load_labelled(args.data)
@@ -68,11 +70,13 @@ def main() -> None:
         n = args.batch_size * (args.steps + 3)
         texts, labels = labelled.texts[:n], labelled.labels[:n]
         results = {}
-        for name in ["original", "nblib"]:
+        for name in ["original", "nblib"] + (["nblib, frozen embeddings"] if args.freeze_embeddings else []):
             accelerator = Accelerator(cpu=not gpu, mixed_precision="no" if name == "original" else precision)
             torch.manual_seed(0)
             model = bert.load_classifier(source, labelled.label_names)
-            optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5)
+            if name.endswith("frozen embeddings"):
+                model.get_input_embeddings().weight.requires_grad_(False)
+            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-5)
             if name == "original":
                 enc = tok(texts, padding="max_length", max_length=100, truncation=True, return_tensors="pt")
                 ds = [{"input_ids": enc["input_ids"][i], "labels": torch.tensor(int(y))} for i, y in enumerate(labels)]
@@ -88,8 +92,8 @@ def main() -> None:
     print(f"model: {args.model or 'random BERT 4x256'}; device: {device}; batch {args.batch_size}; {args.steps} steps; "
           f"nblib precision: {precision if gpu else 'fp32'}")
     for name, v in results.items():
-        print(f"  {name:9s} {v:8.1f} texts/s")
-    print(f"  speed-up  {results['nblib'] / results['original']:.2f}x")
+        gain = "" if name == "original" else f"   {v / results['original']:.2f}x the original"
+        print(f"  {name:25s} {v:8.1f} texts/s{gain}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ validation part taken from the training folds, and asked once for the test fold'
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +32,19 @@ from .text import Unit, tokenize_all
 log = logging.getLogger(__name__)
 
 MODELS = ["mlp_onehot", "mlp_tf", "mlp_tfidf", "mlp_word2vec", "lstm_word2vec", "lstm_random", "lr_tfidf_char"]
+
+
+def model_list(models: str | Iterable[str]) -> list[str]:
+    """The baselines to run, checked against ``MODELS``. Takes a list, or the string papermill passes for
+    ``-p models ...``: one name, names separated by commas, or a JSON list (``'["mlp_tf", "lr_tfidf_char"]'``)."""
+    if isinstance(models, str):
+        text = models.strip()
+        models = json.loads(text) if text.startswith("[") else [m for m in text.replace(",", " ").split() if m]
+    models = list(models)
+    unknown = [m for m in models if m not in MODELS]
+    if unknown or not models:
+        raise ValueError(f"Unknown baseline(s) {unknown or models!r}; choose from {MODELS}.")
+    return models
 
 
 @dataclass

@@ -120,10 +120,15 @@ def load_classifier(source: str, label_names: Sequence[str]) -> PreTrainedModel:
     return load_classifier_and_new(source, label_names)[0]
 
 
-def encoder_checksum(model: PreTrainedModel) -> float:
-    """A fingerprint of the encoder weights (classification head excluded): equal for every fresh fold model."""
+def encoder_checksum(model: PreTrainedModel, new: set[str] = frozenset()) -> float:
+    """A fingerprint of the encoder weights that came from the checkpoint: equal for every fresh fold model.
+
+    The head is left out, and so are the parameters in ``new`` (from :func:`load_classifier_and_new`): a pooler
+    the checkpoint lacks is initialised at random, differently in every fold.
+    """
+    prefix = model.base_model_prefix + "."
     with torch.no_grad():
-        return float(sum(p.double().sum() for p in model.base_model.parameters()))
+        return float(sum(p.double().sum() for n, p in model.named_parameters() if n.startswith(prefix) and n not in new))
 
 
 # --- data -------------------------------------------------------------------------------------------
@@ -206,6 +211,7 @@ class TrainSettings:
     max_grad_norm: float = 1.0
     grad_accum: int = 1
     head_lr: float | None = None   # learning rate of the newly initialised parameters (None: lr)
+    freeze_embeddings: bool = False  # keep the input word embeddings fixed (much faster on CPU for large vocabularies)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, new: set[str] = frozenset(),
@@ -241,7 +247,9 @@ def fine_tune(source: str, label_names: Sequence[str], train: Encoded, val: Enco
     with the kept weights, after training.
     """
     model, new = load_classifier_and_new(source, label_names)
-    checksum = encoder_checksum(model)
+    checksum = encoder_checksum(model, new)
+    if settings.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
     n_proc = accelerator.num_processes
     per_device = settings.batch_size // (n_proc * settings.grad_accum)
     if per_device < 1:

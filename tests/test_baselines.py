@@ -163,3 +163,14 @@ def test_load_all_reads_finished_models_of_these_folds(tmp_path, write_sheet):
     baselines.BaselineSuite(d, folds, baselines.BaselineConfig(unit="char", min_df=1), tmp_path).run("lr_tfidf_char")
     assert list(results.load_all(tmp_path, d, folds)) == ["lr_tfidf_char"]
     assert results.load_all(tmp_path, d, nbdata.make_folds(d, 3, seed=1)) == {}
+
+
+def test_model_list_takes_what_papermill_passes():
+    assert baselines.model_list(["mlp_tf", "lr_tfidf_char"]) == ["mlp_tf", "lr_tfidf_char"]
+    assert baselines.model_list("lr_tfidf_char") == ["lr_tfidf_char"]  # -p models lr_tfidf_char
+    assert baselines.model_list("mlp_tf, lr_tfidf_char") == ["mlp_tf", "lr_tfidf_char"]
+    assert baselines.model_list('["mlp_tf", "lr_tfidf_char"]') == ["mlp_tf", "lr_tfidf_char"]
+    with pytest.raises(ValueError, match=r"mlp_bert.*choose from"):
+        baselines.model_list("mlp_tf,mlp_bert")
+    with pytest.raises(ValueError, match="choose from"):
+        baselines.model_list([])

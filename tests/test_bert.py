@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from accelerate import Accelerator
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertModel
 
 from conftest import tiny_data
 from nblib import bert, bert_cv
@@ -82,6 +82,20 @@ def test_new_head_can_get_its_own_learning_rate(tiny_encoder):
     assert len(bert.param_groups(model, 0.01, new)) == 2 and all("lr" not in g for g in bert.param_groups(model, 0.01, new))
 
 
+def test_checksum_ignores_a_pooler_the_checkpoint_lacks(tmp_path, tiny_encoder):
+    no_pooler = tmp_path / "no_pooler"  # like multilingual-e5: an encoder saved without its pooler
+    BertModel.from_pretrained(tiny_encoder, add_pooling_layer=False).save_pretrained(no_pooler)
+    AutoTokenizer.from_pretrained(tiny_encoder).save_pretrained(no_pooler)
+    fresh = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        fresh.append(bert.load_classifier_and_new(str(no_pooler), ["a", "b"]))
+    (m1, new1), (m2, new2) = fresh
+    assert {"bert.pooler.dense.weight", "bert.pooler.dense.bias"} <= new1
+    assert bert.encoder_checksum(m1) != bert.encoder_checksum(m2)  # the random pooler differs per fold
+    assert bert.encoder_checksum(m1, new1) == bert.encoder_checksum(m2, new2)
+
+
 def test_fine_tuning_learns_a_separable_set(tmp_path, write_sheet):
     d = tiny_data(write_sheet, n_per_class=20)
     enc = str(bert.build_tiny_encoder(d.texts, tmp_path / "enc"))
@@ -94,6 +108,20 @@ def test_fine_tuning_learns_a_separable_set(tmp_path, write_sheet):
     assert res.history["train_loss"].iloc[-1] < res.history["train_loss"].iloc[0]
     assert (res.test_probs.argmax(1) == d.labels[idx[52:]]).mean() >= 0.75
     assert res.best_epoch == int(res.history.loc[res.history["val_macro_f1"].idxmax(), "epoch"])
+
+
+def test_frozen_word_embeddings_stay_fixed_while_the_encoder_learns(tmp_path, write_sheet):
+    d = tiny_data(write_sheet, n_per_class=8)
+    enc = str(bert.build_tiny_encoder(d.texts, tmp_path / "enc"))
+    tok = AutoTokenizer.from_pretrained(enc)
+    ds = bert.Encoded(tok, d.texts, 32, d.labels)
+    before = bert.load_classifier(enc, d.label_names)
+    res = bert.fine_tune(enc, d.label_names, ds, None, None, bert.TrainSettings(epochs=1, batch_size=8, lr=1e-3,
+                         freeze_embeddings=True), Accelerator(cpu=True), tok, seed=0)
+    after = res.model
+    assert torch.equal(after.get_input_embeddings().weight, before.get_input_embeddings().weight)
+    assert not torch.allclose(after.bert.encoder.layer[0].output.dense.weight, before.bert.encoder.layer[0].output.dense.weight)
+    assert after.get_input_embeddings().weight.requires_grad is False
 
 
 def small_config(tmp_path, write_sheet, **kw) -> bert_cv.FineTuneConfig:
@@ -109,6 +137,7 @@ def test_cross_validation_fresh_model_per_fold_save_reload_and_resume(tmp_path, 
     cfg = small_config(tmp_path, write_sheet)
     res = bert_cv.cross_validate(cfg)
     folder = next((tmp_path / "res").glob("tiny-*/models/bert_tiny-random"))
+    assert len(list((folder / "environment").glob("*.json"))) == 1  # versions recorded once per session
     # every fold started from the same pretrained weights (the original code trained one model on across folds)
     source = next((tmp_path / "res").glob("tiny-*/encoders/tiny-random"))
     pretrained = bert.encoder_checksum(bert.load_classifier(str(source), ["a", "b", "c"]))
@@ -134,6 +163,7 @@ def test_cross_validation_fresh_model_per_fold_save_reload_and_resume(tmp_path, 
     again = bert_cv.cross_validate(cfg)
     assert (folder / "folds" / "fold_2.csv").stat().st_mtime_ns == stamp
     pd.testing.assert_frame_equal(again.predictions, res.predictions)
+    assert len(list((folder / "environment").glob("*.json"))) == 2
     with pytest.raises(ResultsExistError, match="lr"):
         bert_cv.cross_validate(replace(cfg, lr=5e-4))
 

@@ -28,9 +28,11 @@ def test_bert_notebook_takes_its_parameters(tmp_path, run_notebook, write_sheet)
     res = tmp_path / "res"
     run_notebook("03_bert_cv.ipynb", data_path=str(path), text_col="文本", label_col="类别", model="tiny-random",
                  run_name="smoke", n_folds=3, epochs=1, max_len=32, batch_size=8, train_final=False, device="cpu",
+                 freeze_embeddings=True,
                  fig_dir=str(tmp_path / "figs"), results_dir=str(res))
     (folder,) = res.glob("mine-*/models/smoke")
     config = json.loads((folder / "config.json").read_text())
     assert config["epochs"] == 1 and config["n_folds"] == 3 and config["label_names"] == ["文化", "文物", "节目"]
+    assert config["freeze_embeddings"] is True
     assert not (folder / "final").exists() and len(pd.read_csv(folder / "metrics.csv")) == 3
     assert (tmp_path / "figs" / "smoke_confusion_per_fold.png").exists()
