@@ -185,7 +185,8 @@ def test_interrupted_run_resumes_the_missing_fold(tmp_path, write_sheet):
 def test_two_cpu_processes_give_the_same_results_format(tmp_path, write_sheet, parallel):
     single = bert_cv.cross_validate(small_config(tmp_path / "one", write_sheet, train_final=False, save_fold_models=False))
     two = bert_cv.cross_validate(small_config(tmp_path / "two", write_sheet, num_processes=2, parallel=parallel,
-                                              train_final=parallel == "ddp", save_fold_models=False))
+                                              train_final=parallel == "ddp", save_fold_models=False,
+                                              freeze_embeddings=parallel == "ddp"))  # DDP skips frozen weights
     assert two.predictions.columns.tolist() == single.predictions.columns.tolist()
     assert (two.predictions[["index", "fold", "gold"]] == single.predictions[["index", "fold", "gold"]]).all().all()
     assert two.metrics.columns.tolist() == single.metrics.columns.tolist() and len(two.metrics) == 3
