@@ -9,15 +9,11 @@ Results go to a temporary folder.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
-
-from nblib import analysis, baselines, bert_cv, data
-from nblib.results import ModelResults
+from nblib import analysis, baselines, bert_cv, data, results
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "weibo_emotion" / "labelled_8665.xlsx"
 
@@ -46,7 +42,8 @@ def main() -> None:
         labelled = data.load_labelled(args.data)
         folds = data.load_or_make_folds(labelled, tmp)
         baselines.BaselineSuite(labelled, folds, baselines.BaselineConfig(), tmp).run("lr_tfidf_char")
-        b, lr = (fold_results(tmp, name, args.fold) for name in (cfg.name, "lr_tfidf_char"))
+        study = data.study_dir(tmp, labelled) / "models"
+        b, lr = (results.read_folds(study / name, [args.fold]) for name in (cfg.name, "lr_tfidf_char"))
         test = analysis.mcnemar(lr, b)
         b, lr = b.metrics.iloc[0], lr.metrics.iloc[0]
     print(f"fold {args.fold}: {cfg.name} ({args.epochs} epochs, best {b['best_epoch']}, {seconds:.0f} s): "
@@ -54,13 +51,6 @@ def main() -> None:
     print(f"fold {args.fold}: TF-IDF char 1-3-grams + LR: accuracy {lr['accuracy']:.3f}, macro-F1 {lr['macro_f1']:.3f}")
     print(f"paired: only TF-IDF right on {test['only lr_tfidf_char right']} texts, only {cfg.name} right on "
           f"{test['only this model right']}; exact McNemar p = {test['p-value (exact McNemar)']:.2g}")
-
-
-def fold_results(results_dir: str, name: str, fold: int) -> ModelResults:
-    """One fold's saved predictions and metrics of one model, as ModelResults."""
-    (folder,) = Path(results_dir).glob(f"*/models/{name}/folds")
-    metrics = pd.DataFrame([json.loads((folder / f"fold_{fold}.json").read_text())])
-    return ModelResults(name, {}, pd.read_csv(folder / f"fold_{fold}.csv"), metrics, None)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ def model_list(models: str | Iterable[str]) -> list[str]:
     ``-p models ...``: one name, names separated by commas, or a JSON list (``'["mlp_tf", "lr_tfidf_char"]'``)."""
     if isinstance(models, str):
         text = models.strip()
-        models = json.loads(text) if text.startswith("[") else [m for m in text.replace(",", " ").split() if m]
+        models = json.loads(text) if text.startswith("[") else text.replace(",", " ").split()
     models = list(models)
     unknown = [m for m in models if m not in MODELS]
     if unknown or not models:

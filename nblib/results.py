@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -171,18 +172,25 @@ class ModelRun:
         missing = self.pending_folds()
         if missing:
             raise RuntimeError(f"{self.name}: folds {missing} have no results yet.")
-        folder = self.path / "folds"
-        predictions = pd.concat([pd.read_csv(folder / f"fold_{k}.csv", keep_default_na=False, dtype={"text": str})
-                                 for k in range(self.n_folds)]).sort_values("index").reset_index(drop=True)
-        metrics = pd.DataFrame([json.loads((folder / f"fold_{k}.json").read_text()) for k in range(self.n_folds)])
-        histories = [pd.read_csv(p) for k in range(self.n_folds) if (p := folder / f"fold_{k}_history.csv").exists()]
-        history = pd.concat(histories, ignore_index=True) if histories else None
-        predictions.to_csv(self.path / "predictions.csv", index=False)
-        metrics.to_csv(self.path / "metrics.csv", index=False)
-        if history is not None:
-            history.to_csv(self.path / "history.csv", index=False)
+        res = read_folds(self.path, range(self.n_folds))
+        res.predictions.to_csv(self.path / "predictions.csv", index=False)
+        res.metrics.to_csv(self.path / "metrics.csv", index=False)
+        if res.history is not None:
+            res.history.to_csv(self.path / "history.csv", index=False)
         log.info("%s: results in %s", self.name, self.path)
-        return ModelResults(self.name, self.config, predictions, metrics, history)
+        return res
+
+
+def read_folds(path: str | Path, folds: Iterable[int]) -> ModelResults:
+    """The per-fold files of the given (finished) folds of one model folder, combined."""
+    path, folds = Path(path), list(folds)
+    folder = path / "folds"
+    predictions = pd.concat([pd.read_csv(folder / f"fold_{k}.csv", keep_default_na=False, dtype={"text": str})
+                             for k in folds]).sort_values("index").reset_index(drop=True)
+    metrics = pd.DataFrame([json.loads((folder / f"fold_{k}.json").read_text()) for k in folds])
+    histories = [pd.read_csv(p) for k in folds if (p := folder / f"fold_{k}_history.csv").exists()]
+    history = pd.concat(histories, ignore_index=True) if histories else None
+    return ModelResults(path.name, json.loads((path / "config.json").read_text()), predictions, metrics, history)
 
 
 def _fold_hash(folds: np.ndarray) -> str:
