@@ -7,14 +7,15 @@ STAMP  := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 EXECUTED  := executed
 
-.PHONY: setup notebooks test clean-test
+.PHONY: setup notebooks test lint format clean-test
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The tested versions: ranges in pyproject.toml, pins in constraints.txt.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 # The encoder fine-tuned by the demo run. The default, tiny-random, is a small randomly initialised BERT
@@ -23,7 +24,8 @@ $(STAMP): pyproject.toml
 BERT_MODEL ?= tiny-random
 BERT_PARAMS := -p model $(BERT_MODEL) $(if $(filter tiny-random,$(BERT_MODEL)),-p epochs 10 -p lr 0.001)
 
-run_nb = $(BIN)/papermill --cwd notebooks notebooks/$(1).ipynb $(EXECUTED)/$(1).ipynb $(2)
+# --log-output streams each cell's output (per-fold progress) to the terminal while it runs.
+run_nb = $(BIN)/papermill --log-output --cwd notebooks notebooks/$(1).ipynb $(EXECUTED)/$(1).ipynb $(2)
 
 # The main job: run every notebook headless on the bundled demo data, in order.
 # Executed copies go to executed/, figures to figures/, results to results/.
@@ -35,9 +37,19 @@ notebooks: setup
 	$(call run_nb,04_error_analysis)
 	$(call run_nb,05_predict)
 
-# Unit tests, then every notebook under nbval with the small settings of tests/nbparams/*.yaml
+# ruff (lint and format check) over the library, tests, benchmarks and notebooks.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# Rewrite the code as ruff formats it.
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# Lint, unit tests, then every notebook under nbval with the small settings of tests/nbparams/*.yaml
 # (papermill injects them into copies under build/nbtest; nbval executes the copies).
-test: setup clean-test
+test: setup lint clean-test
 	mkdir -p build/nbtest
 	for nb in $(NOTEBOOKS); do \
 	  p=tests/nbparams/$$(basename $$nb .ipynb).yaml; \

@@ -1,6 +1,7 @@
-"""Wall time and scores of every baseline, 5-fold, on the benchmark sheet (../shared/datasets/weibo_emotion).
+"""Wall time and scores of every baseline, 5-fold, on the public Weibo benchmark sheet (SMP2020-EWECT).
 
-    .venv/bin/python benchmarks/baselines.py [--unit word|char] [--models mlp_tf lr_tfidf_char …]
+    .venv/bin/python benchmarks/baselines.py --data PATH/labelled_8665.xlsx [--unlabelled PATH/unlabelled_10000.xlsx]
+        [--unit word|char] [--models mlp_tf lr_tfidf_char …]
 
 Results go to a fresh temporary folder (nothing is resumed), so the times are of a full run.
 """
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from nblib import baselines, data, metrics
+from nblib import baselines, metrics
+from nblib.study import open_study
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "weibo_emotion"
 
@@ -27,16 +29,16 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     args = ap.parse_args()
     if not args.data.exists():
-        raise SystemExit(f"benchmark data not found at {args.data}")
+        raise SystemExit(f"benchmark data not found at {args.data}: pass --data with the path of the SMP2020-EWECT sheet")
 
-    labelled = data.load_labelled(args.data)
-    pool = data.load_unlabelled(args.unlabelled)["text"].tolist() if args.unlabelled.exists() else None
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        folds = data.load_or_make_folds(labelled, tmp, args.folds, 42)
+        study = open_study(args.data, n_folds=args.folds, results_dir=tmp,
+                           unlabelled_path=str(args.unlabelled) if args.unlabelled.exists() else None)
         start = time.perf_counter()
-        suite = baselines.BaselineSuite(labelled, folds, baselines.BaselineConfig(unit=args.unit), tmp, pool)
-        print(f"tokenization ({args.unit}) of {len(labelled.df) + len(pool or [])} texts: {time.perf_counter() - start:.1f} s")
+        suite = baselines.BaselineSuite(study, baselines.BaselineConfig(unit=args.unit))
+        print(f"tokenization ({args.unit}) of {len(study.data.df) + len(study.pool)} texts: "
+              f"{time.perf_counter() - start:.1f} s")
         for name in args.models:
             start = time.perf_counter()
             res = suite.run(name)

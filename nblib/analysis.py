@@ -5,7 +5,7 @@ disagreements between models, confused class pairs, and label-noise candidates f
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -20,7 +20,16 @@ def _correct(res: ModelResults) -> np.ndarray:
 
 
 def mcnemar(reference: ModelResults, other: ModelResults) -> dict:
-    """Exact McNemar test on the texts where exactly one of the two models is right."""
+    """Exact McNemar test on the texts where exactly one of the two models is right.
+
+    Args:
+        reference: the model compared against.
+        other: the other model, on the same texts in the same order.
+
+    Returns:
+        A table row: ``model`` (``other``'s name), the number of texts only each model gets right,
+        ``accuracy difference`` (reference minus other) and ``p-value (exact McNemar)``.
+    """
     a, b = _correct(reference), _correct(other)
     only_ref, only_other = int((a & ~b).sum()), int((~a & b).sum())
     p = binomtest(only_ref, only_ref + only_other, 0.5).pvalue if only_ref + only_other else 1.0
@@ -30,7 +39,18 @@ def mcnemar(reference: ModelResults, other: ModelResults) -> dict:
 
 def bootstrap_ci(results: dict[str, ModelResults], n_boot: int = 1000, level: float = 0.95,
                  seed: int = 0) -> pd.DataFrame:
-    """Percentile bootstrap intervals of accuracy and macro-F1, resampling the same texts for every model."""
+    """Percentile bootstrap intervals of accuracy and macro-F1, resampling the same texts for every model.
+
+    Args:
+        results: each model's out-of-fold predictions, by name (same texts in the same order).
+        n_boot: number of bootstrap resamples.
+        level: confidence level of the intervals.
+        seed: resampling seed.
+
+    Returns:
+        One row per model (index ``model``), best macro-F1 first, columns ``accuracy``, ``accuracy CI``,
+        ``macro_f1``, ``macro_f1 CI`` (intervals as ``"[low, high]"`` strings).
+    """
     any_res = next(iter(results.values()))
     n, k = len(any_res.predictions), any_res.probs.shape[1]
     idx = np.random.default_rng(seed).integers(0, n, (n_boot, n))
@@ -47,27 +67,53 @@ def bootstrap_ci(results: dict[str, ModelResults], n_boot: int = 1000, level: fl
     return pd.DataFrame(rows).set_index("model").sort_values("macro_f1", ascending=False)
 
 
-def accuracy_by_length(results: dict[str, ModelResults], edges: Sequence[int] = (0, 10, 20, 40, 80, 10_000)) -> pd.DataFrame:
-    """Accuracy of each model per bucket of text length in characters (long form: bucket, model, accuracy, texts)."""
+def accuracy_by_length(results: dict[str, ModelResults],
+                       edges: Sequence[int] = (0, 10, 20, 40, 80, 10_000)) -> pd.DataFrame:
+    """Accuracy of each model per bucket of text length in characters (long form: bucket, model, accuracy, texts).
+
+    Args:
+        results: each model's out-of-fold predictions, by name.
+        edges: bucket boundaries in characters, each bucket ``[a, b)``; one ending at 10 000 or more is labelled ``a+``.
+    """
     rows = []
     for name, res in results.items():
         pred = res.predictions
-        bucket = pd.cut(pred["text"].str.len(), list(edges), right=False,
-                        labels=[f"{a}–{b - 1}" if b < 10_000 else f"{a}+" for a, b in zip(edges, edges[1:])])
+        labels = [f"{a}–{b - 1}" if b < 10_000 else f"{a}+" for a, b in zip(edges, edges[1:], strict=False)]
+        bucket = pd.cut(pred["text"].str.len(), list(edges), right=False, labels=labels)
         grouped = pd.DataFrame({"bucket": bucket, "correct": _correct(res)}).groupby("bucket", observed=True)["correct"]
-        rows.append(pd.DataFrame({"accuracy": grouped.mean(), "texts": grouped.size()}).reset_index().assign(model=name))
+        table = pd.DataFrame({"accuracy": grouped.mean(), "texts": grouped.size()})
+        rows.append(table.reset_index().assign(model=name))
     return pd.concat(rows, ignore_index=True)
 
 
 def confident_errors(res: ModelResults, label_names: Sequence[str], top: int = 10) -> pd.DataFrame:
-    """The wrong predictions the model was most sure of."""
+    """The wrong predictions the model was most sure of.
+
+    Args:
+        res: one model's out-of-fold predictions.
+        label_names: the class names by id.
+        top: at most this many texts.
+
+    Returns:
+        Columns ``row``, ``text``, ``gold``, ``predicted`` (class names), ``confidence`` (top probability).
+    """
     pred = res.predictions.assign(confidence=res.probs.max(axis=1))
     wrong = pred[pred["gold"] != pred["pred"]].nlargest(top, "confidence")
     return _named(wrong, label_names)[["row", "text", "gold", "predicted", "confidence"]]
 
 
 def disagreements(a: ModelResults, b: ModelResults, label_names: Sequence[str], top: int = 10) -> pd.DataFrame:
-    """Texts model ``a`` gets wrong and ``b`` gets right, most confident (in ``b``) first."""
+    """Texts model ``a`` gets wrong and ``b`` gets right, most confident (in ``b``) first.
+
+    Args:
+        a: the model whose errors are listed.
+        b: the model that gets them right (same texts in the same order).
+        label_names: the class names by id.
+        top: at most this many texts.
+
+    Returns:
+        Columns ``row``, ``text``, ``gold (= <b's name>)``, ``<a's name> says``.
+    """
     mask = ~_correct(a) & _correct(b)
     table = a.predictions.assign(**{f"{a.name} says": [label_names[i] for i in a.predictions["pred"]],
                                     "confidence of b": b.probs.max(axis=1)})[mask]
@@ -76,17 +122,37 @@ def disagreements(a: ModelResults, b: ModelResults, label_names: Sequence[str], 
 
 
 def confused_pairs(res: ModelResults, label_names: Sequence[str], top: int = 5, examples: int = 3) -> pd.DataFrame:
-    """The most frequent (gold → predicted) confusions with a few example texts each."""
+    """The most frequent (gold → predicted) confusions with a few example texts each.
+
+    Args:
+        res: one model's out-of-fold predictions.
+        label_names: the class names by id.
+        top: at most this many class pairs.
+        examples: example texts per pair.
+
+    Returns:
+        Columns ``gold``, ``predicted``, ``texts`` (count), ``examples`` (joined with " ｜ ").
+    """
     pred = res.predictions[res.predictions["gold"] != res.predictions["pred"]]
     counts = pred.groupby(["gold", "pred"]).size().nlargest(top)
     return pd.DataFrame([{"gold": label_names[g], "predicted": label_names[p], "texts": int(n),
-                          "examples": " ｜ ".join(pred[(pred["gold"] == g) & (pred["pred"] == p)]["text"].head(examples))}
+                          "examples": " ｜ ".join(
+                              pred[(pred["gold"] == g) & (pred["pred"] == p)]["text"].head(examples))}
                          for (g, p), n in counts.items()])
 
 
 def label_noise_candidates(results: dict[str, ModelResults], label_names: Sequence[str],
                            min_confidence: float = 0.7) -> pd.DataFrame:
-    """Texts whose gold label every model rejects, all agreeing on one other label with at least ``min_confidence``."""
+    """Texts whose gold label every model rejects, all agreeing on one other label with at least ``min_confidence``.
+
+    Args:
+        results: each model's out-of-fold predictions, by name (same texts in the same order).
+        label_names: the class names by id.
+        min_confidence: the lowest top probability every model must have.
+
+    Returns:
+        Columns ``row``, ``text``, ``gold``, ``predicted``, ``confidence`` (mean over models), most confident first.
+    """
     any_res = next(iter(results.values()))
     preds = np.stack([r.predictions["pred"].to_numpy() for r in results.values()])
     conf = np.stack([r.probs.max(axis=1) for r in results.values()])

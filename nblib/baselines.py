@@ -8,8 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import numpy as np
@@ -23,10 +22,13 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_sequence
 from torch.utils.data import DataLoader
 
 from . import features
-from .cv import FoldOutput, FoldSplit, run_cv
-from .data import LabelledData
-from .metrics import fold_metrics
-from .results import ModelResults, ModelRun
+from . import settings
+from .cv import FoldOutput, run_folds
+from .folds import FoldSplit
+from .metrics import improves, validation_scores
+from .results import ModelResults
+from .settings import ModelSelection, SelectOn
+from .study import Study
 from .text import Unit, tokenize_all
 
 log = logging.getLogger(__name__)
@@ -69,8 +71,7 @@ class BaselineConfig:
     weight_decay: float = 1e-4
     lr_C: float = 10.0             # inverse regularisation of the logistic regression
     ngram_max: int = 3             # character n-grams 1..ngram_max for TF-IDF + LR
-    val_fraction: float = 0.1
-    seed: int = 42
+    selection: ModelSelection = field(default_factory=ModelSelection)
 
 
 # --- models ---------------------------------------------------------------------------------------
@@ -158,15 +159,28 @@ def predict_proba(model: nn.Module, batches: Iterable) -> np.ndarray:
     return torch.cat([torch.softmax(model(*inputs), -1) for inputs, _ in batches]).numpy()
 
 
-def train_early_stopping(model: nn.Module, train: DataLoader, val: DataLoader, y_val: np.ndarray, num_labels: int,
-                         epochs: int, lr: float, weight_decay: float, patience: int) -> tuple[nn.Module, pd.DataFrame]:
-    """AdamW training; after each epoch score the validation part and keep the weights of the lowest loss.
+def train_early_stopping(model: nn.Module, train: DataLoader, val: DataLoader, y_val: np.ndarray, epochs: int,
+                         lr: float, weight_decay: float, patience: int,
+                         select_on: SelectOn) -> tuple[nn.Module, pd.DataFrame, int]:
+    """AdamW training, scoring the validation part after each epoch and keeping the best epoch's weights.
 
-    Stops after ``patience`` epochs without improvement. Returns the best model and the per-epoch curves.
+    Args:
+        model: a freshly initialised model.
+        train: shuffled training batches ``((inputs…), labels)``.
+        val: validation batches, in the order of ``y_val``.
+        y_val: gold label ids of the validation part.
+        epochs: the most epochs to train.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        patience: stop after this many epochs without a better validation score.
+        select_on: the validation score that decides the best epoch (:func:`nblib.metrics.improves`).
+
+    Returns:
+        The model with the best epoch's weights, the per-epoch curves, and the best epoch.
     """
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss()
-    best, best_state, since, rows = np.inf, None, 0, []
+    best, best_state, best_epoch, rows = None, None, 0, []
     for epoch in range(1, epochs + 1):
         model.train()
         total, count = 0.0, 0
@@ -176,31 +190,38 @@ def train_early_stopping(model: nn.Module, train: DataLoader, val: DataLoader, y
             loss.backward()
             optimizer.step()
             total, count = total + loss.item() * len(y), count + len(y)
-        probs = predict_proba(model, val)
-        m = fold_metrics(y_val, probs.argmax(1), num_labels)
-        val_loss = float(-np.log(np.clip(probs[np.arange(len(y_val)), y_val], 1e-12, None)).mean())
-        rows.append({"epoch": epoch, "train_loss": total / count, "val_loss": val_loss,
-                     "val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"]})
-        if val_loss < best:
-            best, best_state, since = val_loss, copy.deepcopy(model.state_dict()), 0
-        else:
-            since += 1
-            if since >= patience:
-                break
+        scores = validation_scores(y_val, predict_proba(model, val))
+        rows.append({"epoch": epoch, "train_loss": total / count, **scores})
+        if improves(scores, best, select_on):
+            best, best_state, best_epoch = scores, copy.deepcopy(model.state_dict()), epoch
+        elif epoch - best_epoch >= patience:
+            break
     model.load_state_dict(best_state)
-    return model, pd.DataFrame(rows)
+    return model, pd.DataFrame(rows), best_epoch
 
 
 # --- one fold of each kind of model ---------------------------------------------------------------
 
-class BaselineSuite:
-    """Runs the baselines on one dataset and its folds, sharing the tokenization and the word2vec vectors."""
+@dataclass
+class FoldModel:
+    """A fresh model for one fold, a function that makes its batches for given text indices, and extras."""
 
-    def __init__(self, data: LabelledData, folds: np.ndarray, config: BaselineConfig, results_dir: str | Path,
-                 unlabelled_texts: list[str] | None = None):
-        self.data, self.folds, self.cfg, self.results_dir = data, np.asarray(folds), config, results_dir
-        self.tokens = tokenize_all(data.texts, config.unit)
-        self.unlabelled_tokens = tokenize_all(unlabelled_texts or [], config.unit)
+    model: nn.Module
+    batches: Callable[[np.ndarray, bool], DataLoader]
+    extra: dict
+
+
+class BaselineSuite:
+    """Runs the baselines on one study and its folds, sharing the tokenization and the word2vec vectors."""
+
+    def __init__(self, study: Study, config: BaselineConfig):
+        """Args:
+            study: the study (data, folds, unlabelled pool for word2vec).
+            config: every baseline setting.
+        """
+        self.study, self.data, self.cfg = study, study.data, config
+        self.tokens = tokenize_all(self.data.texts, config.unit)
+        self.unlabelled_tokens = tokenize_all(study.pool["text"], config.unit)
         self._wv = None
 
     @property
@@ -209,25 +230,35 @@ class BaselineSuite:
         if self._wv is None:
             c = self.cfg
             self._wv = features.train_word2vec(self.tokens + self.unlabelled_tokens, c.w2v_dim, c.w2v_window,
-                                               c.w2v_min_count, c.w2v_epochs, c.seed)
+                                               c.w2v_min_count, c.w2v_epochs, self.study.settings.seed)
             log.info("word2vec: %d %s units, trained on %d texts (%d unlabelled).", len(self._wv), c.unit,
                      len(self.tokens) + len(self.unlabelled_tokens), len(self.unlabelled_tokens))
         return self._wv
 
     def run(self, name: str) -> ModelResults:
-        """Cross-validate one baseline (see ``MODELS``); resumes a finished or interrupted run."""
+        """Cross-validate one baseline on every fold; resumes a finished or interrupted run.
+
+        Args:
+            name: one of ``MODELS``.
+        """
         if name not in MODELS:
             raise ValueError(f"Unknown baseline {name!r}; choose from {MODELS}.")
-        cfg = asdict(self.cfg)
+        cfg = settings.identity(self.cfg)
         if name == "lr_tfidf_char":
             cfg["unit"] = f"char 1-{self.cfg.ngram_max}-grams"
         if "word2vec" in name:
             cfg["word2vec_texts"] = {"labelled": len(self.tokens), "unlabelled": len(self.unlabelled_tokens)}
-        run = ModelRun(self.results_dir, self._run_name(name), cfg, self.data, self.folds)
+        run = self.study.open_run(self.run_name(name), cfg)
         fit = self._logistic_regression if name == "lr_tfidf_char" else self._neural(name)
-        return run_cv(run, self.data, self.folds, fit, self.cfg.val_fraction, self.cfg.seed)
+        run_folds(self.study, run, fit, self.cfg.selection.val_fraction)
+        return run.finish()
 
-    def _run_name(self, name: str) -> str:
+    def run_name(self, name: str) -> str:
+        """The results folder name of baseline ``name`` (the unit is part of it, except for TF-IDF + LR).
+
+        Args:
+            name: one of ``MODELS``.
+        """
         return name if name == "lr_tfidf_char" else f"{name}_{self.cfg.unit}"
 
     def _logistic_regression(self, split: FoldSplit) -> FoldOutput:
@@ -241,39 +272,53 @@ class BaselineSuite:
 
     def _neural(self, name: str) -> Callable[[FoldSplit], FoldOutput]:
         def fit(split: FoldSplit) -> FoldOutput:
-            c, y, k = self.cfg, self.data.labels, self.data.num_labels
-            model, loaders, extra = self._build(name, split)
-            train = loaders(split.train, True)
-            model, history = train_early_stopping(model, train, loaders(split.val, False), y[split.val], k,
-                                                  c.epochs, c.lr, c.weight_decay, c.patience)
-            best = int(history.loc[history["val_loss"].idxmin(), "epoch"])
-            probs = predict_proba(model, loaders(split.test, False))
-            return FoldOutput(probs, {**extra, "best_epoch": best, "epochs_run": len(history)}, history)
+            c, y = self.cfg, self.data.labels
+            built = self.build(name, split)
+            model, history, best = train_early_stopping(
+                built.model, built.batches(split.train, True), built.batches(split.val, False), y[split.val],
+                c.epochs, c.lr, c.weight_decay, c.patience, c.selection.select_on)
+            probs = predict_proba(model, built.batches(split.test, False))
+            return FoldOutput(probs, {**built.extra, "best_epoch": best, "epochs_run": len(history)}, history)
 
         return fit
 
-    def _build(self, name: str, split: FoldSplit):
-        """The fresh model of this fold, a function making its batches for given indices, and extras."""
+    def feature_matrix(self, kind: str, split: FoldSplit) -> tuple[np.ndarray | sp.csr_matrix, list[str]]:
+        """The MLP input of every text for one fold, fitted on the fold's training part only.
+
+        Args:
+            kind: ``onehot``, ``tf``, ``tfidf`` (bags of units) or ``word2vec`` (averaged vectors, standardised).
+            split: the fold.
+
+        Returns:
+            The matrix (one row per text of the study) and the name of each column.
+        """
+        if kind == "word2vec":
+            x = features.mean_vectors(self.tokens, self.word2vec)
+            x = StandardScaler().fit(x[split.train]).transform(x).astype(np.float32)
+            return x, [f"w2v_{i}" for i in range(x.shape[1])]
+        vec = features.bag_vectorizer(kind, self.cfg.min_df, self.cfg.max_features)
+        vec.fit([self.tokens[i] for i in split.train])
+        return vec.transform(self.tokens).astype(np.float32), vec.get_feature_names_out().tolist()
+
+    def build(self, name: str, split: FoldSplit) -> FoldModel:
+        """The fresh (untrained) model of baseline ``name`` for one fold, with its batches.
+
+        Args:
+            name: one of ``MODELS`` except ``lr_tfidf_char``.
+            split: the fold.
+        """
         c, y, k = self.cfg, self.data.labels, self.data.num_labels
-        tokens = [self.tokens[i] for i in split.train]
         if name.startswith("mlp_"):
-            kind = name.removeprefix("mlp_")
-            if kind == "word2vec":
-                x = features.mean_vectors(self.tokens, self.word2vec)
-                x = StandardScaler().fit(x[split.train]).transform(x).astype(np.float32)
-                extra = {"features": x.shape[1]}
-            else:
-                vec = features.bag_vectorizer(kind, c.min_df, c.max_features).fit(tokens)
-                x = vec.transform(self.tokens).astype(np.float32)
-                extra = {"features": len(vec.vocabulary_)}
+            x, columns = self.feature_matrix(name.removeprefix("mlp_"), split)
             model = MLP(x.shape[1], c.mlp_hidden, k, c.dropout)
-            return model, lambda idx, shuffle: matrix_loader(x[idx], y[idx], c.batch_size, shuffle, split.seed), extra
-        vocab = features.Vocab(tokens, min_count=1, max_size=c.max_features)
+            return FoldModel(model, lambda idx, shuffle: matrix_loader(x[idx], y[idx], c.batch_size, shuffle, split.seed),
+                             {"features": len(columns)})
+        vocab = features.Vocab([self.tokens[i] for i in split.train], min_count=1, max_size=c.max_features)
         seqs = vocab.encode(self.tokens, c.max_len)
         extra = {"vocab": len(vocab)}
         pretrained = None
         if name == "lstm_word2vec":
             pretrained, extra["word2vec_coverage"] = vocab.embedding_matrix(self.word2vec, split.seed)
         model = LSTMClassifier(len(vocab), c.w2v_dim, c.lstm_hidden, k, c.dropout, pretrained)
-        return model, lambda idx, shuffle: sequence_loader([seqs[i] for i in idx], y[idx], c.batch_size, shuffle,
-                                                           split.seed), extra
+        return FoldModel(model, lambda idx, shuffle: sequence_loader([seqs[i] for i in idx], y[idx], c.batch_size,
+                                                                     shuffle, split.seed), extra)

@@ -1,4 +1,4 @@
-"""The cross-validation loop shared by every model: split, fit, predict the test fold once, save."""
+"""The cross-validation loop shared by every model: split, fit a fresh model, predict the test fold once, save."""
 from __future__ import annotations
 
 import logging
@@ -10,31 +10,24 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.model_selection import StratifiedGroupKFold
 from tqdm.auto import tqdm
 
-from .data import LabelledData
-from .results import ModelResults, ModelRun
+from .folds import FoldSplit
+from .results import ModelRun
+from .study import Study
 
 log = logging.getLogger(__name__)
 
 
 def set_seed(seed: int) -> None:
-    """Seed Python, NumPy and PyTorch (all devices)."""
+    """Seed Python, NumPy and PyTorch (all devices).
+
+    Args:
+        seed: the seed.
+    """
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-@dataclass
-class FoldSplit:
-    """Indices into ``LabelledData.df`` for one fold: fit on ``train``, select on ``val``, score ``test`` once."""
-
-    fold: int
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
-    seed: int
 
 
 @dataclass
@@ -46,35 +39,25 @@ class FoldOutput:
     history: pd.DataFrame | None = None
 
 
-def validation_split(train: np.ndarray, data: LabelledData, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split training indices into fit and validation parts, stratified, identical texts kept together.
-
-    The validation part is for early stopping and model selection only; it never touches the test fold.
-    """
-    counts = np.bincount(data.labels[train])
-    n_splits = max(2, min(round(1 / fraction), counts[counts > 0].min()))  # tiny classes: a larger validation share
-    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    fit, val = next(splitter.split(train, data.labels[train], data.df["text"].to_numpy()[train]))
-    return train[fit], train[val]
-
-
-def split_fold(data: LabelledData, folds: np.ndarray, k: int, val_fraction: float, seed: int) -> FoldSplit:
-    """The train/validation/test indices of fold k."""
-    test = np.flatnonzero(folds == k)
-    train, val = validation_split(np.flatnonzero(folds != k), data, val_fraction, seed + k)
-    return FoldSplit(k, train, val, test, seed + k)
-
-
-def run_folds(run: ModelRun, data: LabelledData, folds: np.ndarray, fit_predict: Callable[[FoldSplit], FoldOutput],
-              val_fraction: float = 0.1, seed: int = 42, which: Sequence[int] | None = None, save: bool = True) -> None:
-    """Train and test the given folds (default: every pending fold of ``run``) and save each as it finishes.
+def run_folds(study: Study, run: ModelRun, fit_predict: Callable[[FoldSplit], FoldOutput], val_fraction: float,
+              which: Sequence[int] | None = None, save: bool = True) -> None:
+    """Train and test folds of ``run`` one after another, saving each as it finishes.
 
     ``fit_predict`` builds a fresh model for each fold, so nothing learnt on one fold reaches another.
-    In a multi-process run every process calls this with the same folds and only one saves.
+    Each fold is seeded with ``seed + k`` before it starts. Call ``run.finish()`` when every fold is done.
+
+    Args:
+        study: the study whose folds are run.
+        run: the model folder the folds are saved in.
+        fit_predict: trains a fresh model on a fold's train part (selecting on its validation part) and
+            returns the test part's probabilities.
+        val_fraction: share of the training folds used for validation.
+        which: the folds to run (default: every fold of ``run`` without results).
+        save: False in the processes of a distributed run that do not save (all run the same folds).
     """
     pending = run.pending_folds() if which is None else list(which)
     for k in tqdm(pending, desc=run.name, disable=not pending or not save):
-        split = split_fold(data, folds, k, val_fraction, seed)
+        split = study.split(k, val_fraction)
         set_seed(split.seed)
         start = time.perf_counter()
         out = fit_predict(split)
@@ -82,10 +65,3 @@ def run_folds(run: ModelRun, data: LabelledData, folds: np.ndarray, fit_predict:
         if save:
             m = run.save_fold(k, split.test, out.probs, extra, out.history)
             log.info("%s fold %d: accuracy %.3f, macro-F1 %.3f", run.name, k, m["accuracy"], m["macro_f1"])
-
-
-def run_cv(run: ModelRun, data: LabelledData, folds: np.ndarray, fit_predict: Callable[[FoldSplit], FoldOutput],
-           val_fraction: float = 0.1, seed: int = 42) -> ModelResults:
-    """Run every pending fold of ``run`` in this process (finished folds are skipped); return the combined results."""
-    run_folds(run, data, folds, fit_predict, val_fraction, seed)
-    return run.finish()

@@ -1,4 +1,4 @@
-"""Loading and checking a labelled sheet of short texts, and the cross-validation folds.
+"""Loading and checking a labelled sheet of short texts (and an unlabelled pool of them).
 
 Every problem in the input either stops the load with a :class:`DataError` that says what to do,
 or is fixed and written to the load report (``LabelledData.report``), which is also logged.
@@ -11,7 +11,6 @@ they carry signal and BERT tokenizers handle them.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,6 @@ from typing import Literal, Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 log = logging.getLogger(__name__)
 
@@ -293,64 +291,3 @@ def load_unlabelled(path: str | Path, text_col: str = "Sentence", sheet: str | i
     df = pd.DataFrame({"text": text, "row": raw.index + 2}).dropna(subset=["text"]).reset_index(drop=True)
     log.info("%s: %d unlabelled texts (%d of %d rows dropped).", path.name, len(df), report.dropped(), len(raw))
     return df
-
-
-# ---------------------------------------------------------------------------------------------
-# Folds
-
-
-def make_folds(data: LabelledData, n_splits: int = 5, seed: int = 42) -> np.ndarray:
-    """Stratified k-fold assignment (fold id per text); identical texts always share a fold."""
-    groups = data.df["text"].to_numpy()
-    per_class = data.df.drop_duplicates("text")["label"].value_counts()
-    small = per_class[per_class < n_splits]
-    if len(small):
-        detail = ", ".join(f"{data.label_names[i]!r}: {n}" for i, n in small.items())
-        raise DataError(f"Class(es) with fewer distinct texts than folds ({n_splits}): {detail}. "
-                        f"Use fewer folds, add examples, or merge these classes in the sheet.")
-    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    folds = np.empty(len(groups), dtype=int)
-    for k, (_, test) in enumerate(splitter.split(groups, data.labels, groups)):
-        folds[test] = k
-    return folds
-
-
-def save_folds(path: str | Path, data: LabelledData, folds: np.ndarray, n_splits: int, seed: int) -> None:
-    """Write the fold of every text (with its sheet row, label and text) and a header of metadata."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table = data.df[["row", "label", "text"]].assign(fold=folds)
-    meta = {"n_splits": n_splits, "seed": seed, "data": data.source, "fingerprint": data.fingerprint(), "n": len(table)}
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2, ensure_ascii=False))
-    table.to_csv(path, index=False)
-
-
-def load_folds(path: str | Path, data: LabelledData) -> np.ndarray:
-    """Read saved folds and check that they belong to exactly this data."""
-    path = Path(path)
-    meta = json.loads(path.with_suffix(".json").read_text())
-    table = pd.read_csv(path, dtype={"text": str}, keep_default_na=False)
-    if meta["fingerprint"] != data.fingerprint() or table["text"].tolist() != data.texts:
-        raise DataError(f"The folds in {path} were made for different data ({meta['data']}, {meta['n']} texts). "
-                        f"Delete the file to make new folds.")
-    return table["fold"].to_numpy()
-
-
-def study_dir(results_dir: str | Path, data: LabelledData) -> Path:
-    """The folder for everything computed from exactly this data: ``results_dir/<file>-<fingerprint>``.
-
-    Editing the sheet changes the fingerprint, so new folds and results never mix with old ones.
-    """
-    return Path(results_dir) / f"{Path(data.source).stem}-{data.fingerprint()[:8]}"
-
-
-def load_or_make_folds(data: LabelledData, results_dir: str | Path, n_splits: int = 5, seed: int = 42) -> np.ndarray:
-    """The folds shared by every notebook: read from the study folder, or made and saved there."""
-    path = study_dir(results_dir, data) / f"folds_k{n_splits}_seed{seed}.csv"
-    if path.exists():
-        log.info("Folds read from %s.", path)
-        return load_folds(path, data)
-    folds = make_folds(data, n_splits, seed)
-    save_folds(path, data, folds, n_splits, seed)
-    log.info("Folds made (%d-fold, seed %d) and saved to %s.", n_splits, seed, path)
-    return folds

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -29,7 +29,14 @@ def setup_style() -> str:
 
 
 def save(fig: plt.Figure, name: str, fig_dir: str | Path, formats: Sequence[str] = FORMATS) -> list[Path]:
-    """Save a figure as ``fig_dir/name.png`` (300 dpi) and ``.pdf``; returns the paths."""
+    """Save a figure as ``fig_dir/name.png`` (300 dpi) and ``.pdf``; returns the paths.
+
+    Args:
+        fig: the figure.
+        name: the file name without extension.
+        fig_dir: the folder (created if missing).
+        formats: the file extensions to write.
+    """
     fig_dir = Path(fig_dir)
     fig_dir.mkdir(parents=True, exist_ok=True)
     paths = [fig_dir / f"{name}.{ext}" for ext in formats]
@@ -40,11 +47,16 @@ def save(fig: plt.Figure, name: str, fig_dir: str | Path, formats: Sequence[str]
 
 
 def class_counts(table: pd.DataFrame, title: str = "Class distribution") -> plt.Figure:
-    """Bar chart of texts per class, annotated with count and share (input: ``LabelledData.label_table()``)."""
+    """Bar chart of texts per class, annotated with count and share (input: ``LabelledData.label_table()``).
+
+    Args:
+        table: columns ``id``, ``name``, ``count``, ``share``.
+        title: the figure title.
+    """
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    names = [f"{i} {n}" if str(i) != str(n) else str(n) for i, n in zip(table["id"], table["name"])]
+    names = [f"{i} {n}" if str(i) != str(n) else str(n) for i, n in zip(table["id"], table["name"], strict=True)]
     sns.barplot(x=names, y=table["count"].to_numpy(), ax=ax, color=sns.color_palette()[0])
-    for i, (c, s) in enumerate(zip(table["count"], table["share"])):
+    for i, (c, s) in enumerate(zip(table["count"], table["share"], strict=True)):
         ax.annotate(f"{c}\n({s:.0%})", (i, c), ha="center", va="bottom", fontsize=9)
     ax.set(xlabel="Class", ylabel="Texts", title=title)
     ax.margins(y=0.2)
@@ -52,9 +64,14 @@ def class_counts(table: pd.DataFrame, title: str = "Class distribution") -> plt.
 
 
 def lengths_by_class(lengths: pd.DataFrame, title: str = "Text length by class") -> plt.Figure:
-    """Box plots of length in characters and in words per class (columns: class, characters, words)."""
+    """Box plots of length in characters and in words per class (columns: class, characters, words).
+
+    Args:
+        lengths: per-text lengths (``nblib.eda.lengths_by_class``).
+        title: the figure title.
+    """
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=False)
-    for ax, col in zip(axes, ["characters", "words"]):
+    for ax, col in zip(axes, ["characters", "words"], strict=True):
         sns.boxplot(data=lengths, x="class", y=col, ax=ax, color=sns.color_palette()[0], fliersize=2)
         ax.set(xlabel="Class", ylabel=f"Length ({col})")
     fig.suptitle(title)
@@ -62,11 +79,22 @@ def lengths_by_class(lengths: pd.DataFrame, title: str = "Text length by class")
     return fig
 
 
-def top_terms(terms: pd.DataFrame, unit_label: str, title: str | None = None) -> plt.Figure:
-    """Horizontal bars of the most characteristic terms per class (columns: class, term, score)."""
+def top_terms(terms: pd.DataFrame, unit_label: str, title: str | None = None, max_columns: int = 4) -> plt.Figure:
+    """Horizontal bars of the most characteristic terms per class, in a grid of at most ``max_columns`` panels a row.
+
+    Args:
+        terms: columns ``class``, ``term``, ``score`` (``nblib.eda.characteristic_terms``).
+        unit_label: what the terms are, for the title ("characters", "words").
+        title: the figure title (default: "Most characteristic <unit_label> per class").
+        max_columns: panels per row.
+    """
     classes = list(dict.fromkeys(terms["class"]))
-    fig, axes = plt.subplots(1, len(classes), figsize=(3.0 * len(classes), 3.8), squeeze=False)
-    for ax, cls in zip(axes[0], classes):
+    ncols = min(len(classes), max_columns)
+    nrows = -(-len(classes) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols, 3.8 * nrows), squeeze=False)
+    for ax in axes.flat[len(classes):]:
+        ax.set_visible(False)
+    for ax, cls in zip(axes.flat, classes, strict=False):  # the grid may have more panels than classes
         part = terms[terms["class"] == cls]
         sns.barplot(data=part, y="term", x="score", ax=ax, color=sns.color_palette()[0], orient="h")
         ax.set(title=str(cls), xlabel="χ² score", ylabel="")
@@ -77,7 +105,13 @@ def top_terms(terms: pd.DataFrame, unit_label: str, title: str | None = None) ->
 
 def length_comparison(groups: dict[str, Sequence[int]], unit: str = "characters",
                       title: str = "Labelled vs. unlabelled text length") -> plt.Figure:
-    """Overlaid length histograms (density, so that groups of different size compare)."""
+    """Overlaid length histograms (density, so that groups of different size compare).
+
+    Args:
+        groups: the text lengths of each set, by set name.
+        unit: the length unit, for the axis label.
+        title: the figure title.
+    """
     long = pd.concat([pd.DataFrame({"length": v, "set": k}) for k, v in groups.items()], ignore_index=True)
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     upper = max(1, int(np.percentile(long["length"], 99)))
@@ -93,11 +127,18 @@ def _tick_names(label_names: Sequence[str], max_len: int = 8) -> list[str]:
 
 def confusion_matrices(cms: np.ndarray | Sequence[np.ndarray], label_names: Sequence[str], title: str,
                        row_titles: Sequence[str] | None = None) -> plt.Figure:
-    """Counts and row-normalised (recall per gold class) confusion matrices side by side, one row per matrix."""
+    """Counts and row-normalised (recall per gold class) confusion matrices side by side, one row per matrix.
+
+    Args:
+        cms: one K × K matrix of counts (rows: gold, columns: predicted), or several.
+        label_names: the class names (long ones shortened on the axes).
+        title: the figure title.
+        row_titles: a title for each matrix (e.g. the model), or None.
+    """
     cms = [cms] if isinstance(cms, np.ndarray) and cms.ndim == 2 else list(cms)
     k = len(label_names)
     size = max(4.0, 0.55 * k + 2.5)
-    fig, axes = plt.subplots(len(cms), 2, figsize=(2 * size + 1, size * len(cms)), squeeze=False)
+    fig, axes = plt.subplots(len(cms), 2, figsize=(2 * size + 1, size * len(cms)), squeeze=False, layout="constrained")
     names = _tick_names(label_names)
     for r, cm in enumerate(cms):
         rows = cm.sum(axis=1, keepdims=True)
@@ -109,14 +150,19 @@ def confusion_matrices(cms: np.ndarray | Sequence[np.ndarray], label_names: Sequ
             ax.set(xlabel="Predicted", ylabel="Gold", title=prefix + sub)
             ax.tick_params(axis="x", rotation=45 if k > 4 else 0)
             ax.tick_params(axis="y", rotation=0)
-    fig.suptitle(title)
-    fig.tight_layout()
+    fig.suptitle(title)  # constrained layout keeps it clear of the panel titles
     return fig
 
 
 def model_comparison(per_fold: dict[str, pd.DataFrame], columns: Sequence[str] = ("accuracy", "macro_f1"),
                      title: str = "Cross-validated scores (mean ± sd over folds)") -> plt.Figure:
-    """Grouped bars of each model's mean score with error bars of the standard deviation across folds."""
+    """Grouped bars of each model's mean score with error bars of the standard deviation across folds.
+
+    Args:
+        per_fold: each model's per-fold metrics, by model name.
+        columns: the metrics to show (models are sorted by the first).
+        title: the figure title.
+    """
     long = pd.concat([m[list(columns)].assign(model=name) for name, m in per_fold.items()]).melt(
         id_vars="model", var_name="metric", value_name="score")
     order = long[long["metric"] == columns[0]].groupby("model")["score"].mean().sort_values(ascending=False).index
@@ -130,7 +176,16 @@ def model_comparison(per_fold: dict[str, pd.DataFrame], columns: Sequence[str] =
 
 
 def grouped_bars(table: pd.DataFrame, x: str, y: str, hue: str, title: str, ylabel: str) -> plt.Figure:
-    """Bars of ``y`` per ``x`` with one colour per ``hue`` (e.g. per-class F1 of several models), y in [0, 1]."""
+    """Bars of ``y`` per ``x`` with one colour per ``hue`` (e.g. per-class F1 of several models), y in [0, 1].
+
+    Args:
+        table: the data in long form.
+        x: the column on the x axis (its capitalised name is the axis label).
+        y: the column of bar heights.
+        hue: the column that sets the colour.
+        title: the figure title.
+        ylabel: the y-axis label.
+    """
     fig, ax = plt.subplots(figsize=(max(6.4, 1.2 * table[x].nunique() + 3), 4))
     sns.barplot(data=table, x=x, y=y, hue=hue, ax=ax)
     ax.set(xlabel=x.capitalize(), ylabel=ylabel, ylim=(0, 1), title=title)
@@ -139,14 +194,26 @@ def grouped_bars(table: pd.DataFrame, x: str, y: str, hue: str, title: str, ylab
 
 
 def per_class_scores(table: pd.DataFrame, title: str = "Per-class F1 (mean over folds)") -> plt.Figure:
-    """Grouped bars of per-class F1 for several models (columns: model, class, f1)."""
+    """Grouped bars of per-class F1 for several models (columns: model, class, f1).
+
+    Args:
+        table: per-class scores in long form (``nblib.metrics.per_class_long``).
+        title: the figure title.
+    """
     return grouped_bars(table, "class", "f1", "model", title, "F1")
 
 
 def learning_curves(history: pd.DataFrame, title: str) -> plt.Figure:
-    """Training and validation loss, and validation macro-F1, per epoch; one line per fold."""
+    """Training and validation loss, and validation macro-F1, per epoch; one line per fold.
+
+    Args:
+        history: one row per fold and epoch, columns ``fold``, ``epoch``, ``train_loss``, ``val_loss``,
+            ``val_macro_f1``.
+        title: the figure title.
+    """
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    long = history.melt(id_vars=["fold", "epoch"], value_vars=["train_loss", "val_loss"], var_name="split", value_name="loss")
+    long = history.melt(id_vars=["fold", "epoch"], value_vars=["train_loss", "val_loss"], var_name="split",
+                        value_name="loss")
     sns.lineplot(data=long, x="epoch", y="loss", hue="split", units="fold", estimator=None, alpha=0.7, ax=axes[0])
     sns.lineplot(data=history, x="epoch", y="val_macro_f1", hue="fold", palette="tab10", marker="o", ax=axes[1])
     axes[0].set(title="Loss", ylabel="Cross-entropy")

@@ -1,17 +1,30 @@
-"""The one results format that every model writes and every later notebook reads.
+"""The results folder of a study: its layout is known here and nowhere else.
 
-Layout, inside the study folder of the data (``nblib.data.study_dir``)::
+Everything computed from one labelled sheet lives in its *study folder*, named after the sheet and a
+fingerprint of its cleaned texts and labels (an edited sheet gets a new folder, so results of other data
+never mix in)::
 
-    models/<model>/
-        config.json        what was run: model settings, seed, folds, data fingerprint, label names
-        environment/*.json one file per process that worked on it: library versions, platform, devices, git commit
-        folds/fold_<k>.csv       out-of-fold predictions of fold k, written as soon as the fold finishes
-        folds/fold_<k>.json      metrics of fold k (plus extras such as best epoch and seconds)
-        folds/fold_<k>_history.csv   per-epoch curves of fold k (neural models)
-        predictions.csv    all folds: index, row, fold, text, gold, pred, prob_0 … prob_{K-1}
-        metrics.csv        one row per fold: fold, accuracy, macro_f1, weighted_f1, precision_<k>,
-                           recall_<k>, f1_<k>, support_<k>, extras
-        history.csv        per-epoch curves of all folds: fold, epoch, train_loss, val_loss, val_accuracy, val_macro_f1
+    <results_dir>/<sheet>-<fingerprint>/
+        folds_k<k>_seed<seed>.csv (.json)  the fold of every text (nblib.folds), shared by every model
+        comparison.csv                    mean ± sd over folds of every finished model (Study.comparison)
+        encoders/<name>/                  encoders built for this study (the tiny-random smoke-test BERT)
+        analysis/                         tables and annotator sheets of 04_error_analysis
+        predictions/                      sheets labelled by 05_predict
+        models/<run>/                     one model's cross-validation run (a ModelRun):
+            config.json          what was run: settings that decide the results, seed, folds, data, label names
+            environment/*.json   one file per process that worked on it: versions, platform, devices, git commit
+            folds/fold_<k>.csv            out-of-fold predictions of fold k, written when the fold finishes
+            folds/fold_<k>.json           metrics of fold k (and extras: best epoch, seconds); marks it done
+            folds/fold_<k>_history.csv    per-epoch curves of fold k (neural models)
+            predictions.csv      all folds: index, row, fold, text, gold, pred, prob_0 … prob_{K-1}
+            metrics.csv          one row per fold: fold, accuracy, macro_f1, weighted_f1, precision_<k>,
+                                 recall_<k>, f1_<k>, support_<k>, extras
+            history.csv          per-epoch curves of all folds: fold, epoch, train_loss, val_loss,
+                                 val_accuracy, val_macro_f1
+            fold_models/fold_<k>/  (BERT) fold k's model, save_pretrained (safetensors + tokenizer)
+            final/                 (BERT) the model trained on all labelled texts, with training.json
+            launch.json            (BERT) the settings that worker processes and torchrun read
+            logs/                  (BERT) one log per worker process
 
 ``index`` is the position of the text in ``LabelledData.df``, ``row`` its row in the sheet, ``gold``
 and ``pred`` label ids (``LabelledData.label_names`` gives the names). Probabilities sum to one.
@@ -32,13 +45,16 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable, Literal
 
 import numpy as np
 import pandas as pd
 
-from .data import LabelledData, study_dir
+from .data import LabelledData
 from .metrics import fold_metrics
+
+if TYPE_CHECKING:
+    from .study import Study
 
 log = logging.getLogger(__name__)
 PACKAGES = ["nblib", "torch", "transformers", "accelerate", "tokenizers", "scikit-learn", "gensim", "jieba",
@@ -47,6 +63,57 @@ PACKAGES = ["nblib", "torch", "transformers", "accelerate", "tokenizers", "sciki
 
 class ResultsExistError(RuntimeError):
     """A results folder exists for a differently configured run."""
+
+
+def study_path(results_dir: str | Path, data: LabelledData) -> Path:
+    """The study folder of exactly this data: ``results_dir/<sheet file name>-<fingerprint>``.
+
+    Args:
+        results_dir: the folder that holds every study.
+        data: the loaded labelled sheet.
+    """
+    return Path(results_dir) / f"{Path(data.source).stem}-{data.fingerprint()[:8]}"
+
+
+def folds_file(study: Path, n_folds: int, seed: int) -> Path:
+    """Where a study's folds are saved.
+
+    Args:
+        study: the study folder.
+        n_folds: number of folds.
+        seed: the folds' seed.
+    """
+    return study / f"folds_k{n_folds}_seed{seed}.csv"
+
+
+def study_subfolder(study: Path, kind: Literal["encoders", "analysis", "predictions"]) -> Path:
+    """A study-level folder (created): built encoders, 04's analysis tables, 05's labelled sheets.
+
+    Args:
+        study: the study folder.
+        kind: which folder.
+    """
+    path = study / kind
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def comparison_file(study: Path) -> Path:
+    """The table of every finished model of a study (mean ± sd over folds).
+
+    Args:
+        study: the study folder.
+    """
+    return study / "comparison.csv"
+
+
+def run_paths(study: Path) -> list[Path]:
+    """Every model folder of a study (finished or not), by name.
+
+    Args:
+        study: the study folder.
+    """
+    return sorted(p.parent for p in (study / "models").glob("*/config.json"))
 
 
 def environment() -> dict:
@@ -89,7 +156,7 @@ def _write_atomic(path: Path, write) -> None:
 
 @dataclass
 class ModelResults:
-    """The finished results of one model."""
+    """The finished (or, from :func:`read_folds`, partial) results of one model."""
 
     name: str
     config: dict
@@ -99,42 +166,113 @@ class ModelResults:
 
     @property
     def prob_columns(self) -> list[str]:
+        """The ``prob_<k>`` columns of ``predictions``."""
         return [c for c in self.predictions.columns if c.startswith("prob_")]
 
     @property
     def probs(self) -> np.ndarray:
+        """Out-of-fold class probabilities, one row per text."""
         return self.predictions[self.prob_columns].to_numpy()
 
 
-class ModelRun:
-    """One model's cross-validation results folder, written fold by fold."""
+class RunFolder:
+    """The files of one model folder (``models/<run>/``), whether or not its run is finished."""
 
-    def __init__(self, results_dir: str | Path, name: str, config: dict, data: LabelledData, folds: np.ndarray,
-                 write: bool = True):
-        """Open (create or resume) the folder; ``write=False`` for the non-saving processes of a distributed run."""
-        self.name = name
-        self.data = data
-        self.folds = np.asarray(folds)
-        self.path = study_dir(results_dir, data) / "models" / name
+    def __init__(self, path: str | Path):
+        """Args:
+            path: the model folder.
+        """
+        self.path = Path(path)
+        self.name = self.path.name
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def final_dir(self) -> Path:
+        """The model trained on all labelled texts (BERT runs with ``train_final``)."""
+        return self.path / "final"
+
+    @property
+    def launch_file(self) -> Path:
+        """The settings that worker processes and torchrun read."""
+        return self.path / "launch.json"
+
+    @property
+    def log_dir(self) -> Path:
+        """Logs of worker processes."""
+        return self.path / "logs"
+
+    def fold_model_dir(self, k: int) -> Path:
+        """The saved model of fold ``k``.
+
+        Args:
+            k: the fold.
+        """
+        return self.path / "fold_models" / f"fold_{k}"
+
+    def _fold_file(self, k: int, suffix: str) -> Path:
+        return self.path / "folds" / f"fold_{k}{suffix}"
+
+    def fold_done(self, k: int) -> bool:
+        """Whether fold ``k`` has saved results.
+
+        Args:
+            k: the fold.
+        """
+        return self._fold_file(k, ".json").exists()
+
+    def done_folds(self) -> list[int]:
+        """The folds with saved results, in order."""
+        return sorted(int(p.stem.removeprefix("fold_")) for p in (self.path / "folds").glob("fold_*.json"))
+
+    def best_epochs(self) -> list[int]:
+        """The epoch kept in each finished fold (neural models)."""
+        return [int(json.loads(self._fold_file(k, ".json").read_text())["best_epoch"]) for k in self.done_folds()]
+
+    def saved_models(self) -> list[Path]:
+        """Every saved model of this run: the fold models, then the final model."""
+        folds = sorted((self.path / "fold_models").glob("fold_*"), key=lambda p: int(p.name.removeprefix("fold_")))
+        return [p for p in [*folds, self.final_dir] if (p / "config.json").exists()]
+
+    def is_finished(self) -> bool:
+        """Whether the combined files of a finished run exist."""
+        return (self.path / "metrics.csv").exists()
+
+
+class ModelRun(RunFolder):
+    """One model's cross-validation run on a study, written fold by fold."""
+
+    def __init__(self, study: Study, name: str, config: dict, write: bool = True):
+        """Open (create or resume) the model folder ``models/<name>`` of ``study``.
+
+        Args:
+            study: the study (data, folds, folder).
+            name: the run's folder name.
+            config: the settings that decide the results; a resumed run must have the same.
+            write: False for the non-saving processes of a distributed run.
+        """
+        super().__init__(study.path / "models" / name)
+        self.data, self.folds = study.data, np.asarray(study.folds)
         self.config = _json_roundtrip({
-            "model": name, **config, "n_folds": int(self.folds.max()) + 1,
-            "folds_sha": _fold_hash(self.folds), "data": Path(data.source).name, "data_fingerprint": data.fingerprint(),
-            "label_names": data.label_names,
+            "model": name, **config, "seed": study.settings.seed, "n_folds": int(self.folds.max()) + 1,
+            "folds_sha": fold_hash(self.folds), "data": Path(self.data.source).name,
+            "data_fingerprint": self.data.fingerprint(), "label_names": self.data.label_names,
         })
-        config_file = self.path / "config.json"
-        if config_file.exists():
-            old = json.loads(config_file.read_text())
+        if self.config_file.exists():
+            old = json.loads(self.config_file.read_text())
             if old != self.config:
                 diff = {k: (old.get(k), self.config.get(k)) for k in set(old) | set(self.config) if old.get(k) != self.config.get(k)}
                 raise ResultsExistError(
                     f"{self.path} holds results of '{name}' run with other settings {diff} (old, new). "
                     f"Give this run another name (the run_name/tag parameter) or move that folder away.")
-            log.info("%s: resuming; folds already done: %s", name, sorted(set(range(self.n_folds)) - set(self.pending_folds())))
+            log.info("%s: resuming; folds already done: %s", name, self.done_folds())
         if not write:
             return
         (self.path / "folds").mkdir(parents=True, exist_ok=True)
         (self.path / "environment").mkdir(exist_ok=True)
-        _write_atomic(config_file, lambda p: p.write_text(json.dumps(self.config, indent=2, ensure_ascii=False)))
+        _write_atomic(self.config_file, lambda p: p.write_text(json.dumps(self.config, indent=2, ensure_ascii=False)))
         session = self.path / "environment" / f"{time.strftime('%Y%m%d-%H%M%S')}-{platform.node()}-{os.getpid()}-{secrets.token_hex(3)}.json"
         session.write_text(json.dumps(environment(), indent=2, ensure_ascii=False))
 
@@ -142,33 +280,40 @@ class ModelRun:
     def n_folds(self) -> int:
         return self.config["n_folds"]
 
-    def fold_done(self, k: int) -> bool:
-        return (self.path / "folds" / f"fold_{k}.json").exists()
-
     def pending_folds(self) -> list[int]:
         """Folds without saved results, in order."""
         return [k for k in range(self.n_folds) if not self.fold_done(k)]
 
     def save_fold(self, k: int, test_index: np.ndarray, probs: np.ndarray, extra: dict | None = None,
                   history: pd.DataFrame | None = None) -> dict:
-        """Save the out-of-fold probabilities of fold k (and its metrics); returns the metrics."""
+        """Save the out-of-fold probabilities of fold ``k`` and its metrics.
+
+        Args:
+            k: the fold.
+            test_index: indices into ``LabelledData.df`` of the fold's test texts.
+            probs: their class probabilities, one row per test text.
+            extra: more values for the fold's metrics row (best epoch, seconds, …).
+            history: per-epoch curves of the fold.
+
+        Returns:
+            The fold's metrics row.
+        """
         probs = np.asarray(probs, dtype=float)
         gold = self.data.labels[test_index]
         pred = probs.argmax(1)
         table = pd.DataFrame({"index": test_index, "row": self.data.df["row"].to_numpy()[test_index], "fold": k,
                               "text": self.data.df["text"].to_numpy()[test_index], "gold": gold, "pred": pred})
         table = pd.concat([table, pd.DataFrame(probs, columns=[f"prob_{j}" for j in range(probs.shape[1])])], axis=1)
-        folder = self.path / "folds"
         if history is not None:
-            _write_atomic(folder / f"fold_{k}_history.csv", lambda p: history.assign(fold=k).to_csv(p, index=False))
-        _write_atomic(folder / f"fold_{k}.csv", lambda p: table.to_csv(p, index=False))
+            _write_atomic(self._fold_file(k, "_history.csv"), lambda p: history.assign(fold=k).to_csv(p, index=False))
+        _write_atomic(self._fold_file(k, ".csv"), lambda p: table.to_csv(p, index=False))
         metrics = {"fold": k, **fold_metrics(gold, pred, self.data.num_labels), **(extra or {})}
         # the .json marks the fold as done, so it is written last
-        _write_atomic(folder / f"fold_{k}.json", lambda p: p.write_text(json.dumps(metrics, indent=2, default=float)))
+        _write_atomic(self._fold_file(k, ".json"), lambda p: p.write_text(json.dumps(metrics, indent=2, default=float)))
         return metrics
 
     def finish(self) -> ModelResults:
-        """Combine the folds into predictions.csv, metrics.csv and history.csv."""
+        """Combine the folds into ``predictions.csv``, ``metrics.csv`` and ``history.csv``; return them."""
         missing = self.pending_folds()
         if missing:
             raise RuntimeError(f"{self.name}: folds {missing} have no results yet.")
@@ -181,36 +326,53 @@ class ModelRun:
         return res
 
 
+def saved_model_label(model_dir: str | Path) -> str:
+    """A short name for a saved model, for file names: ``<run>`` for a final model, ``<run>_fold_<k>`` for a fold's.
+
+    Args:
+        model_dir: a saved model folder (``final``, ``fold_models/fold_<k>``, or any other folder).
+    """
+    path = Path(model_dir).resolve()
+    if path.name == "final":
+        return path.parent.name
+    if path.parent.name == "fold_models":
+        return f"{path.parents[1].name}_{path.name}"
+    return path.name
+
+
 def read_folds(path: str | Path, folds: Iterable[int]) -> ModelResults:
-    """The per-fold files of the given (finished) folds of one model folder, combined."""
-    path, folds = Path(path), list(folds)
-    folder = path / "folds"
-    predictions = pd.concat([pd.read_csv(folder / f"fold_{k}.csv", keep_default_na=False, dtype={"text": str})
+    """The per-fold files of the given (finished) folds of one model folder, combined.
+
+    Args:
+        path: the model folder.
+        folds: the folds to read.
+    """
+    run, folds = RunFolder(path), list(folds)
+    predictions = pd.concat([pd.read_csv(run._fold_file(k, ".csv"), keep_default_na=False, dtype={"text": str})
                              for k in folds]).sort_values("index").reset_index(drop=True)
-    metrics = pd.DataFrame([json.loads((folder / f"fold_{k}.json").read_text()) for k in folds])
-    histories = [pd.read_csv(p) for k in folds if (p := folder / f"fold_{k}_history.csv").exists()]
+    metrics = pd.DataFrame([json.loads(run._fold_file(k, ".json").read_text()) for k in folds])
+    histories = [pd.read_csv(p) for k in folds if (p := run._fold_file(k, "_history.csv")).exists()]
     history = pd.concat(histories, ignore_index=True) if histories else None
-    return ModelResults(path.name, json.loads((path / "config.json").read_text()), predictions, metrics, history)
+    return ModelResults(run.name, json.loads(run.config_file.read_text()), predictions, metrics, history)
 
 
-def _fold_hash(folds: np.ndarray) -> str:
+def fold_hash(folds: np.ndarray) -> str:
+    """A short hash of a fold assignment, stored with every run to tie it to its folds.
+
+    Args:
+        folds: fold id per text.
+    """
     return hashlib.sha256(np.asarray(folds, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
-def load_model(path: str | Path) -> ModelResults:
-    """Read one finished model folder."""
+def load_run(path: str | Path) -> ModelResults:
+    """Read the results of one finished model folder.
+
+    Args:
+        path: the model folder (``models/<run>``).
+    """
     path = Path(path)
     history = pd.read_csv(path / "history.csv") if (path / "history.csv").exists() else None
     return ModelResults(path.name, json.loads((path / "config.json").read_text()),
                         pd.read_csv(path / "predictions.csv", keep_default_na=False, dtype={"text": str}),
                         pd.read_csv(path / "metrics.csv"), history)
-
-
-def load_all(results_dir: str | Path, data: LabelledData, folds: np.ndarray | None = None) -> dict[str, ModelResults]:
-    """Every finished model of this data (and, if given, these folds), by name."""
-    out = {}
-    for path in sorted((study_dir(results_dir, data) / "models").glob("*/metrics.csv")):
-        res = load_model(path.parent)
-        if folds is None or res.config.get("folds_sha") == _fold_hash(folds):
-            out[res.name] = res
-    return out

@@ -1,4 +1,4 @@
-"""Shared fixtures: small sheets written on the fly, paths to the demo and benchmark data."""
+"""Shared fixtures: small sheets written on the fly, tiny studies, the benchmark data, notebook runs."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,10 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO_LABELLED = ROOT / "data" / "demo_labelled.xlsx"
-DEMO_UNLABELLED = ROOT / "data" / "demo_unlabelled.xlsx"
-SHARED = ROOT.parent / "shared" / "datasets" / "weibo_emotion"
+from helpers import NOTEBOOKS, SHARED, TINY_WORDS
 
 
 @pytest.fixture
@@ -31,30 +28,48 @@ def write_sheet(tmp_path):
     return write
 
 
-def tiny_data(write_sheet, n_per_class: int = 12):
-    """Three classes, each marked by its own words: a separable set of 3 × n_per_class texts."""
+@pytest.fixture
+def tiny_sheet(tmp_path):
+    """Write a separable three-class sheet (3 × n_per_class texts, each class marked by its own words) as .csv."""
+
+    def write(n_per_class: int = 12, name: str = "tiny.csv") -> Path:
+        rng = np.random.default_rng(0)
+        rows = [(c, "".join(rng.choice(ws, 3)) + f"第{i}条" + "好" * (i % 4))
+                for c, ws in TINY_WORDS.items() for i in range(n_per_class)]
+        path = tmp_path / name
+        pd.DataFrame(rows, columns=["Label", "Sentence"]).to_csv(path, index=False)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def tiny_data(tiny_sheet):
+    """The loaded tiny sheet (``LabelledData``); call with ``n_per_class``."""
     from nblib.data import load_labelled
 
-    words = {0: ["舞美", "灯光", "演员"], 1: ["文物", "青铜", "古籍"], 2: ["文化", "精神", "民族"]}
-    rng = np.random.default_rng(0)
-    texts, labels = [], []
-    for c, ws in words.items():
-        for i in range(n_per_class):
-            texts.append("".join(rng.choice(ws, 3)) + f"第{i}条" + "好" * (i % 4))
-            labels.append(c)
-    return load_labelled(write_sheet(pd.DataFrame({"Label": labels, "Sentence": texts})))
+    return lambda n_per_class=12: load_labelled(tiny_sheet(n_per_class))
+
+
+@pytest.fixture
+def tiny_study(tiny_sheet, tmp_path):
+    """A study of the tiny sheet with its results under tmp_path/res; call with ``n_per_class``, ``n_folds``, …"""
+    from nblib.study import open_study
+
+    def make(n_per_class: int = 12, n_folds: int = 3, seed: int = 0, **settings):
+        settings = {"unlabelled_path": None, "results_dir": str(tmp_path / "res")} | settings
+        return open_study(tiny_sheet(n_per_class), n_folds=n_folds, seed=seed, **settings)
+
+    return make
 
 
 @pytest.fixture
 def shared_labelled() -> Path:
-    """The real benchmark sheet, or a clean skip where ../shared is absent."""
+    """The real benchmark sheet, or a clean skip where the benchmark data is absent."""
     path = SHARED / "labelled_8665.xlsx"
     if not path.exists():
         pytest.skip(f"benchmark data not present at {path}")
     return path
-
-
-NOTEBOOKS = ROOT / "notebooks"
 
 
 @pytest.fixture
@@ -70,15 +85,3 @@ def run_notebook(tmp_path):
         return nbformat.read(out, as_version=4)
 
     return run
-
-
-def cell_text(nb, tag: str | None = None) -> str:
-    """All text output of a notebook's cells (or of those with a tag), for assertions."""
-    parts = []
-    for cell in nb.cells:
-        if cell.cell_type != "code" or (tag and tag not in cell.metadata.get("tags", [])):
-            continue
-        parts.append(cell.source)
-        for o in cell.get("outputs", []):
-            parts.append(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")))
-    return "\n".join(parts)

@@ -8,18 +8,15 @@ import pandas as pd
 import pytest
 import torch
 
-from nblib import baselines, cv, features, results
-from nblib import data as nbdata
+from nblib import baselines, features, results
 from nblib.text import tokenize, tokenize_all
-
-from conftest import tiny_data
 
 
 # --- text units and features ---------------------------------------------------------------------
 
 def test_tokenize_chars_and_words():
     assert tokenize("只此 青绿！", "char") == ["只", "此", "青", "绿", "！"]
-    assert "青绿" in tokenize("只此青绿的舞美绝了", "word") or "舞美" in tokenize("只此青绿的舞美绝了", "word")
+    assert tokenize("只此青绿的舞美绝了", "word") == ["只", "此", "青绿", "的", "舞美", "绝", "了"]
     with pytest.raises(ValueError):
         tokenize("好", "sentence")
 
@@ -95,74 +92,102 @@ def test_models_fit_a_separable_set(kind):
     torch.manual_seed(0)
     idx = rng.permutation(120)
     train, val = idx[:90], idx[90:]
-    model, history = baselines.train_early_stopping(model, loader(train, True), loader(val, False), y[val], 3,
-                                                    epochs=30, lr=0.01, weight_decay=0.0, patience=5)
+    model, history, best = baselines.train_early_stopping(model, loader(train, True), loader(val, False), y[val],
+                                                          epochs=30, lr=0.01, weight_decay=0.0, patience=5,
+                                                          select_on="val_macro_f1")
     assert history["val_accuracy"].max() == 1.0
+    ranked = history.sort_values(["val_macro_f1", "val_loss"], ascending=[False, True], kind="stable")
+    assert best == ranked["epoch"].iloc[0]  # best macro-F1, ties to the lower loss
     assert (baselines.predict_proba(model, loader(val, False)).argmax(1) == y[val]).mean() == 1.0
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
 
 
 # --- the CV loop and the results format ------------------------------------------------------------
 
-def test_validation_split_is_disjoint_from_test(write_sheet):
-    d = tiny_data(write_sheet)
-    folds = nbdata.make_folds(d, 3, seed=0)
-    for k in range(3):
-        s = cv.split_fold(d, folds, k, val_fraction=0.2, seed=0)
-        assert set(s.train).isdisjoint(s.val) and set(s.train).isdisjoint(s.test) and set(s.val).isdisjoint(s.test)
-        assert sorted(np.concatenate([s.train, s.val, s.test])) == list(range(len(d.df)))
-        assert set(s.test) == set(np.flatnonzero(folds == k))
-        assert set(d.labels[s.val]) == {0, 1, 2}
+@pytest.mark.parametrize("select_on, kept, patience, epochs_run", [("val_macro_f1", 3, 5, 4), ("val_loss", 1, 5, 4),
+                                                                    ("val_loss", 1, 2, 3)])
+def test_early_stopping_keeps_the_epoch_the_selection_rule_picks(monkeypatch, select_on, kept, patience, epochs_run):
+    """Validation loss is lowest after epoch 1, macro-F1 highest after epoch 3 (tied at 4): each rule keeps its own."""
+    y_val = np.array([0, 1, 0, 1])
+    confident_right = np.array([[0.99, 0.01], [0.01, 0.99], [0.01, 0.99], [0.01, 0.99]])
+    scripted = [np.array([[0.6, 0.4]] * 4),   # macro-F1 0.33, loss 0.71
+                np.array([[0.9, 0.1]] * 4),   # macro-F1 0.33, loss 1.20
+                confident_right,              # macro-F1 0.73, loss 1.16
+                confident_right]
+    weights = []  # the model's weights after each epoch, to see which epoch was restored
+
+    def fake_predict(model, batches):
+        weights.append(model.hidden.weight.detach().clone())
+        return scripted[len(weights) - 1]
+
+    monkeypatch.setattr(baselines, "predict_proba", fake_predict)
+    torch.manual_seed(0)
+    x = np.eye(2, dtype=np.float32).repeat(4, axis=0)
+    train = baselines.matrix_loader(x, np.array([0, 0, 0, 0, 1, 1, 1, 1]), 4, shuffle=True)
+    model, history, best = baselines.train_early_stopping(baselines.MLP(2, 4, 2, 0.0), train, None, y_val, epochs=4,
+                                                          lr=0.1, weight_decay=0.0, patience=patience,
+                                                          select_on=select_on)
+    assert best == kept and len(history) == epochs_run
+    assert history["val_macro_f1"].round(2).tolist()[:3] == [0.33, 0.33, 0.73]
+    assert torch.equal(model.hidden.weight, weights[kept - 1])
+    assert not torch.equal(weights[0], weights[2])
 
 
-@pytest.mark.parametrize("name", ["lr_tfidf_char", "mlp_tf", "mlp_word2vec", "lstm_random"])
-def test_each_baseline_writes_the_results_format(tmp_path, write_sheet, name):
-    d = tiny_data(write_sheet)
-    folds = nbdata.make_folds(d, 3, seed=0)
+NAMES = {"lr_tfidf_char": ("lr_tfidf_char", False), "mlp_tf": ("mlp_tf_char", True),
+         "mlp_word2vec": ("mlp_word2vec_char", True), "lstm_random": ("lstm_random_char", True)}
+
+
+@pytest.mark.parametrize("name", list(NAMES))
+def test_each_baseline_writes_the_results_format(tiny_study, name):
+    study = tiny_study()
     cfg = baselines.BaselineConfig(unit="char", min_df=1, epochs=15, patience=15, lr=0.01, w2v_dim=16, w2v_min_count=1,
-                                   mlp_hidden=32, lstm_hidden=16, val_fraction=0.2)
-    res = baselines.BaselineSuite(d, folds, cfg, tmp_path, ["舞美好看", "青铜器"]).run(name)
-    folder = nbdata.study_dir(tmp_path, d) / "models" / res.name
+                                   w2v_epochs=50, w2v_window=2, mlp_hidden=32, lstm_hidden=16)
+    res = baselines.BaselineSuite(study, cfg).run(name)
+    folder_name, neural = NAMES[name]
+    assert res.name == folder_name
+    folder = study.path / "models" / folder_name
     for f in ["config.json", "predictions.csv", "metrics.csv"]:
         assert (folder / f).stat().st_size > 0
     pred = pd.read_csv(folder / "predictions.csv")
     assert pred.columns.tolist() == ["index", "row", "fold", "text", "gold", "pred", "prob_0", "prob_1", "prob_2"]
-    assert len(pred) == len(d.df) and (pred["fold"].to_numpy() == folds).all()
+    assert len(pred) == len(study.data.df) and (pred["fold"].to_numpy() == study.folds).all()
     assert np.allclose(pred[["prob_0", "prob_1", "prob_2"]].sum(axis=1), 1, atol=1e-5)
     m = pd.read_csv(folder / "metrics.csv")
     assert len(m) == 3 and {"accuracy", "macro_f1", "weighted_f1", "f1_0", "recall_2", "seconds"} <= set(m.columns)
     (env_file,) = (folder / "environment").glob("*.json")
     env = json.loads(env_file.read_text())
     assert env["versions"]["torch"] and env["python"]
-    assert json.loads((folder / "config.json").read_text())["data_fingerprint"] == d.fingerprint()
-    if name != "lr_tfidf_char":
-        assert (folder / "history.csv").exists() and "best_epoch" in m.columns
-    if name != "mlp_word2vec":  # the separable words are found; averaged word2vec of 2 texts is too weak a signal
-        assert m["accuracy"].mean() > 0.8, m
+    config = json.loads((folder / "config.json").read_text())
+    assert config["data_fingerprint"] == study.data.fingerprint() and config["seed"] == 0
+    assert config["select_on"] == "val_macro_f1" and config["val_fraction"] == 0.1
+    assert (folder / "history.csv").exists() == neural and ("best_epoch" in m.columns) == neural
+    assert m["accuracy"].mean() > 0.8, m  # each class is marked by its own words
 
 
-def test_rerun_resumes_and_other_settings_refuse(tmp_path, write_sheet):
-    d = tiny_data(write_sheet)
-    folds = nbdata.make_folds(d, 3, seed=0)
+def test_rerun_resumes_and_other_settings_refuse(tiny_study):
+    study = tiny_study()
     cfg = baselines.BaselineConfig(unit="char", min_df=1)
-    first = baselines.BaselineSuite(d, folds, cfg, tmp_path).run("lr_tfidf_char")
-    fold_file = nbdata.study_dir(tmp_path, d) / "models" / "lr_tfidf_char" / "folds" / "fold_1.csv"
+    first = baselines.BaselineSuite(study, cfg).run("lr_tfidf_char")
+    fold_file = study.path / "models" / "lr_tfidf_char" / "folds" / "fold_1.csv"
     fold_file.write_text(fold_file.read_text())  # same content; its mtime marks whether it is rewritten
     stamp = fold_file.stat().st_mtime_ns
-    again = baselines.BaselineSuite(d, folds, cfg, tmp_path).run("lr_tfidf_char")
+    again = baselines.BaselineSuite(study, cfg).run("lr_tfidf_char")
     assert fold_file.stat().st_mtime_ns == stamp
     pd.testing.assert_frame_equal(first.metrics, again.metrics)
     assert len(list((fold_file.parents[1] / "environment").glob("*.json"))) == 2
     with pytest.raises(results.ResultsExistError, match="lr_C"):
-        baselines.BaselineSuite(d, folds, baselines.BaselineConfig(unit="char", min_df=1, lr_C=1.0), tmp_path).run("lr_tfidf_char")
+        baselines.BaselineSuite(study, baselines.BaselineConfig(unit="char", min_df=1, lr_C=1.0)).run("lr_tfidf_char")
 
 
-def test_load_all_reads_finished_models_of_these_folds(tmp_path, write_sheet):
-    d = tiny_data(write_sheet)
-    folds = nbdata.make_folds(d, 3, seed=0)
-    baselines.BaselineSuite(d, folds, baselines.BaselineConfig(unit="char", min_df=1), tmp_path).run("lr_tfidf_char")
-    assert list(results.load_all(tmp_path, d, folds)) == ["lr_tfidf_char"]
-    assert results.load_all(tmp_path, d, nbdata.make_folds(d, 3, seed=1)) == {}
+def test_study_lists_finished_models_of_its_folds(tiny_study):
+    study = tiny_study()
+    baselines.BaselineSuite(study, baselines.BaselineConfig(unit="char", min_df=1)).run("lr_tfidf_char")
+    assert list(study.runs()) == ["lr_tfidf_char"] and study.unfinished_runs() == {}
+    assert tiny_study(seed=1).runs() == {}  # same data, other folds
+    assert list(tiny_study(seed=1).unfinished_runs()) == ["lr_tfidf_char"]
+    table = study.comparison()
+    assert table.index.tolist() == ["lr_tfidf_char"] and table.columns.tolist() == ["accuracy", "macro_f1", "weighted_f1"]
+    assert (study.path / "comparison.csv").exists()
 
 
 def test_model_list_takes_what_papermill_passes():

@@ -1,23 +1,13 @@
-"""nblib.data: loading, every kind of bad input, label mapping, folds."""
+"""nblib.data: loading, every kind of bad input, label mapping."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import DEMO_LABELLED, DEMO_UNLABELLED
+from helpers import DEMO_LABELLED, DEMO_UNLABELLED, balanced, sheet
 from nblib import data as nbdata
 from nblib.data import DataError
-
-
-def sheet(texts, labels, text_col="Sentence", label_col="Label"):
-    return pd.DataFrame({label_col: labels, text_col: texts})
-
-
-def balanced(n_per_class=6, classes=(0, 1, 2)):
-    texts = [f"第{c}类的第{i}条评论" for c in classes for i in range(n_per_class)]
-    labels = [c for c in classes for _ in range(n_per_class)]
-    return sheet(texts, labels)
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -149,50 +139,6 @@ def test_conflicting_labels_dropped_or_refused(write_sheet):
     assert rep.loc[0, "rows"] == 2 and "'好看'" in rep.loc[0, "problem"]
     with pytest.raises(DataError, match="also appears with another label"):
         nbdata.load_labelled(p, on_conflict="error")
-
-
-# --- folds -------------------------------------------------------------------------------------
-
-def test_folds_are_stratified_and_reproducible(write_sheet):
-    d = nbdata.load_labelled(write_sheet(balanced(10)))
-    f1, f2 = nbdata.make_folds(d, 5, seed=1), nbdata.make_folds(d, 5, seed=1)
-    assert (f1 == f2).all()
-    assert pd.crosstab(f1, d.labels).to_numpy().tolist() == [[2, 2, 2]] * 5
-    assert not (nbdata.make_folds(d, 5, seed=2) == f1).all()
-
-
-def test_identical_texts_share_a_fold(write_sheet):
-    df = balanced(10)
-    df = pd.concat([df, df.iloc[[0, 0, 11, 25]]], ignore_index=True)
-    d = nbdata.load_labelled(write_sheet(df))
-    folds = nbdata.make_folds(d, 5, seed=0)
-    assert d.df.assign(fold=folds).groupby("text")["fold"].nunique().max() == 1
-
-
-def test_class_smaller_than_folds_is_an_error(write_sheet):
-    df = pd.concat([balanced(10, (0, 1)), sheet(["少", "少", "很少"], [2, 2, 2])], ignore_index=True)
-    d = nbdata.load_labelled(write_sheet(df))
-    with pytest.raises(DataError, match=r"fewer distinct texts than folds \(5\): '2': 2"):
-        nbdata.make_folds(d, 5)
-
-
-def test_folds_saved_and_read_back(tmp_path, write_sheet):
-    d = nbdata.load_labelled(write_sheet(balanced(10)))
-    folds = nbdata.load_or_make_folds(d, tmp_path / "results", 5, 3)
-    path = nbdata.study_dir(tmp_path / "results", d) / "folds_k5_seed3.csv"
-    assert path.exists() and path.with_suffix(".json").exists()
-    saved = pd.read_csv(path)
-    assert saved.columns.tolist() == ["row", "label", "text", "fold"] and (saved["fold"] == folds).all()
-    assert (nbdata.load_or_make_folds(d, tmp_path / "results", 5, 3) == folds).all()
-
-
-def test_folds_of_other_data_are_refused(tmp_path, write_sheet):
-    d1 = nbdata.load_labelled(write_sheet(balanced(10)))
-    nbdata.save_folds(tmp_path / "f.csv", d1, nbdata.make_folds(d1, 5), 5, 42)
-    d2 = nbdata.load_labelled(write_sheet(balanced(10, (0, 1, 3)), "other.xlsx"))
-    with pytest.raises(DataError, match="made for different data"):
-        nbdata.load_folds(tmp_path / "f.csv", d2)
-    assert nbdata.study_dir("r", d1) != nbdata.study_dir("r", d2)
 
 
 # --- unlabelled pool and the bundled demo data ------------------------------------------------

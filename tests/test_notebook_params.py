@@ -5,14 +5,14 @@ import json
 
 import pandas as pd
 
-from conftest import cell_text, tiny_data
+from helpers import cell_text
 
 
 def test_baselines_notebook_on_the_benchmark_sheet(tmp_path, run_notebook, shared_labelled):
     res = tmp_path / "res"
     nb = run_notebook("02_baselines.ipynb", data_path=str(shared_labelled), unlabelled_path=None,
                       models=["lr_tfidf_char"], fig_dir=str(tmp_path / "figs"), results_dir=str(res))
-    (metrics,) = res.glob("labelled_8665-*/models/lr_tfidf_char/metrics.csv")
+    (metrics,) = res.glob("labelled_8665-*/models/lr_tfidf_char/metrics.csv")  # LR has no epochs: no selection rule
     m = pd.read_csv(metrics)
     assert len(m) == 5
     # the reference: 5-fold TF-IDF (char 1-3-grams) + LR near accuracy 0.70 / macro-F1 0.65
@@ -21,8 +21,8 @@ def test_baselines_notebook_on_the_benchmark_sheet(tmp_path, run_notebook, share
     assert "lr_tfidf_char" in cell_text(nb)
 
 
-def test_bert_notebook_takes_its_parameters(tmp_path, run_notebook, write_sheet):
-    d = tiny_data(write_sheet, n_per_class=8)
+def test_bert_notebook_takes_its_parameters(tmp_path, run_notebook, tiny_data):
+    d = tiny_data(n_per_class=8)
     path = tmp_path / "mine.csv"
     pd.DataFrame({"文本": d.df["text"], "类别": d.df["label"].map({0: "节目", 1: "文物", 2: "文化"})}).to_csv(path, index=False)
     res = tmp_path / "res"

@@ -1,0 +1,154 @@
+"""Cross-validation folds: made once per study, saved next to its results, and split into train/validation/test.
+
+Folds are stratified by label with a fixed seed, and identical texts always share a fold (a duplicate in
+both train and test would inflate every score). Inside each fold's training part a validation part is set
+aside for model selection; the test fold is only predicted, once.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from .data import DataError, LabelledData
+
+log = logging.getLogger(__name__)
+
+
+def make_folds(data: LabelledData, n_splits: int = 5, seed: int = 42) -> np.ndarray:
+    """Stratified k-fold assignment in which identical texts always share a fold.
+
+    Args:
+        data: the labelled texts.
+        n_splits: number of folds.
+        seed: shuffling seed of the splitter.
+
+    Returns:
+        The fold id (0..n_splits-1) of every row of ``data.df``.
+    """
+    groups = data.df["text"].to_numpy()
+    per_class = data.df.drop_duplicates("text")["label"].value_counts()
+    small = per_class[per_class < n_splits]
+    if len(small):
+        detail = ", ".join(f"{data.label_names[i]!r}: {n}" for i, n in small.items())
+        raise DataError(f"Class(es) with fewer distinct texts than folds ({n_splits}): {detail}. "
+                        f"Use fewer folds (n_folds), add examples, or merge these classes in the sheet.")
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    folds = np.empty(len(groups), dtype=int)
+    for k, (_, test) in enumerate(splitter.split(groups, data.labels, groups)):
+        folds[test] = k
+    return folds
+
+
+def save_folds(path: str | Path, data: LabelledData, folds: np.ndarray, n_splits: int, seed: int) -> None:
+    """Write the fold of every text (sheet row, label, text, fold) and a ``.json`` of metadata beside it.
+
+    Args:
+        path: the ``.csv`` to write.
+        data: the labelled texts the folds belong to.
+        folds: fold id per text, from :func:`make_folds`.
+        n_splits: number of folds (recorded).
+        seed: splitter seed (recorded).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = data.df[["row", "label", "text"]].assign(fold=folds)
+    meta = {"n_splits": n_splits, "seed": seed, "data": data.source, "fingerprint": data.fingerprint(), "n": len(table)}
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2, ensure_ascii=False))
+    table.to_csv(path, index=False)
+
+
+def load_folds(path: str | Path, data: LabelledData) -> np.ndarray:
+    """Read saved folds and check that they belong to exactly this data.
+
+    Args:
+        path: a ``.csv`` written by :func:`save_folds`.
+        data: the labelled texts they must belong to.
+
+    Returns:
+        The fold id of every row of ``data.df``.
+    """
+    path = Path(path)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    table = pd.read_csv(path, dtype={"text": str}, keep_default_na=False)
+    if meta["fingerprint"] != data.fingerprint() or table["text"].tolist() != data.texts:
+        raise DataError(f"The folds in {path} were made for different data ({meta['data']}, {meta['n']} texts). "
+                        f"Delete the file to make new folds.")
+    return table["fold"].to_numpy()
+
+
+def load_or_make_folds(data: LabelledData, path: str | Path, n_splits: int = 5, seed: int = 42) -> np.ndarray:
+    """The folds at ``path`` if saved there before, else made with :func:`make_folds` and saved there.
+
+    Args:
+        data: the labelled texts.
+        path: the folds file of the study (``nblib.results.folds_file``).
+        n_splits: number of folds.
+        seed: splitter seed.
+
+    Returns:
+        The fold id of every row of ``data.df``.
+    """
+    path = Path(path)
+    if path.exists():
+        log.info("Folds read from %s.", path)
+        return load_folds(path, data)
+    folds = make_folds(data, n_splits, seed)
+    save_folds(path, data, folds, n_splits, seed)
+    log.info("Folds made (%d-fold, seed %d) and saved to %s.", n_splits, seed, path)
+    return folds
+
+
+@dataclass
+class FoldSplit:
+    """Indices into ``LabelledData.df`` for one fold: fit on ``train``, select on ``val``, score ``test`` once."""
+
+    fold: int
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    seed: int
+
+
+def validation_split(train: np.ndarray, data: LabelledData, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split training indices into a fitting and a validation part, stratified, identical texts kept together.
+
+    The validation part is for model selection only; it never touches the test fold.
+
+    Args:
+        train: indices into ``data.df`` of the training folds.
+        data: the labelled texts.
+        fraction: share of ``train`` set aside (tiny classes get a larger share, so each is present).
+        seed: splitter seed.
+
+    Returns:
+        ``(fit, val)`` indices into ``data.df``.
+    """
+    counts = np.bincount(data.labels[train])
+    n_splits = max(2, min(round(1 / fraction), counts[counts > 0].min()))
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    fit, val = next(splitter.split(train, data.labels[train], data.df["text"].to_numpy()[train]))
+    return train[fit], train[val]
+
+
+def split_fold(data: LabelledData, folds: np.ndarray, k: int, val_fraction: float, seed: int) -> FoldSplit:
+    """The train/validation/test indices of fold ``k``.
+
+    Args:
+        data: the labelled texts.
+        folds: fold id per text.
+        k: the test fold.
+        val_fraction: share of the training folds used for validation.
+        seed: the study seed; fold ``k`` uses ``seed + k`` for its split and its training.
+
+    Returns:
+        The fold's :class:`FoldSplit`.
+    """
+    test = np.flatnonzero(folds == k)
+    train, val = validation_split(np.flatnonzero(folds != k), data, val_fraction, seed + k)
+    return FoldSplit(k, train, val, test, seed + k)

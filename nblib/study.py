@@ -1,0 +1,151 @@
+"""The study: one labelled sheet, its folds and its results folder, opened the same way by every notebook.
+
+    study = open_study("../data/my_sheet.xlsx", text_col="评论", n_folds=5)
+    study.data, study.folds          # the checked sheet and the fold of every text
+    study.split(0, val_fraction=0.1) # fold 0's train / validation / test indices
+    study.runs()                     # every finished model on these folds, by name
+    study.comparison()               # their mean ± sd table (also written to comparison.csv)
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from . import results
+from .data import LabelledData, load_labelled, load_unlabelled
+from .folds import FoldSplit, load_or_make_folds, split_fold
+from .metrics import mean_std_table
+from .results import ModelResults, ModelRun, RunFolder
+from .settings import StudySettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Study:
+    """A loaded labelled sheet with its folds and its study folder (see :mod:`nblib.results` for the layout)."""
+
+    settings: StudySettings
+    data: LabelledData
+    folds: np.ndarray
+    path: Path
+
+    @property
+    def n_folds(self) -> int:
+        return self.settings.n_folds
+
+    def split(self, k: int, val_fraction: float) -> FoldSplit:
+        """The train / validation / test indices of fold ``k`` (validation taken from the training folds).
+
+        Args:
+            k: the test fold.
+            val_fraction: share of the training folds used for validation.
+        """
+        return split_fold(self.data, self.folds, k, val_fraction, self.settings.seed)
+
+    @cached_property
+    def pool(self) -> pd.DataFrame:
+        """The unlabelled texts (columns ``text``, ``row``), empty when the study has no pool."""
+        s = self.settings
+        if not s.unlabelled_path:
+            return pd.DataFrame({"text": pd.Series(dtype=str), "row": pd.Series(dtype=int)})
+        return load_unlabelled(s.unlabelled_path, text_col=s.unlabelled_text_col)
+
+    def folder(self, kind: Literal["encoders", "analysis", "predictions"]) -> Path:
+        """A study-level folder (created): built encoders, 04's analysis tables, 05's labelled sheets.
+
+        Args:
+            kind: which folder.
+        """
+        return results.study_subfolder(self.path, kind)
+
+    def open_run(self, name: str, config: dict, write: bool = True) -> ModelRun:
+        """Open (create or resume) the model folder ``models/<name>``.
+
+        Args:
+            name: the run's folder name.
+            config: the settings that decide its results (a resumed run must have the same).
+            write: False for processes of a distributed run that do not save.
+        """
+        return ModelRun(self, name, config, write)
+
+    def run_folder(self, name: str) -> RunFolder:
+        """The files of model folder ``models/<name>``, finished or not.
+
+        Args:
+            name: the run's folder name.
+        """
+        return RunFolder(self.path / "models" / name)
+
+    def runs(self) -> dict[str, ModelResults]:
+        """Every finished model of this study on these folds, by name."""
+        sha = results.fold_hash(self.folds)
+        finished = (results.load_run(p) for p in results.run_paths(self.path) if RunFolder(p).is_finished())
+        return {res.name: res for res in finished if res.config.get("folds_sha") == sha}
+
+    def run(self, name: str) -> ModelResults:
+        """The finished model ``name``; an error that lists the finished ones when it is not.
+
+        Args:
+            name: the run's folder name.
+        """
+        runs = self.runs()
+        if name not in runs:
+            raise KeyError(f"No finished model '{name}' in {self.path / 'models'}; finished: {sorted(runs)}. "
+                           f"Run 02_baselines / 03_bert_cv first, or check the name.")
+        return runs[name]
+
+    def unfinished_runs(self) -> dict[str, str]:
+        """Model folders of this study that :meth:`runs` leaves out, with the reason for each."""
+        sha, out = results.fold_hash(self.folds), {}
+        for path in results.run_paths(self.path):
+            run = RunFolder(path)
+            if not run.is_finished():
+                out[run.name] = f"only folds {run.done_folds()} of {self.n_folds} are done; rerun its notebook to finish it"
+            elif results.load_run(path).config.get("folds_sha") != sha:
+                out[run.name] = "it was run on other folds"
+        return out
+
+    def final_model(self, name: str | None = None) -> Path:
+        """The folder of the model trained on all labelled texts by a BERT run of this study.
+
+        Args:
+            name: the run's folder name (None: the newest run that has a final model).
+        """
+        finals = [RunFolder(p).final_dir for p in results.run_paths(self.path) if name in (None, p.name)]
+        finals = sorted((f for f in finals if (f / "model.safetensors").exists()), key=lambda f: f.stat().st_mtime)
+        if not finals:
+            raise FileNotFoundError(f"No final model {'of ' + name + ' ' if name else ''}under {self.path / 'models'}; "
+                                    f"run 03_bert_cv with train_final=True first, or pass model_dir.")
+        return finals[-1]
+
+    def comparison(self) -> pd.DataFrame:
+        """Mean ± sd over folds of every finished model, best first; also written to ``comparison.csv``."""
+        table = mean_std_table({name: res.metrics for name, res in self.runs().items()})
+        table.to_csv(results.comparison_file(self.path))
+        return table
+
+
+def open_study(data_path: str | Path | StudySettings, **settings: Any) -> Study:
+    """Load and check the labelled sheet, and read (or make and save) its folds.
+
+    Args:
+        data_path: the labelled sheet, or complete :class:`~nblib.settings.StudySettings`.
+        **settings: the other :class:`~nblib.settings.StudySettings` fields (``text_col``, ``label_col``,
+            ``sheet``, ``label_table``, ``unlabelled_path``, ``unlabelled_text_col``, ``n_folds``, ``seed``,
+            ``results_dir``); defaults as declared there.
+
+    Returns:
+        The :class:`Study`.
+    """
+    s = data_path if isinstance(data_path, StudySettings) else StudySettings(data_path=str(data_path), **settings)
+    data = load_labelled(s.data_path, text_col=s.text_col, label_col=s.label_col, sheet=s.sheet, label_table=s.label_table)
+    path = results.study_path(s.results_dir, data)
+    folds = load_or_make_folds(data, results.folds_file(path, s.n_folds, s.seed), s.n_folds, s.seed)
+    return Study(s, data, folds, path)

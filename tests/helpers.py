@@ -1,0 +1,39 @@
+"""Paths and small helpers shared by the tests (fixtures live in conftest.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+DEMO_LABELLED = ROOT / "data" / "demo_labelled.xlsx"
+DEMO_UNLABELLED = ROOT / "data" / "demo_unlabelled.xlsx"
+SHARED = ROOT.parent / "shared" / "datasets" / "weibo_emotion"
+
+# three classes, each marked by its own words: the texts of the tiny_data fixture
+TINY_WORDS = {0: ["舞美", "灯光", "演员"], 1: ["文物", "青铜", "古籍"], 2: ["文化", "精神", "民族"]}
+
+
+def cell_text(nb, tag: str | None = None) -> str:
+    """All source and text output of a notebook's code cells (or of those with a tag), for assertions."""
+    parts = []
+    for cell in nb.cells:
+        if cell.cell_type != "code" or (tag and tag not in cell.metadata.get("tags", [])):
+            continue
+        parts.append(cell.source)
+        for o in cell.get("outputs", []):
+            parts.append(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")))
+    return "\n".join(parts)
+
+
+def sheet(texts, labels, text_col: str = "Sentence", label_col: str = "Label") -> pd.DataFrame:
+    """A labelled sheet as a DataFrame."""
+    return pd.DataFrame({label_col: labels, text_col: texts})
+
+
+def balanced(n_per_class: int = 6, classes=(0, 1, 2)) -> pd.DataFrame:
+    """A sheet with ``n_per_class`` distinct texts in each class."""
+    texts = [f"第{c}类的第{i}条评论" for c in classes for i in range(n_per_class)]
+    labels = [c for c in classes for _ in range(n_per_class)]
+    return sheet(texts, labels)

@@ -1,0 +1,52 @@
+"""nblib.study: one object for the data, folds and results folder that every notebook opens the same way."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nblib import baselines, results
+from nblib.settings import StudySettings
+from nblib.study import open_study
+
+
+def test_open_study_loads_data_makes_folds_once_and_reads_them_back(tiny_sheet, tmp_path):
+    path = tiny_sheet(10)
+    study = open_study(path, n_folds=5, seed=3, results_dir=str(tmp_path / "res"), unlabelled_path=None)
+    assert len(study.data.df) == 30 and study.n_folds == 5 and sorted(set(study.folds)) == [0, 1, 2, 3, 4]
+    assert study.path == results.study_path(tmp_path / "res", study.data)
+    assert results.folds_file(study.path, 5, 3).exists()
+    again = open_study(StudySettings(data_path=str(path), n_folds=5, seed=3, results_dir=str(tmp_path / "res")))
+    assert (again.folds == study.folds).all()
+    split = study.split(2, val_fraction=0.2)
+    assert set(split.test) == set(np.flatnonzero(study.folds == 2)) and split.seed == 5
+    assert study.pool.empty and list(study.pool.columns) == ["text", "row"]
+
+
+def test_pool_is_read_from_the_unlabelled_sheet(tiny_study, tmp_path):
+    pool_file = tmp_path / "pool.csv"
+    pd.DataFrame({"评论": ["没有标签的评论", " 另一条 ", ""]}).to_csv(pool_file, index=False)
+    study = tiny_study(unlabelled_path=str(pool_file), unlabelled_text_col="评论")
+    assert study.pool["text"].tolist() == ["没有标签的评论", "另一条"]
+
+
+def test_runs_final_models_and_clear_errors(tiny_study):
+    study = tiny_study()
+    with pytest.raises(KeyError, match=r"No finished model 'lr_tfidf_char'.*finished: \[\]"):
+        study.run("lr_tfidf_char")
+    with pytest.raises(FileNotFoundError, match="run 03_bert_cv with train_final=True first, or pass model_dir"):
+        study.final_model()
+    baselines.BaselineSuite(study, baselines.BaselineConfig(unit="char", min_df=1)).run("lr_tfidf_char")
+    assert study.run("lr_tfidf_char").metrics["fold"].tolist() == [0, 1, 2]
+    assert study.folder("analysis") == study.path / "analysis" and (study.path / "analysis").is_dir()
+    # a model folder with only some folds done is left out of runs(), and unfinished_runs() says why
+    (study.path / "models" / "lr_tfidf_char" / "metrics.csv").unlink()
+    (study.path / "models" / "lr_tfidf_char" / "folds" / "fold_2.json").unlink()
+    assert study.runs() == {}
+    assert study.unfinished_runs() == {"lr_tfidf_char": "only folds [0, 1] of 3 are done; rerun its notebook to finish it"}
+
+
+def test_saved_model_labels():
+    assert results.saved_model_label("results/s/models/bert_x/final") == "bert_x"
+    assert results.saved_model_label("results/s/models/bert_x/fold_models/fold_3") == "bert_x_fold_3"
+    assert results.saved_model_label("/data/my_model") == "my_model"
