@@ -344,10 +344,7 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
             or line break, which TSV cannot hold.
     """
     path = Path(path)
-    kind = WRITERS.get(path.suffix.lower())
-    if kind is None:
-        raise DataError(f"Cannot write {path.name}: the suffix must be one of {', '.join(WRITERS)} (it decides "
-                        f"the format).")
+    kind = writer_kind(path)
     dup = sorted({str(c) for c in df.columns if list(df.columns).count(c) > 1})
     if dup:
         raise DataError(f"Cannot write {path.name}: column name(s) {dup} occur more than once.")
@@ -360,6 +357,15 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     else:
         _write_delimited([header] + rows, path, kind)
     return path
+
+
+def writer_kind(path: str | Path) -> str:
+    """The format :func:`write_table` writes for ``path`` ("excel", "csv" or "tsv"); an unknown suffix is a DataError."""
+    kind = WRITERS.get(Path(path).suffix.lower())
+    if kind is None:
+        raise DataError(f"Cannot write {Path(path).name}: the suffix must be one of {', '.join(WRITERS)} (it decides "
+                        f"the format).")
+    return kind
 
 
 def _missing(v: object) -> bool:
