@@ -178,6 +178,11 @@ def _normalise_label(value: object) -> object:
     return int(number) if float(number).is_integer() else float(number)
 
 
+def _normalise_labels(values: pd.Series) -> pd.Series:
+    """:func:`_normalise_label` of each value, as objects (``map`` would turn 1 and 1.5 into 1.0 and 1.5)."""
+    return pd.Series([_normalise_label(v) for v in values], index=values.index, dtype=object)
+
+
 def _read_label_table(spec: str | Path | pd.DataFrame | dict | None, data_path: Path) -> pd.DataFrame | None:
     """Label descriptions: a table with columns Label, Name and optionally Description."""
     if spec is None:
@@ -199,7 +204,7 @@ def _read_label_table(spec: str | Path | pd.DataFrame | dict | None, data_path: 
     if "Label" not in table.columns or "Name" not in table.columns:
         raise DataError(f"Label table needs columns 'Label' and 'Name' (optional 'Description'); it has {list(table.columns)}.")
     table = table.dropna(subset=["Label"]).copy()
-    table["Label"] = table["Label"].map(_normalise_label)
+    table["Label"] = _normalise_labels(table["Label"])
     if table["Label"].duplicated().any():
         raise DataError(f"Label table lists a label twice: {table.loc[table['Label'].duplicated(), 'Label'].tolist()}.")
     return table.reset_index(drop=True)
@@ -258,7 +263,7 @@ def load_labelled(
     no_label = df["label_value"].isna() | (df["label_value"].astype(str).str.strip() == "")
     report.add("label is missing", df.loc[no_label & df["text"].notna(), "row"], "dropped (load them as unlabelled instead)")
     df = df[df["text"].notna() & ~no_label].copy()
-    df["label_value"] = df["label_value"].map(_normalise_label)
+    df["label_value"] = _normalise_labels(df["label_value"])
     if df.empty:
         raise DataError(f"{path.name}: no row has both a text and a label (read {len(raw)} rows).")
 
