@@ -133,12 +133,31 @@ def encoder_checksum(model: PreTrainedModel, new: set[str] = frozenset()) -> flo
 
 # --- data -------------------------------------------------------------------------------------------
 
+TRUNCATIONS = ("head", "head+tail")
+
+
 class Encoded(torch.utils.data.Dataset):
-    """Tokenized texts (no padding here), with labels and their index for re-ordering after gathering."""
+    """Tokenized texts (no padding here), with labels and their index for re-ordering after gathering.
+
+    A text longer than ``max_len`` tokens ([CLS] and [SEP] included) is cut: ``truncation="head"`` keeps its
+    start, ``"head+tail"`` its first and last halves (of the room left), so that a closing verdict survives.
+    ``truncated`` marks the cut texts; their number is logged.
+    """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_len: int,
-                 labels: Sequence[int] | None = None):
-        enc = tokenizer(list(texts), truncation=True, max_length=max_len)
+                 labels: Sequence[int] | None = None, truncation: str = "head"):
+        if truncation not in TRUNCATIONS:
+            raise ValueError(f"truncation={truncation!r}: choose one of {TRUNCATIONS}.")
+        texts = list(texts)
+        room = max_len - tokenizer.num_special_tokens_to_add()
+        self.truncated = np.array([len(i) > room for i in tokenizer(texts, add_special_tokens=False,
+                                                                    verbose=False)["input_ids"]], dtype=bool)
+        if self.truncated.any():
+            log.info("%d of %d texts are longer than max_len=%d tokens and were cut (truncation=%s).",
+                     self.truncated.sum(), len(texts), max_len, truncation)
+            if truncation == "head+tail":
+                texts = [_head_and_tail(tokenizer, t, room) if cut else t for t, cut in zip(texts, self.truncated)]
+        enc = tokenizer(texts, truncation=True, max_length=max_len)
         self.items = [{k: enc[k][i] for k in enc} | {"idx": i} for i in range(len(texts))]
         if labels is not None:
             for item, y in zip(self.items, labels):
@@ -156,7 +175,15 @@ class Encoded(torch.utils.data.Dataset):
         out = copy.copy(self)
         out.items = [self.items[i] | {"idx": j} for j, i in enumerate(index)]
         out.lengths = [self.lengths[i] for i in index]
+        out.truncated = self.truncated[list(index)]
         return out
+
+
+def _head_and_tail(tokenizer: PreTrainedTokenizerBase, text: str, room: int) -> str:
+    """The text of its first ``room / 2`` (rounded up) and its last ``room / 2`` tokens, joined by a space."""
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    head, tail = (room + 1) // 2, room // 2
+    return (text[:offsets[head - 1][1]] if head > 0 else "") + " " + (text[offsets[-tail][0]:] if tail > 0 else "")
 
 
 def train_loader(ds: Encoded, collator, batch_size: int, seed: int) -> DataLoader:

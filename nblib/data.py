@@ -12,39 +12,50 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import pandas as pd
 
+from .sheets import ENCODING_NAMES, DataError, Params, Sheet, cell_text, clean_text, read_sheet
+
 log = logging.getLogger(__name__)
 
-READERS = {".xlsx": "excel", ".xlsm": "excel", ".csv": "csv", ".tsv": "tsv"}
 LABEL_SHEET = "labels"  # optional second sheet of an .xlsx: Label, Name, Description
-
-
-class DataError(ValueError):
-    """The input data cannot be used as it is; the message says why and what to do."""
+LOADER_PARAMS = Params()  # load_labelled's parameters, as the notebooks name them
+UNLABELLED_PARAMS = Params(columns="text_col= (the notebooks' unlabelled_text_col)")
 
 
 @dataclass
 class LoadReport:
-    """What the loader found and did, one row per kind of problem."""
+    """What the loader found and did, one row per kind of problem; ``encoding``: how a CSV/TSV was decoded."""
 
     source: str
     rows_read: int = 0
     entries: list[dict] = field(default_factory=list)
+    encoding: str | None = None
 
     def add(self, problem: str, rows: Sequence[int], action: str) -> None:
-        """Record a problem affecting the given sheet rows (1-based, header = row 1)."""
+        """Record a problem affecting the given sheet rows (1-based, as Excel numbers them)."""
         rows = list(rows)
         if not rows:
             return
         shown = ", ".join(map(str, rows[:10])) + (" …" if len(rows) > 10 else "")
         self.entries.append({"problem": problem, "rows": len(rows), "action": action, "sheet rows": shown})
         log.warning("%s: %d row(s) %s — %s (sheet rows %s)", self.source, len(rows), problem, action, shown)
+
+    def read_from(self, sheet: Sheet) -> None:
+        """Take over what the reader found: its notes, and the encoding (listed when it was a guess or not UTF-8)."""
+        self.encoding = sheet.encoding
+        if sheet.encoding not in (None, "utf-8", "utf-8-sig"):
+            self.entries.append({"problem": f"file encoding: {ENCODING_NAMES.get(sheet.encoding, sheet.encoding)}",
+                                 "rows": 0, "action": "decoded; pass encoding= if the texts look garbled",
+                                 "sheet rows": ""})
+        for problem, rows, action in sheet.notes:
+            self.add(problem, rows, action)
 
     def dropped(self) -> int:
         """Number of rows dropped."""
@@ -60,7 +71,7 @@ class LabelledData:
     """A cleaned labelled sheet.
 
     ``df`` has one row per kept text with columns ``text``, ``label`` (contiguous id 0..K-1),
-    ``label_name`` and ``row`` (the row number in the sheet, header = 1, for going back to it).
+    ``label_name`` and ``row`` (the row number in the sheet, for going back to it).
     """
 
     df: pd.DataFrame
@@ -102,70 +113,72 @@ class LabelledData:
         return h.hexdigest()[:16]
 
 
-def clean_text(value: object) -> str:
-    """Remove byte-order marks and surrounding whitespace; keep everything else."""
-    return str(value).replace("\ufeff", "").strip()
+def read_table(path: str | Path, sheet: str | int | None = None, header_row: int = 1,
+               encoding: str | None = None) -> pd.DataFrame:
+    """Read an .xlsx/.csv/.tsv file as a table of raw cells (see :func:`nblib.sheets.read_sheet`).
+
+    Args:
+        path: the file.
+        sheet: sheet name or 0-based index of an .xlsx (None: the first).
+        header_row: the row of the column names (1-based).
+        encoding: the encoding of a CSV/TSV (None: detected).
+
+    Returns:
+        The cells as written (only empty cells are missing), indexed by sheet row; the reader's notes are logged.
+    """
+    table = read_sheet(path, sheet=sheet, header_row=header_row, encoding=encoding)
+    LoadReport(Path(path).name).read_from(table)
+    return table.df
 
 
-def _cell_text(value: object) -> str:
-    """A cell as cleaned text; whole numbers that Excel stored as floats lose their '.0'."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return clean_text(value)
+def too_long(texts: Sequence[str], max_len: int, tokenizer: Any = None) -> np.ndarray:
+    """Which texts a BERT encoder reading at most ``max_len`` tokens would cut.
 
+    Args:
+        texts: the texts.
+        max_len: the encoder's maximum sequence length, [CLS] and [SEP] included.
+        tokenizer: a Hugging Face tokenizer to count tokens; None: characters count as tokens (about right
+            for Chinese, where most characters are one token each).
 
-def read_table(path: str | Path, sheet: str | int | None = None) -> pd.DataFrame:
-    """Read an .xlsx/.csv/.tsv file as a table of raw cells (no type guessing for text)."""
-    path = Path(path)
-    if not path.exists():
-        near = sorted(p.name for p in path.parent.glob("*") if p.suffix.lower() in READERS) if path.parent.is_dir() else []
-        hint = f" Files in {path.parent}: {', '.join(near)}." if near else ""
-        raise FileNotFoundError(f"Data file not found: {path.resolve()}.{hint}")
-    kind = READERS.get(path.suffix.lower())
-    if kind is None:
-        raise DataError(f"Cannot read {path.name}: use one of {', '.join(READERS)} (save the sheet as .xlsx or .csv).")
-    if kind == "excel":
-        try:
-            return pd.read_excel(path, sheet_name=sheet if sheet is not None else 0, engine="openpyxl")
-        except ValueError as e:  # unknown sheet name
-            raise DataError(f"{path.name}: {e}") from None
-    return pd.read_csv(path, sep="\t" if kind == "tsv" else ",", dtype=object, keep_default_na=True)
-
-
-def require_columns(df: pd.DataFrame, wanted: Sequence[str], path: Path) -> None:
-    missing = [c for c in wanted if c not in df.columns]
-    if missing:
-        raise DataError(
-            f"{path.name}: column(s) {missing} not found. The sheet has columns {list(map(str, df.columns))}; "
-            f"pass text_col=/label_col= (notebook parameters) to name the right ones."
-        )
+    Returns:
+        A boolean array, True for each text longer than ``max_len``.
+    """
+    if tokenizer is None:
+        return np.array([len(t) + 2 > max_len for t in texts], dtype=bool)
+    ids = tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
+    return np.array([len(i) > max_len for i in ids], dtype=bool)
 
 
 def _clean_texts(raw: pd.Series, report: LoadReport) -> pd.Series:
-    """Clean the text column in place of the frame's index; empty texts become NaN (to drop)."""
+    """Clean the text column; empty texts become NaN (to drop). The index is the sheet row."""
     is_missing = raw.isna()
     non_string = ~is_missing & ~raw.map(lambda v: isinstance(v, str))
-    report.add("text cell is a number/date, not text", raw.index[non_string] + 2, "converted to text")
-    text = raw.astype(object).where(is_missing, raw.map(_cell_text))
+    report.add("text cell is a number/date, not text", raw.index[non_string], "converted to text")
+    text = raw.astype(object).where(is_missing, raw.map(cell_text))
     empty = is_missing | (text == "")
-    report.add("text is missing, empty or whitespace only", raw.index[empty] + 2, "dropped")
+    report.add("text is missing, empty or whitespace only", raw.index[empty], "dropped")
     return text.mask(empty)
 
 
 def _normalise_label(value: object) -> object:
-    """Integers stay integers (also 1.0 and '1'); everything else becomes a stripped string."""
+    """Numbers stay numbers (1.0 and '1' become the integer 1, '1.5' the float 1.5); other labels become stripped text."""
     if isinstance(value, (bool, np.bool_)):
         return str(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return int(value)
-    s = clean_text(value)
-    try:
-        number = float(s)
-    except ValueError:
-        return s
-    return int(number) if number.is_integer() else s
+    if isinstance(value, (int, np.integer, float, np.floating)):
+        number = value
+    else:
+        try:
+            number = float(clean_text(value))
+        except ValueError:
+            return clean_text(value)
+    if not math.isfinite(number):
+        return clean_text(value)
+    return int(number) if float(number).is_integer() else float(number)
+
+
+def _normalise_labels(values: pd.Series) -> pd.Series:
+    """:func:`_normalise_label` of each value, as objects (``map`` would turn 1 and 1.5 into 1.0 and 1.5)."""
+    return pd.Series([_normalise_label(v) for v in values], index=values.index, dtype=object)
 
 
 def _read_label_table(spec: str | Path | pd.DataFrame | dict | None, data_path: Path) -> pd.DataFrame | None:
@@ -178,7 +191,7 @@ def _read_label_table(spec: str | Path | pd.DataFrame | dict | None, data_path: 
             has_sheet = LABEL_SHEET in wb.sheetnames
             wb.close()
             if has_sheet:
-                return _read_label_table(pd.read_excel(data_path, sheet_name=LABEL_SHEET), data_path)
+                return _read_label_table(read_sheet(data_path, sheet=LABEL_SHEET).df, data_path)
         return None
     if isinstance(spec, dict):
         table = pd.DataFrame({"Label": list(spec), "Name": [str(v) for v in spec.values()]})
@@ -189,7 +202,7 @@ def _read_label_table(spec: str | Path | pd.DataFrame | dict | None, data_path: 
     if "Label" not in table.columns or "Name" not in table.columns:
         raise DataError(f"Label table needs columns 'Label' and 'Name' (optional 'Description'); it has {list(table.columns)}.")
     table = table.dropna(subset=["Label"]).copy()
-    table["Label"] = table["Label"].map(_normalise_label)
+    table["Label"] = _normalise_labels(table["Label"])
     if table["Label"].duplicated().any():
         raise DataError(f"Label table lists a label twice: {table.loc[table['Label'].duplicated(), 'Label'].tolist()}.")
     return table.reset_index(drop=True)
@@ -202,39 +215,67 @@ def load_labelled(
     sheet: str | int | None = None,
     label_table: str | Path | pd.DataFrame | dict | None = None,
     on_conflict: Literal["drop", "error"] = "drop",
+    header_row: int = 1,
+    encoding: str | None = None,
+    max_len: int | None = 128,
+    tokenizer: Any = None,
 ) -> LabelledData:
     """Load and check a labelled sheet.
 
-    Labels may be integers (any values) or strings; they are mapped to contiguous ids 0..K-1 in
-    sorted order, or in the order of the label table when one is given. The label table (names
-    and descriptions) comes from ``label_table`` (a file, a DataFrame or ``{value: name}``) or,
-    for an .xlsx, from a sheet named ``labels`` when present.
+    Labels may be numbers or strings; they are mapped to contiguous ids 0..K-1 in sorted order, or in
+    the order of the label table when one is given. The label table (names and descriptions) comes from
+    ``label_table`` (a file, a DataFrame or ``{value: name}``) or, for an .xlsx, from a sheet named
+    ``labels`` when present.
 
     Exact duplicate texts with the same label are kept (they are put in the same fold); a text
     that occurs with two different labels is dropped (``on_conflict="drop"``) or stops the load
     (``"error"``). Both are reported.
+
+    Args:
+        path: the sheet (.xlsx, .csv, .tsv); read by :func:`nblib.sheets.read_sheet`.
+        text_col: the column of the texts.
+        label_col: the column of the labels.
+        sheet: sheet name or 0-based index of an .xlsx (None: the first).
+        label_table: label names and descriptions (see above).
+        on_conflict: what to do with a text that has two labels.
+        header_row: the row of the column names (1-based, as Excel numbers rows).
+        encoding: the encoding of a CSV/TSV (None: detected, and named in the report).
+        max_len: the BERT maximum sequence length; the report counts the texts longer than it (None: no count).
+        tokenizer: the model's tokenizer, to count tokens (None: characters as a proxy).
+
+    Returns:
+        The cleaned data, with its load report.
+
+    Raises:
+        DataError: the sheet cannot be used (the message says why and what to do), e.g. fewer than two classes.
     """
     path = Path(path)
-    raw = read_table(path, sheet)
-    require_columns(raw, [text_col, label_col], path)
+    table = read_sheet(path, [text_col, label_col], sheet, header_row, encoding, LOADER_PARAMS)
+    raw = table.df
     report = LoadReport(source=path.name, rows_read=len(raw))
+    report.read_from(table)
     if raw.empty:
         raise DataError(f"{path.name}: the sheet has a header but no rows.")
 
-    df = pd.DataFrame({"text": _clean_texts(raw[text_col], report), "label_value": raw[label_col], "row": raw.index + 2})
+    df = pd.DataFrame({"text": _clean_texts(raw[text_col], report), "label_value": raw[label_col], "row": raw.index})
     no_label = df["label_value"].isna() | (df["label_value"].astype(str).str.strip() == "")
     report.add("label is missing", df.loc[no_label & df["text"].notna(), "row"], "dropped (load them as unlabelled instead)")
     df = df[df["text"].notna() & ~no_label].copy()
-    df["label_value"] = df["label_value"].map(_normalise_label)
+    df["label_value"] = _normalise_labels(df["label_value"])
     if df.empty:
         raise DataError(f"{path.name}: no row has both a text and a label (read {len(raw)} rows).")
 
     df = _resolve_conflicts(df, report, on_conflict)
-    values, names, descriptions = _label_scheme(df["label_value"], _read_label_table(label_table, path), path)
+    values, names, descriptions = _label_scheme(df["label_value"], _read_label_table(label_table, path), path, label_col)
     ids = {v: i for i, v in enumerate(values)}
     df["label"] = df["label_value"].map(ids).astype(int)
     df["label_name"] = df["label"].map(dict(enumerate(names)))
     df = df[["text", "label", "label_name", "row"]].reset_index(drop=True)
+    if max_len is not None:
+        long = too_long(df["text"], max_len, tokenizer)
+        unit = "tokens" if tokenizer is not None else "characters + [CLS]/[SEP], a proxy for tokens"
+        report.add(f"text longer than max_len={max_len} ({unit})", df.loc[long, "row"],
+                   "kept; BERT reads only its start (truncation='head'), or its start and end (truncation='head+tail')")
     n_dup = int(df["text"].duplicated(keep=False).sum())
     if n_dup:
         log.info("%s: %d rows share their text with another row (same label); kept, and kept in one fold.", path.name, n_dup)
@@ -257,11 +298,16 @@ def _resolve_conflicts(df: pd.DataFrame, report: LoadReport, on_conflict: str) -
     return df[~conflict]
 
 
-def _label_scheme(values: pd.Series, table: pd.DataFrame | None, path: Path) -> tuple[list, list[str], list[str] | None]:
-    """Ordered label values, their names and descriptions."""
+def _label_scheme(values: pd.Series, table: pd.DataFrame | None, path: Path,
+                  label_col: str) -> tuple[list, list[str], list[str] | None]:
+    """Ordered label values, their names and descriptions; at least two classes."""
     present = set(values)
-    kinds = {type(v) for v in present}
+    if len(present) < 2:
+        raise DataError(f"{path.name}: every kept row has the label {sorted(map(str, present))} in column "
+                        f"{label_col!r}: a classifier needs at least two classes. Check that label_col= names the "
+                        f"label column, and that the other classes were not dropped (see the load report).")
     if table is None:
+        kinds = {"number" if isinstance(v, (int, float)) else "text" for v in present}
         if len(kinds) > 1:
             mixed = sorted(map(str, present))
             raise DataError(f"{path.name}: labels mix numbers and text ({mixed}); use one kind, or give a label table.")
@@ -279,15 +325,28 @@ def _label_scheme(values: pd.Series, table: pd.DataFrame | None, path: Path) -> 
     return table["Label"].tolist(), table["Name"].astype(str).tolist(), descriptions
 
 
-def load_unlabelled(path: str | Path, text_col: str = "Sentence", sheet: str | int | None = None) -> pd.DataFrame:
-    """Load a pool of unlabelled texts through the same checks; returns columns ``text`` and ``row``."""
+def load_unlabelled(path: str | Path, text_col: str = "Sentence", sheet: str | int | None = None,
+                    header_row: int = 1, encoding: str | None = None) -> pd.DataFrame:
+    """Load a pool of unlabelled texts through the same reader and checks.
+
+    Args:
+        path: the sheet (.xlsx, .csv, .tsv).
+        text_col: the column of the texts.
+        sheet: sheet name or 0-based index of an .xlsx (None: the first).
+        header_row: the row of the column names (1-based).
+        encoding: the encoding of a CSV/TSV (None: detected).
+
+    Returns:
+        Columns ``text`` and ``row`` (the sheet row), one row per non-empty text.
+    """
     path = Path(path)
-    raw = read_table(path, sheet)
-    require_columns(raw, [text_col], path)
+    table = read_sheet(path, [text_col], sheet, header_row, encoding, UNLABELLED_PARAMS)
+    raw = table.df
     if raw.empty:
         raise DataError(f"{path.name}: the sheet has a header but no rows.")
     report = LoadReport(source=path.name, rows_read=len(raw))
+    report.read_from(table)
     text = _clean_texts(raw[text_col], report)
-    df = pd.DataFrame({"text": text, "row": raw.index + 2}).dropna(subset=["text"]).reset_index(drop=True)
+    df = pd.DataFrame({"text": text, "row": raw.index}).dropna(subset=["text"]).reset_index(drop=True)
     log.info("%s: %d unlabelled texts (%d of %d rows dropped).", path.name, len(df), report.dropped(), len(raw))
     return df

@@ -25,15 +25,19 @@ never mix in)::
             final/                 (BERT) the model trained on all labelled texts, with training.json
             launch.json            (BERT) the settings that worker processes and torchrun read
             logs/                  (BERT) one log per worker process
+            run.lock               the process (pid, host) writing this folder now (results.RunLock)
 
 ``index`` is the position of the text in ``LabelledData.df``, ``row`` its row in the sheet, ``gold``
 and ``pred`` label ids (``LabelledData.label_names`` gives the names). Probabilities sum to one.
 
 A run never silently overwrites: opening an existing model folder with the same config resumes it
 (finished folds are kept and skipped); with a different config it is an error that says what differs.
+While a run writes to a model folder it holds ``run.lock`` there (see :class:`RunLock`): a second run on
+the same folder is refused with the process and host that hold it.
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
@@ -114,6 +118,86 @@ def run_paths(study: Path) -> list[Path]:
         study: the study folder.
     """
     return sorted(p.parent for p in (study / "models").glob("*/config.json"))
+
+
+class ResultsLockedError(RuntimeError):
+    """Another run is writing to the same results folder."""
+
+
+class RunLock:
+    """``run.lock`` in a model folder: the process (pid, host) of the run writing there, one run at a time.
+
+    The processes of one run share the lock through the environment variable ``NBLIB_RUN_LOCK``: the
+    opener sets it to its token, the workers it launches (fold workers, torchrun) inherit it and pass.
+    A lock whose process is gone (same host, no such pid) is taken over with a warning; on another host
+    liveness cannot be checked, so the message says when to delete the file.
+    """
+
+    ENV = "NBLIB_RUN_LOCK"
+
+    def __init__(self, folder: str | Path):
+        self.path = Path(folder) / "run.lock"
+
+    def acquire(self) -> None:
+        """Take the lock, or pass when this run's opener holds it; raise :class:`ResultsLockedError` when
+        another live run does."""
+        token = os.environ.setdefault(self.ENV, secrets.token_hex(8))
+        me = {"pid": os.getpid(), "host": platform.node(), "token": token, "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.{secrets.token_hex(3)}")
+        tmp.write_text(json.dumps(me))
+        try:
+            for _ in range(3):
+                try:
+                    os.link(tmp, self.path)  # atomic: fails if the lock exists, never leaves half a file
+                except FileExistsError:
+                    other = self.holder()
+                    if other.get("token") == token:
+                        return
+                    if not self._stale(other):
+                        raise ResultsLockedError(self._message(other)) from None
+                    log.warning("%s: taking over the lock of process %s on %s, which is gone.", self.path.parent,
+                                other.get("pid"), other.get("host"))
+                    self.path.unlink(missing_ok=True)
+                    continue
+                atexit.register(self.release)
+                return
+            raise ResultsLockedError(self._message(self.holder()))
+        finally:
+            tmp.unlink()
+
+    def holder(self) -> dict:
+        """What the lock file says (pid, host, token, since); empty when there is none."""
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def release(self) -> None:
+        """Remove the lock if this process took it (a worker that shares its opener's lock leaves it)."""
+        if self.holder().get("pid") == os.getpid():
+            self.path.unlink(missing_ok=True)
+
+    @staticmethod
+    def _stale(other: dict) -> bool:
+        """The lock's process is gone: same host and no such pid (or our own pid, left by an earlier process)."""
+        if other.get("host") != platform.node() or not isinstance(other.get("pid"), int):
+            return False
+        if other["pid"] == os.getpid():
+            return True
+        try:
+            os.kill(other["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, another user's
+            return False
+        return False
+
+    def _message(self, other: dict) -> str:
+        return (f"{self.path.parent} is in use by another run: process {other.get('pid')} on host "
+                f"{other.get('host')}, since {other.get('since')}. Wait for it to finish or stop it; two runs on one "
+                f"folder would train the same folds. If that process is an idle Jupyter kernel whose run was "
+                f"interrupted, restart that kernel; if it no longer exists (e.g. killed on another machine), "
+                f"delete {self.path}.")
 
 
 def environment() -> dict:
@@ -266,11 +350,15 @@ class ModelRun(RunFolder):
                 diff = {k: (old.get(k), self.config.get(k)) for k in set(old) | set(self.config) if old.get(k) != self.config.get(k)}
                 raise ResultsExistError(
                     f"{self.path} holds results of '{name}' run with other settings {diff} (old, new). "
-                    f"Give this run another name (the run_name/tag parameter) or move that folder away.")
+                    f"To resume it, set the differing settings back to the old values; to keep both, move that "
+                    f"folder away (baselines of 02) or give this run another run_name (BERT runs of 03).")
             log.info("%s: resuming; folds already done: %s", name, self.done_folds())
+        self.lock = None
         if not write:
             return
         (self.path / "folds").mkdir(parents=True, exist_ok=True)
+        self.lock = RunLock(self.path)
+        self.lock.acquire()
         (self.path / "environment").mkdir(exist_ok=True)
         _write_atomic(self.config_file, lambda p: p.write_text(json.dumps(self.config, indent=2, ensure_ascii=False)))
         session = self.path / "environment" / f"{time.strftime('%Y%m%d-%H%M%S')}-{platform.node()}-{os.getpid()}-{secrets.token_hex(3)}.json"
@@ -322,6 +410,8 @@ class ModelRun(RunFolder):
         res.metrics.to_csv(self.path / "metrics.csv", index=False)
         if res.history is not None:
             res.history.to_csv(self.path / "history.csv", index=False)
+        if self.lock is not None:
+            self.lock.release()
         log.info("%s: results in %s", self.name, self.path)
         return res
 

@@ -5,9 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import tiny_data
 from nblib import analysis, bert, predict
+from nblib import data as nbdata
 from nblib.results import ModelResults
+from nblib.sheets import read_sheet
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,57 @@ def test_cli_bad_input(tmp_path, saved_model, capsys):
     assert "not found" in capsys.readouterr().err
     assert predict.main([str(saved_model), str(tmp_path / "in.xlsx"), str(tmp_path / "in.xlsx")]) == 2
     assert "exists" in capsys.readouterr().err
+
+
+def test_cli_errors_name_its_flags(tmp_path, saved_model, capsys):
+    pd.DataFrame({"Sentence": ["好"]}).to_excel(tmp_path / "in.xlsx", index=False)
+    assert predict.main([str(saved_model), str(tmp_path / "in.xlsx"), str(tmp_path / "o.xlsx"), "--column", "text"]) == 2
+    err = capsys.readouterr().err
+    assert "--column" in err and "text_col" not in err
+    assert predict.main([str(saved_model), str(tmp_path / "in.xlsx"), str(tmp_path / "o.xlsx"), "--sheet", "x"]) == 2
+    assert "Pass --sheet <name" in capsys.readouterr().err
+    assert predict.main([str(saved_model), str(tmp_path / "in.xlsx"), str(tmp_path / "o.xls")]) == 2
+    assert "suffix must be one of .xlsx, .csv, .tsv" in capsys.readouterr().err
+    assert not (tmp_path / "o.xls").exists()
+
+
+def test_cli_header_row_flag_is_suggested_and_used(tmp_path, saved_model, capsys):
+    (tmp_path / "in.csv").write_text("评论导出\nSentence,id\n文物,1\n", encoding="utf-8")
+    assert predict.main([str(saved_model), str(tmp_path / "in.csv"), str(tmp_path / "o.csv")]) == 2
+    assert "pass --header-row 2" in capsys.readouterr().err
+    assert predict.main([str(saved_model), str(tmp_path / "in.csv"), str(tmp_path / "o.csv"), "--header-row", "2"]) == 0
+    assert read_sheet(tmp_path / "o.csv", ["Sentence", "pred_label"]).df["Sentence"].tolist() == ["文物"]
+
+
+def test_a_run_folder_is_refused_with_its_final_model_named(tmp_path, saved_model, capsys):
+    run = tmp_path / "models" / "bert_x"
+    (run / "folds").mkdir(parents=True)
+    (run / "config.json").write_text('{"model": "bert_x", "n_folds": 5}')
+    pd.DataFrame({"Sentence": ["好"]}).to_excel(tmp_path / "in.xlsx", index=False)
+    assert predict.main([str(run), str(tmp_path / "in.xlsx"), str(tmp_path / "o.xlsx")]) == 2
+    err = capsys.readouterr().err
+    assert f"pass {run / 'final'}" in err and "Traceback" not in err
+    with pytest.raises(bert.ModelNotAvailableError, match="not a saved model"):
+        predict.load_model(run)
+
+
+@pytest.mark.parametrize("suffix", [".xlsx", ".csv"])
+def test_predictions_keep_formula_like_texts_as_text_and_mark_truncated_ones(tmp_path, saved_model, suffix):
+    texts = ["=HYPERLINK(\"http://x\",\"点\")", "+1 文物", "-_-", "@CCTV1", "NA", "文物" * 40, "三刷"]
+    pd.DataFrame({"Sentence": texts}).to_csv(tmp_path / "in.csv", index=False)
+    out = tmp_path / f"out{suffix}"
+    assert predict.main([str(saved_model), str(tmp_path / "in.csv"), str(out), "--max-len", "32",
+                         "--truncation", "head+tail"]) == 0
+    back = read_sheet(out, ["Sentence", "truncated"]).df
+    assert back["Sentence"].tolist() == texts  # byte for byte, no formula, no NA guessing
+    assert [str(v) for v in back["truncated"]] == ["False"] * 5 + ["True", "False"]
+    assert back["pred_label"].notna().all()
+
+
+def test_predictions_do_not_mix_with_earlier_ones(tmp_path, saved_model):
+    pd.DataFrame({"Sentence": ["好"], "pred_label": ["旧"]}).to_excel(tmp_path / "in.xlsx", index=False)
+    with pytest.raises(nbdata.DataError, match=r"already has column\(s\) \['pred_label'\]"):
+        predict.predict_file(saved_model, tmp_path / "in.xlsx", tmp_path / "o.xlsx")
 
 
 def fake(name, gold, pred, conf=0.9, k=3):

@@ -1,0 +1,417 @@
+"""Reading and writing spreadsheets (.xlsx, .csv, .tsv) so that no text is lost, changed or run as a formula.
+
+Every entry point reads through :func:`read_sheet` and every sheet the project writes for people goes through
+:func:`write_table`.
+
+Reading
+    * CSV/TSV encoding: a byte-order mark decides (UTF-8 with BOM, UTF-16 as Excel's "Unicode text"); else
+      UTF-8 if the bytes are valid UTF-8, else GB18030 (a superset of GBK, what Excel on Chinese Windows
+      writes). ``encoding=`` overrides the guess; the encoding used is returned with the table.
+    * CSV is parsed strictly (a stray quote is an error naming its line); a record that spans several lines
+      (a quoted cell with line breaks, or quotes that merged rows) is listed with its lines. TSV is read with
+      quoting off: one line is one row, so a stray quote cannot merge lines; only a cell that is entirely one
+      quoted field (``"…"`` with inner quotes doubled, as Excel and pandas write TSV) is unquoted.
+    * Every cell is kept as written: no NA strings ("NA", "null", "None", "nan", "N/A" are texts); only an
+      empty cell is missing.
+    * The header is on row ``header_row`` (1-based); when the wanted columns are not there, the message
+      names the row that holds them, or says that the header looks like a title.
+    * Duplicate column names, a damaged or mis-named .xlsx and an empty file are errors that name the file.
+
+Writing
+    * Suffix and format agree (.xlsx, .csv, .tsv; anything else is an error).
+    * .xlsx: every text is a text cell (never a formula), formula-like texts get Excel's "quote prefix"
+      style, control characters use OOXML's ``_xHHHH_`` escapes that :func:`read_sheet` undoes.
+    * .csv/.tsv: UTF-8 with BOM (so that Excel shows Chinese), every field quoted in CSV; a text that would
+      start a formula (``= + - @``, tab, CR: OWASP's CSV-injection list) gets a leading apostrophe, which
+      Excel and LibreOffice take as "this is text" and :func:`read_sheet` removes again. The trade-off:
+      other programs (``pandas.read_csv``, R) see the apostrophe. For people, prefer .xlsx.
+"""
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import logging
+import re
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+READERS = {".xlsx": "excel", ".xlsm": "excel", ".csv": "csv", ".tsv": "tsv", ".txt": "tsv"}
+WRITERS = {".xlsx": "excel", ".csv": "csv", ".tsv": "tsv"}
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+TEXT_MARK = "'"  # the apostrophe that marks a CSV/TSV cell as text
+MARKED_START = FORMULA_START + (TEXT_MARK,)  # what may follow the apostrophe in a marked cell
+TOP_ROWS = 30  # rows searched for the column names when they are not on the header row
+_OOXML_ESCAPED = re.compile(r"_x([0-9A-Fa-f]{4})_")
+_OOXML_TO_ESCAPE = re.compile(r"[\x00-\x08\x0b-\x1f]|_(?=x[0-9A-Fa-f]{4}_)")
+_QUOTED_FIELD = re.compile(r'"((?:[^"]|"")*)"', re.S)
+BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+ENCODING_NAMES = {"utf-8": "UTF-8", "utf-8-sig": "UTF-8 with BOM", "utf-16": "UTF-16 (Excel's Unicode text)",
+                  "gb18030": "GB18030/GBK (detected)"}
+
+
+class DataError(ValueError):
+    """The input data cannot be used as it is; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Params:
+    """How the calling entry point spells its parameters, so that each message names the one to change.
+
+    Each value is written before the suggested value, e.g. ``"header_row="`` or ``"--header-row "``.
+    """
+
+    columns: str = "text_col=/label_col="
+    sheet: str = "sheet="
+    header_row: str = "header_row="
+    encoding: str = "encoding="
+
+
+@dataclass
+class Sheet:
+    """A table of raw cells read from a file, and what the reader found.
+
+    ``df`` holds the cells as written (text as ``str``, numbers and dates as read from .xlsx, ``None`` for
+    an empty cell); its index is the row number in the sheet (the header is ``header_row``; in CSV/TSV
+    one row per record). ``notes`` are (problem, sheet rows, action) for the load report.
+    """
+
+    df: pd.DataFrame
+    path: Path
+    encoding: str | None = None
+    notes: list[tuple[str, list[int], str]] = field(default_factory=list)
+
+
+def clean_text(value: object) -> str:
+    """Remove byte-order marks and surrounding whitespace; keep everything else."""
+    return str(value).replace("\ufeff", "").strip()
+
+
+def cell_text(value: object) -> str:
+    """A cell as cleaned text; whole numbers that Excel stored as floats lose their '.0'."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return clean_text(value)
+
+
+# --- reading ------------------------------------------------------------------------------------------
+
+def read_sheet(path: str | Path, columns: Sequence[str] = (), sheet: str | int | None = None, header_row: int = 1,
+               encoding: str | None = None, params: Params = Params()) -> Sheet:
+    """Read an .xlsx/.csv/.tsv file as raw cells and check that it holds ``columns``.
+
+    Args:
+        path: the file (.xlsx, .xlsm, .csv, .tsv, or .txt as Excel's tab-separated "Unicode text").
+        columns: column names that must be in the header.
+        sheet: sheet name or 0-based index of an .xlsx (None: the first sheet).
+        header_row: the row of the column names (1-based, as Excel numbers rows).
+        encoding: the text encoding of a CSV/TSV (None: detected).
+        params: how the caller spells its parameters, for the messages.
+
+    Returns:
+        The cells, the encoding used and notes for the load report.
+
+    Raises:
+        FileNotFoundError: no such file (the message lists the readable files next to it).
+        DataError: anything else that stops the read; the message names the file and what to do.
+    """
+    path = Path(path)
+    if not path.exists():
+        near = sorted(p.name for p in path.parent.glob("*") if p.suffix.lower() in READERS) if path.parent.is_dir() else []
+        hint = f" Files in {path.parent}: {', '.join(near)}." if near else ""
+        raise FileNotFoundError(f"Data file not found: {path.resolve()}.{hint}")
+    kind = READERS.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(f"Cannot read {path.name}: use one of {', '.join(READERS)} (save the sheet as .xlsx or .csv).")
+    if header_row < 1:
+        raise DataError(f"{params.header_row}{header_row}: rows are numbered from 1, as in Excel.")
+    data = path.read_bytes()
+    if not data.strip():
+        raise DataError(f"{path.name} is empty ({len(data)} bytes): copy it again, or export the sheet again.")
+    out = Sheet(pd.DataFrame(), path)
+    if kind == "excel":
+        rows = _excel_rows(path, data, sheet, params)
+    else:
+        text, out.encoding = _decode(data, encoding, path, params)
+        if out.encoding not in ("utf-8", "utf-8-sig"):
+            log.info("%s: read as %s.", path.name, ENCODING_NAMES.get(out.encoding, out.encoding))
+        sep = "\t" if kind == "tsv" or _tab_separated(text) else ","
+        rows = _tsv_rows(text, out) if sep == "\t" else _csv_rows(text, out)
+    out.df = _table(rows, columns, header_row, path, params, strict_width=kind != "excel")
+    return out
+
+
+def _excel_rows(path: Path, data: bytes, sheet: str | int | None, params: Params) -> list[list]:
+    import openpyxl
+
+    if not data.startswith(b"PK"):
+        what = ("an old Excel 97-2003 .xls workbook" if data.startswith(b"\xd0\xcf\x11\xe0")
+                else "text (a CSV or TSV renamed?)" if _looks_like_text(data) else "not a workbook")
+        raise DataError(f"{path.name} is not an .xlsx workbook: its content is {what}. Open it in Excel or WPS and "
+                        f"save it as 'Excel Workbook (.xlsx)', or give it the suffix of what it is (.csv, .tsv).")
+    damaged = (f"{path.name} cannot be read as an .xlsx workbook: it is damaged or truncated (an interrupted copy or "
+               f"download?). Copy it again, or open it in Excel or WPS and save it again as .xlsx.")
+    try:
+        wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except (zipfile.BadZipFile, KeyError, OSError, EOFError, SyntaxError, ValueError, TypeError) as e:
+        raise DataError(f"{damaged} ({type(e).__name__}: {e})") from None
+    try:
+        names = wb.sheetnames
+        if sheet is None or isinstance(sheet, int) and 0 <= sheet < len(names):
+            ws = wb.worksheets[sheet or 0]
+        elif sheet in names:
+            ws = wb[sheet]
+        else:
+            raise DataError(f"{path.name} has no sheet {sheet!r}; its sheets are {names}. "
+                            f"Pass {params.sheet}<name or 0-based index>.")
+        ws.reset_dimensions()  # some writers record wrong dimensions, which read-only mode trusts
+        return [[_unescape_ooxml(v) if isinstance(v, str) else v for v in row] for row in ws.iter_rows(values_only=True)]
+    except (zipfile.BadZipFile, KeyError, OSError, EOFError, SyntaxError) as e:
+        raise DataError(f"{damaged} ({type(e).__name__}: {e})") from None
+    finally:
+        wb.close()
+
+
+def _looks_like_text(data: bytes) -> bool:
+    head = data[:4096]
+    return b"\x00" not in head or head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+
+
+def _unescape_ooxml(text: str) -> str:
+    """Undo OOXML's ``_xHHHH_`` escapes (how Excel stores control characters such as CR; ``_x005F_`` is '_')."""
+    return _OOXML_ESCAPED.sub(lambda m: chr(int(m.group(1), 16)), text) if "_x" in text else text
+
+
+def _decode(data: bytes, encoding: str | None, path: Path, params: Params) -> tuple[str, str]:
+    """The file's text and the encoding used: the given one, else by byte-order mark, else UTF-8, else GB18030."""
+    bom = next((enc for mark, enc in BOMS if data.startswith(mark)), None)
+    for enc in [encoding] if encoding else [bom] if bom else ["utf-8", "gb18030"]:
+        try:
+            return data.decode(enc), enc
+        except UnicodeDecodeError:
+            continue
+        except LookupError:
+            raise DataError(f"{params.encoding}{encoding!r} is not an encoding Python knows (try 'gb18030', "
+                            f"'utf-16' or 'big5').") from None
+    if encoding:
+        raise DataError(f"{path.name} cannot be read as {encoding}. Leave {params.encoding} out to detect the "
+                        f"encoding, or name the right one.")
+    raise DataError(f"{path.name}: its text encoding is none of UTF-8, UTF-16 or GB18030/GBK. Pass "
+                    f"{params.encoding}'<encoding>' (e.g. 'big5'), or save the sheet as .xlsx or 'CSV UTF-8'.")
+
+
+def _tab_separated(text: str) -> bool:
+    """A .csv whose first line has tabs and no commas (Excel's "Unicode text" saved under .csv)."""
+    first = text.split("\n", 1)[0]
+    return "\t" in first and "," not in first
+
+
+def _csv_rows(text: str, out: Sheet) -> list[list]:
+    """Records of a CSV, parsed strictly; records spanning several lines are noted with their lines."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    rows, spans, last_line = [], [], 0
+    try:
+        for record in reader:
+            rows.append(record)
+            if reader.line_num > last_line + 1:
+                spans.append((len(rows), last_line + 1, reader.line_num))
+            last_line = reader.line_num
+    except csv.Error as e:
+        raise DataError(f"{out.path.name}, line {reader.line_num}: {e}. A stray double quote? In CSV a text with a \" must "
+                        f"be in quotes, with the \" doubled (Excel writes it so). Fix that line, or save the sheet "
+                        f"as .xlsx.") from None
+    if spans:
+        lines = ", ".join(f"{a}-{b}" for _, a, b in spans[:10])
+        out.notes.append((f"one row spans several lines of the file (lines {lines})", [r for r, _, _ in spans],
+                          "kept as one text with line breaks; if these were separate rows, a stray quote merged "
+                          "them: fix it in the file"))
+    return _unmark(rows, out)
+
+
+def _tsv_rows(text: str, out: Sheet) -> list[list]:
+    """Lines of a TSV with quoting off; a cell that is one whole quoted field is unquoted (and noted)."""
+    rows, unquoted = [], []
+    for i, record in enumerate(csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE), 1):
+        quoted = [_QUOTED_FIELD.fullmatch(cell) for cell in record]
+        rows.append([m.group(1).replace('""', '"') if m else cell for m, cell in zip(quoted, record)])
+        if any(quoted):
+            unquoted.append(i)
+    if unquoted:
+        out.notes.append(('cell in quotes with inner quotes doubled ("…", as Excel and pandas write TSV)',
+                          unquoted, "outer quotes removed, inner quotes undoubled"))
+    return _unmark(rows, out)
+
+
+def _unmark(rows: list[list[str]], out: Sheet) -> list[list[str | None]]:
+    """Empty cells become None; the apostrophe that :func:`write_table` puts before formula-like text goes."""
+    marked = [i for i, row in enumerate(rows, 1) if any(_is_marked(cell) for cell in row)]
+    if marked:
+        out.notes.append(("cell starts with the apostrophe that marks = + - @ as text (as nblib writes CSV)",
+                          marked, "apostrophe removed"))
+    return [[cell[1:] if _is_marked(cell) else cell if cell != "" else None for cell in row] for row in rows]
+
+
+def _is_marked(cell: str) -> bool:
+    return cell[:1] == TEXT_MARK and cell[1:2] in MARKED_START
+
+
+def _table(rows: list[list], columns: Sequence[str], header_row: int, path: Path, params: Params,
+           strict_width: bool) -> pd.DataFrame:
+    """Rows below ``header_row`` under its names; index = sheet row. Checks names, duplicates and widths."""
+    if header_row > len(rows):
+        raise DataError(f"{path.name} has {len(rows)} row(s); there is no header on row {header_row}. "
+                        f"Pass {params.header_row}<row of the column names>.")
+    rows = [[None if v is None or v == "" else v for v in row] for row in rows]
+    names = [None if v is None or cell_text(v) == "" else cell_text(v) for v in rows[header_row - 1]]
+    while names and names[-1] is None:
+        names.pop()
+    top = {i: [cell_text(v) for v in row if v is not None] for i, row in enumerate(rows[:TOP_ROWS], 1)}
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise DataError(f"{path.name}: column(s) {missing} not found in the header (row {header_row}), which has "
+                        f"columns {[n for n in names if n is not None]}. "
+                        + _header_hint(top, columns, header_row, names, params))
+    dup = sorted(n for n, k in Counter(n for n in names if n is not None).items() if k > 1)
+    if dup:
+        where = {n: [_column_letter(i) for i, m in enumerate(names) if m == n] for n in dup}
+        raise DataError(f"{path.name}: column name(s) appear more than once in the header (row {header_row}): "
+                        f"{where}. Rename them so that each column has its own name.")
+    body = rows[header_row:]
+    width = max([len(names)] + [_filled_width(r) for r in body])
+    if strict_width and width > len(names):
+        wide = [header_row + i for i, r in enumerate(body, 1) if _filled_width(r) > len(names)]
+        shown = ", ".join(map(str, wide[:10])) + (" …" if len(wide) > 10 else "")
+        raise DataError(f"{path.name}: the header (row {header_row}) has {len(names)} column(s) but row(s) {shown} "
+                        f"have more cells: a separator inside a text that is not in quotes? Put such texts in "
+                        f"quotes (CSV) or save the sheet as .xlsx. " + _header_hint(top, columns, header_row, names, params))
+    names += [None] * (width - len(names))
+    df = pd.DataFrame([list(r[:width]) + [None] * (width - len(r)) for r in body],
+                      columns=[n if n is not None else f"Unnamed: {i}" for i, n in enumerate(names)],
+                      index=pd.RangeIndex(header_row + 1, header_row + 1 + len(body)), dtype=object)
+    unnamed_empty = [c for c, n in zip(df.columns, names) if n is None and df[c].isna().all()]
+    return df.drop(columns=unnamed_empty).dropna(how="all")
+
+
+def _filled_width(row: list) -> int:
+    """Number of cells up to the last non-empty one."""
+    return max((i + 1 for i, v in enumerate(row) if v is not None), default=0)
+
+
+def _header_hint(top: dict[int, list[str]], columns: Sequence[str], header_row: int, names: list,
+                 params: Params) -> str:
+    """Advice on the header row: the row that holds the wanted columns, or a title row, or the column parameters."""
+    found = next((i for i, cells in top.items() if i != header_row and columns and set(columns) <= set(cells)), None)
+    if found is not None:
+        return f"They are on row {found}: pass {params.header_row}{found}."
+    named = sum(n is not None for n in names)
+    widest_below = max([len(cells) for i, cells in top.items() if i > header_row], default=0)
+    if named < widest_below and named <= widest_below / 2:
+        return (f"Row {header_row} looks like a title, not the column names: pass {params.header_row}<row of the "
+                f"column names>.")
+    return f"Pass {params.columns} to name the right columns, or {params.header_row}<row> if the header is elsewhere."
+
+
+def _column_letter(i: int) -> str:
+    from openpyxl.utils import get_column_letter
+
+    return get_column_letter(i + 1)
+
+
+# --- writing ------------------------------------------------------------------------------------------
+
+def write_table(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write ``df`` (its columns, not its index) as .xlsx, .csv or .tsv, chosen by the suffix.
+
+    Texts are written so that no program runs them as formulas and :func:`read_sheet` reads them back
+    unchanged (see the module docstring). Missing values become empty cells.
+
+    Args:
+        df: the table; column names must be unique.
+        path: the file to write; its suffix picks the format.
+
+    Returns:
+        The path written.
+
+    Raises:
+        DataError: a suffix that is not .xlsx/.csv/.tsv, duplicate column names, or (TSV) a text with a tab
+            or line break, which TSV cannot hold.
+    """
+    path = Path(path)
+    kind = writer_kind(path)
+    dup = sorted({str(c) for c in df.columns if list(df.columns).count(c) > 1})
+    if dup:
+        raise DataError(f"Cannot write {path.name}: column name(s) {dup} occur more than once.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = [str(c) for c in df.columns]
+    rows = [[None if _missing(v) else v.item() if hasattr(v, "item") else v for v in r]
+            for r in df.itertuples(index=False, name=None)]
+    if kind == "excel":
+        _write_xlsx([header] + rows, path)
+    else:
+        _write_delimited([header] + rows, path, kind)
+    return path
+
+
+def writer_kind(path: str | Path) -> str:
+    """The format :func:`write_table` writes for ``path`` ("excel", "csv" or "tsv"); an unknown suffix is a DataError."""
+    kind = WRITERS.get(Path(path).suffix.lower())
+    if kind is None:
+        raise DataError(f"Cannot write {Path(path).name}: the suffix must be one of {', '.join(WRITERS)} (it decides "
+                        f"the format).")
+    return kind
+
+
+def _missing(v: object) -> bool:
+    return v is None or v is pd.NA or v is pd.NaT or isinstance(v, float) and v != v
+
+
+def _write_xlsx(rows: list[list], path: Path) -> None:
+    import openpyxl
+
+    wb = openpyxl.Workbook(write_only=True)
+    ws = wb.create_sheet()
+    for row in rows:
+        ws.append([_text_cell(ws, v) if isinstance(v, str) else v for v in row])
+    wb.save(path)
+
+
+def _text_cell(ws, text: str):
+    """A cell that holds ``text`` as text, never a formula; formula-like text gets Excel's quote prefix."""
+    from openpyxl.cell import WriteOnlyCell
+
+    cell = WriteOnlyCell(ws, _OOXML_TO_ESCAPE.sub(lambda m: f"_x{ord(m.group(0)):04X}_", text))
+    cell.data_type = "s"
+    cell.quotePrefix = text.startswith(FORMULA_START)
+    return cell
+
+
+def _write_delimited(rows: list[list], path: Path, kind: str) -> None:
+    if kind == "tsv":
+        bad = [i for i, r in enumerate(rows, 1) if any(isinstance(v, str) and re.search(r"[\t\r\n]", v) for v in r)]
+        if bad:
+            raise DataError(f"Cannot write {path.name}: row(s) {bad[:10]} hold a tab or line break, which a TSV "
+                            f"cannot hold. Write .xlsx or .csv instead.")
+    rows = [["" if v is None else _mark(v) if isinstance(v, str) else v for v in r] for r in rows]
+    with path.open("w", encoding="utf-8-sig", newline="") as f:
+        if kind == "csv":
+            csv.writer(f, quoting=csv.QUOTE_ALL).writerows(rows)
+        else:
+            f.writelines("\t".join(map(_tsv_cell, r)) + "\r\n" for r in rows)
+
+
+def _mark(text: str) -> str:
+    """Put the text-marking apostrophe before a formula-like text, and before a text that starts with one."""
+    return TEXT_MARK + text if text.startswith(FORMULA_START) or _is_marked(text) else text
+
+
+def _tsv_cell(value: object) -> str:
+    """A TSV cell; a text that looks like one whole quoted field is quoted, so that reading keeps its quotes."""
+    text = str(value)
+    return '"' + text.replace('"', '""') + '"' if _QUOTED_FIELD.fullmatch(text) else text
