@@ -123,6 +123,8 @@ class StudySettings:
     text_col: str = "Sentence"
     label_col: str = "Label"
     sheet: str | int | None = None                             # sheet name or index in an .xlsx (None: the first)
+    header_row: int = 1                                        # the sheet row that holds the column names
+    encoding: str | None = None                                # of a .csv/.tsv (None: detected)
     label_table: str | dict | None = None                      # {label: name}, or a file with Label/Name/Description
     unlabelled_path: str | None = "../data/demo_unlabelled.xlsx"  # the unlabelled pool, or None
     unlabelled_text_col: str = "Sentence"

@@ -138,14 +138,15 @@ def open_study(data_path: str | Path | StudySettings, **settings: Any) -> Study:
     Args:
         data_path: the labelled sheet, or complete :class:`~nblib.settings.StudySettings`.
         **settings: the other :class:`~nblib.settings.StudySettings` fields (``text_col``, ``label_col``,
-            ``sheet``, ``label_table``, ``unlabelled_path``, ``unlabelled_text_col``, ``n_folds``, ``seed``,
+            ``sheet``, ``header_row``, ``encoding``, ``label_table``, ``unlabelled_path``, ``unlabelled_text_col``, ``n_folds``, ``seed``,
             ``results_dir``); defaults as declared there.
 
     Returns:
         The :class:`Study`.
     """
     s = data_path if isinstance(data_path, StudySettings) else StudySettings(data_path=str(data_path), **settings)
-    data = load_labelled(s.data_path, text_col=s.text_col, label_col=s.label_col, sheet=s.sheet, label_table=s.label_table)
+    data = load_labelled(s.data_path, text_col=s.text_col, label_col=s.label_col, sheet=s.sheet,
+                         label_table=s.label_table, header_row=s.header_row, encoding=s.encoding)
     path = results.study_path(s.results_dir, data)
     folds = load_or_make_folds(data, results.folds_file(path, s.n_folds, s.seed), s.n_folds, s.seed)
     return Study(s, data, folds, path)
