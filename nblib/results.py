@@ -4,7 +4,7 @@ Layout, inside the study folder of the data (``nblib.data.study_dir``)::
 
     models/<model>/
         config.json        what was run: model settings, seed, folds, data fingerprint, label names
-        environment/*.json one file per process that worked on it: library versions, platform, devices, git commit
+        environment/*.json one file per session and machine that worked on it: library versions, platform, devices, git commit
         folds/fold_<k>.csv       out-of-fold predictions of fold k, written as soon as the fold finishes
         folds/fold_<k>.json      metrics of fold k (plus extras such as best epoch and seconds)
         folds/fold_<k>_history.csv   per-epoch curves of fold k (neural models)
@@ -28,6 +28,7 @@ import os
 import platform
 import secrets
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -81,10 +82,19 @@ def _json_roundtrip(obj: dict) -> dict:
 
 
 def _write_atomic(path: Path, write) -> None:
-    """Write through a temporary file so that an interrupted run never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    """Write through a temporary file so that an interrupted run never leaves half a file.
+
+    The temporary name is unique (several processes may write the same file, e.g. config.json), and it
+    is in the same folder, so that the final rename is atomic.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @dataclass
@@ -111,7 +121,8 @@ class ModelRun:
 
     def __init__(self, results_dir: str | Path, name: str, config: dict, data: LabelledData, folds: np.ndarray,
                  write: bool = True):
-        """Open (create or resume) the folder; ``write=False`` for the non-saving processes of a distributed run."""
+        """Open (create or resume) the folder; ``write=False`` for the non-saving processes of a distributed run
+        (they may still call :meth:`record_environment`)."""
         self.name = name
         self.data = data
         self.folds = np.asarray(folds)
@@ -133,10 +144,16 @@ class ModelRun:
         if not write:
             return
         (self.path / "folds").mkdir(parents=True, exist_ok=True)
-        (self.path / "environment").mkdir(exist_ok=True)
         _write_atomic(config_file, lambda p: p.write_text(json.dumps(self.config, indent=2, ensure_ascii=False)))
-        session = self.path / "environment" / f"{time.strftime('%Y%m%d-%H%M%S')}-{platform.node()}-{os.getpid()}-{secrets.token_hex(3)}.json"
+        self.record_environment()
+
+    def record_environment(self) -> Path:
+        """Write this process's environment (versions, platform, devices) as a new file in ``environment/``."""
+        folder = self.path / "environment"
+        folder.mkdir(parents=True, exist_ok=True)
+        session = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{platform.node()}-{os.getpid()}-{secrets.token_hex(3)}.json"
         session.write_text(json.dumps(environment(), indent=2, ensure_ascii=False))
+        return session
 
     @property
     def n_folds(self) -> int:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -210,3 +212,26 @@ def test_out_of_memory_retries_with_accumulation_then_advises(tmp_path, write_sh
     with pytest.raises(RuntimeError, match="max_len.*bf16.*grad_accum"):
         bert_cv._fine_tune_retrying(cfg, bert.TrainSettings(batch_size=8), Accelerator(cpu=True))
     assert calls == [1, 2, 4, 8]  # per-device batch 8 → 4 → 2 → 1, then the advice
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from nblib.results import _write_atomic
+path, me = Path(sys.argv[1]), sys.argv[2]
+(path.parent / f"ready_{me}").touch()
+while len(list(path.parent.glob("ready_*"))) < 2:
+    time.sleep(0.01)
+for i in range(1500):
+    _write_atomic(path, lambda p: p.write_text(me * 1000))
+"""
+
+
+def test_atomic_writes_of_one_file_from_two_processes(tmp_path):
+    target = tmp_path / "config.json"
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(target), who], stderr=subprocess.PIPE, text=True)
+             for who in "ab"]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    assert target.read_text() in ("a" * 1000, "b" * 1000)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["config.json", "ready_a", "ready_b"]  # no temporary left
