@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +22,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertModel
 
-from conftest import tiny_data
+from conftest import DEMO_LABELLED, ROOT, tiny_data
 from nblib import bert, bert_cv
 from nblib import data as nbdata
 from nblib.results import ResultsExistError
@@ -499,3 +501,16 @@ def test_each_machine_of_a_multi_node_run_records_its_environment(tmp_path, writ
     recorded = list((folder / "environment").glob("*.json"))
     assert len(recorded) == 1 and json.loads(recorded[0].read_text())["versions"]["torch"] == torch.__version__
     assert not (folder / "config.json").exists()  # results are still written by the main process only
+
+
+def test_throughput_benchmark_runs_two_precisions_in_one_process(tiny_encoder, capsys):
+    spec = importlib.util.spec_from_file_location("bert_throughput", ROOT / "benchmarks" / "bert_throughput.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    Accelerator(cpu=True)  # an Accelerator made earlier in this process
+    for precision in ("fp32", "bf16"):  # CPU bf16 autocast stands in for a GPU's mixed precision
+        benchmark.main(["--cpu", "--model", tiny_encoder, "--precision", precision, "--steps", "2", "--batch-size", "4",
+                        "--data", str(DEMO_LABELLED)])
+    out = capsys.readouterr().out
+    assert "nblib precision: fp32" in out and "nblib precision: bf16" in out
+    assert len(re.findall(r"original\s+[\d.]+ texts/s\n\s+nblib\s+[\d.]+ texts/s\s+[\d.]+x the original", out)) == 2
