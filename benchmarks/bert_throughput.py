@@ -3,11 +3,12 @@
     .venv/bin/python benchmarks/bert_throughput.py                      # CPU: a small random BERT (4 × 256)
     .venv/bin/python benchmarks/bert_throughput.py --model models/e5-small --steps 20 --freeze-embeddings
     python benchmarks/bert_throughput.py --model bert-base-chinese      # on a GPU
+    .venv/bin/python benchmarks/bert_throughput.py --cpu --precision bf16   # CPU bf16 autocast (a stand-in for GPU paths)
 
 Same model weights, same texts, same batch size, same machine, one run:
 - original: every text padded to 100 tokens, no attention mask, fp32, random batches;
-- nblib: batches of similar length padded to their own longest text, attention mask, mixed precision
-  where the device supports it (bf16/fp16 on GPU, fp32 on CPU), as in ``nblib.bert.fine_tune``;
+- nblib: batches of similar length padded to their own longest text, attention mask, and ``--precision``
+  (default as in 03_bert_cv: bf16 on GPUs of compute capability 8 or more, fp16 on older ones, fp32 on CPU);
 - with ``--freeze-embeddings`` also nblib with the input word embeddings fixed (``freeze_embeddings=True``).
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from torch.utils.data import DataLoader
 
 from nblib import bert, data
@@ -49,7 +51,14 @@ def timed_steps(model, loader, optimizer, accelerator: Accelerator, steps: int, 
     return seen / (time.perf_counter() - start)
 
 
-def main() -> None:
+def fresh_accelerator(cpu: bool, precision: str) -> Accelerator:
+    """An Accelerator with its own mixed precision: accelerate keeps one state per process and refuses to change
+    it, so the state of the previous variant is dropped first."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(cpu=cpu, mixed_precision={"fp32": "no"}.get(precision, precision))
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=SHARED if SHARED.exists() else ROOT / "data" / "demo_labelled.xlsx")
     ap.add_argument("--model", default=None, help="hub id or folder; default: a random BERT, 4 layers × 256")
@@ -57,8 +66,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--max-len", type=int, default=128, help="truncation of the nblib path (the original pads to 100)")
     ap.add_argument("--cpu", action="store_true")
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                    help="of the nblib path; auto: bf16 on GPUs of compute capability >= 8, fp16 below, fp32 on CPU")
     ap.add_argument("--freeze-embeddings", action="store_true", help="also time nblib with frozen word embeddings")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     labelled = data.load_labelled(args.data)
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,12 +77,12 @@ def main() -> None:
                   str(bert.build_tiny_encoder(labelled.texts, Path(tmp) / "enc", hidden=256, layers=4, heads=4)))
         tok = bert.load_tokenizer(source)
         gpu = torch.cuda.is_available() and not args.cpu
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if gpu else "no"
+        precision = args.precision if args.precision != "auto" else bert.gpu_precision() if gpu else "fp32"
         n = args.batch_size * (args.steps + 3)
         texts, labels = labelled.texts[:n], labelled.labels[:n]
         results = {}
         for name in ["original", "nblib"] + (["nblib, frozen embeddings"] if args.freeze_embeddings else []):
-            accelerator = Accelerator(cpu=not gpu, mixed_precision="no" if name == "original" else precision)
+            accelerator = fresh_accelerator(not gpu, "fp32" if name == "original" else precision)
             torch.manual_seed(0)
             model = bert.load_classifier(source, labelled.label_names)
             if name.endswith("frozen embeddings"):
@@ -90,7 +101,7 @@ def main() -> None:
             del model, optimizer
     device = torch.cuda.get_device_name(0) if gpu else f"CPU ({torch.get_num_threads()} threads)"
     print(f"model: {args.model or 'random BERT 4x256'}; device: {device}; batch {args.batch_size}; {args.steps} steps; "
-          f"nblib precision: {precision if gpu else 'fp32'}")
+          f"nblib precision: {precision}")
     for name, v in results.items():
         gain = "" if name == "original" else f"   {v / results['original']:.2f}x the original"
         print(f"  {name:25s} {v:8.1f} texts/s{gain}")

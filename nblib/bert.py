@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import logging
 import math
 import os
@@ -28,6 +29,7 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTo
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.utils import logging as hf_logging
 
+from .cv import set_seed
 from .metrics import fold_metrics
 
 log = logging.getLogger(__name__)
@@ -228,6 +230,25 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 # --- training -----------------------------------------------------------------------------------------
 
+def gpu_precision(device: torch.device | int | None = None) -> str:
+    """Mixed precision for a CUDA device: bf16 from compute capability 8 (Ampere) on, else fp16 with loss scaling.
+
+    ``torch.cuda.is_bf16_supported()`` also counts emulated bf16 (slow on V100, T4, RTX 20xx), so it does not decide.
+    Ask after the process's device is set (default: the current device), so that each rank asks its own GPU.
+    """
+    return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
+
+
+def per_device_batch(batch_size: int, processes: int, grad_accum: int) -> int:
+    """Texts per device and forward pass, so that one optimizer step sees exactly ``batch_size`` texts."""
+    share = processes * grad_accum
+    if batch_size % share:
+        raise ValueError(f"batch_size {batch_size} is not a multiple of processes × grad_accum ({processes} × "
+                         f"{grad_accum} = {share}): the global batch would not be {batch_size}. Choose a batch_size "
+                         f"divisible by {share}.")
+    return batch_size // share
+
+
 @dataclass
 class TrainSettings:
     epochs: int = 4
@@ -271,17 +292,19 @@ def fine_tune(source: str, label_names: Sequence[str], train: Encoded, val: Enco
     """Fine-tune a fresh copy of ``source`` on ``train``; keep the epoch with the best validation macro-F1.
 
     Without ``val`` (the final model on all data) the last epoch is kept. ``test`` is predicted once,
-    with the kept weights, after training.
+    with the kept weights, after training. Seeded with ``seed`` (the same call gives the same model). Give each
+    model a fresh ``accelerator`` when it has fp16 loss scaling: the scaler's state lives in the accelerator.
     """
+    per_device = per_device_batch(settings.batch_size, accelerator.num_processes, settings.grad_accum)
+    # an earlier model (another fold, a failed try) must be gone before this one loads: accelerate's mixed-precision
+    # forward wrapper keeps each in a reference cycle, so collect (call this where no frame or traceback holds one)
+    gc.collect()
+    torch.cuda.empty_cache()
+    set_seed(seed)
     model, new = load_classifier_and_new(source, label_names)
     checksum = encoder_checksum(model, new)
     if settings.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
-    n_proc = accelerator.num_processes
-    per_device = settings.batch_size // (n_proc * settings.grad_accum)
-    if per_device < 1:
-        raise ValueError(f"batch_size {settings.batch_size} is smaller than processes × grad_accum "
-                         f"({n_proc} × {settings.grad_accum}).")
     collator = make_collator(tokenizer, accelerator)
     optimizer = torch.optim.AdamW(param_groups(model, settings.weight_decay, new, settings.head_lr), lr=settings.lr)
     loaders = [train_loader(train, collator, per_device, seed)]
@@ -308,7 +331,8 @@ def fine_tune(source: str, label_names: Sequence[str], train: Encoded, val: Enco
             if last_micro:
                 accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
                 optimizer.step()
-                scheduler.step()
+                if not accelerator.optimizer_step_was_skipped:  # fp16: the scaler skips steps with inf/NaN gradients
+                    scheduler.step()
                 optimizer.zero_grad()
             loss_sum, seen = loss_sum + loss.detach().float() * len(batch["labels"]), seen + len(batch["labels"])
         row = {"epoch": epoch, "train_loss": accelerator.reduce(loss_sum / seen, "mean").item()}

@@ -8,27 +8,30 @@ From a notebook call :func:`cross_validate`. Several processes are started from 
 - ``parallel="ddp"``: every fold trained by all GPUs together with DistributedDataParallel
   (``torchrun`` + ``accelerate``; the global batch size stays ``batch_size``).
 
-Across machines, start the same module with torchrun on every node (shared filesystem for results)::
+Across machines (shared filesystem for results): write the run's ``launch.json`` with :func:`write_launch`
+(nothing is trained), start the same module with torchrun on every node, then once more with ``--final`` for
+the final model, then rerun the notebook with the same settings to collect the results::
 
     torchrun --nnodes 2 --nproc_per_node 4 --node_rank $RANK --master_addr $HOST --master_port 29500 \\
-        -m nblib.bert_cv --config results/<study>/models/<run>/launch.json
+        -m nblib.bert_cv --config results/<study>/models/<run>/launch.json [--final]
 """
 from __future__ import annotations
 
 import argparse
-import gc
+import ctypes
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 
 from . import bert
 from .cv import FoldOutput, FoldSplit, run_folds
@@ -80,15 +83,20 @@ class FineTuneConfig:
         return self.run_name or f"bert_{Path(self.model.rstrip('/')).name}"
 
     def use_cpu(self) -> bool:
+        """Whether this process trains on the CPU; ``device="cuda"`` where PyTorch sees no GPU is an error."""
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device='cuda', but PyTorch sees no CUDA GPU here (a CPU-only torch build, no driver, "
+                               "or CUDA_VISIBLE_DEVICES empty). Use device='cpu' or 'auto' to train on the CPU.")
         return self.device == "cpu" or not torch.cuda.is_available()
 
-    def resolved_precision(self) -> str:
-        """fp32 on CPU unless asked; on GPU bf16 where supported, else fp16 (with loss scaling)."""
+    def resolved_precision(self, device: torch.device | None = None) -> str:
+        """fp32 on CPU unless asked; on GPU bf16 from compute capability 8 (Ampere) on, else fp16 (with loss scaling).
+
+        ``device``: this process's GPU (default: the current device).
+        """
         if self.precision != "auto":
             return self.precision
-        if self.use_cpu():
-            return "fp32"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32" if self.use_cpu() else bert.gpu_precision(device)
 
     def processes(self) -> int:
         if self.num_processes != "auto":
@@ -127,28 +135,32 @@ def _open(cfg: FineTuneConfig, write: bool = True) -> _Study:
 
 
 def _accelerator(cfg: FineTuneConfig) -> Accelerator:
-    precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.resolved_precision()]
-    if not cfg.use_cpu():
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return Accelerator(cpu=cfg.use_cpu(), mixed_precision=precision)
+    """A new Accelerator (fresh fp16 loss-scale state) on this process's device.
+
+    The device is set first (under torchrun: this rank's GPU), then "auto" precision is decided on it.
+    TF32 matrix products only with mixed precision: ``precision="fp32"`` means full fp32.
+    """
+    cpu = cfg.use_cpu()
+    precision = cfg.resolved_precision(PartialState(cpu=cpu).device)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision != "fp32"
+    return Accelerator(cpu=cpu, mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision])
 
 
-def _fine_tune_retrying(cfg: FineTuneConfig, settings: bert.TrainSettings, accelerator: Accelerator, **kw) -> bert.FoldResult:
-    """fine_tune, and on CUDA out-of-memory: halve the per-device batch (doubling accumulation) and retry."""
+def _fine_tune_retrying(cfg: FineTuneConfig, settings: bert.TrainSettings, **kw) -> tuple[bert.FoldResult, bert.TrainSettings]:
+    """fine_tune with a fresh Accelerator, and on CUDA out-of-memory: halve the per-device batch (doubling
+    accumulation) and retry. Returns the result and the settings that fitted, for the next folds."""
     while True:
-        per_device = settings.batch_size // (accelerator.num_processes * settings.grad_accum)
+        accelerator = _accelerator(cfg)
+        per_device = bert.per_device_batch(settings.batch_size, accelerator.num_processes, settings.grad_accum)
         try:
-            return bert.fine_tune(settings=settings, accelerator=accelerator, **kw)
+            return bert.fine_tune(settings=settings, accelerator=accelerator, **kw), settings
         except torch.OutOfMemoryError as e:
-            accelerator.free_memory()
-            gc.collect()
-            torch.cuda.empty_cache()
-            if not cfg.oom_retry or per_device <= 1 or accelerator.num_processes > 1:
+            if not cfg.oom_retry or per_device % 2 or accelerator.num_processes > 1:
                 raise RuntimeError(OOM_ADVICE.format(per_device=per_device)) from e
-            settings = replace(settings, grad_accum=settings.grad_accum * 2)
-            log.warning("CUDA out of memory at %d texts per device; retrying this fold with %d and grad_accum=%d "
-                        "(same effective batch).", per_device, per_device // 2, settings.grad_accum)
+        # out of the except block: the failed try's model is no longer held by the traceback; fine_tune frees it
+        settings = replace(settings, grad_accum=settings.grad_accum * 2)
+        log.warning("CUDA out of memory at %d texts per device; retrying this fold with %d and grad_accum=%d "
+                    "(same effective batch).", per_device, per_device // 2, settings.grad_accum)
 
 
 def run_in_process(cfg: FineTuneConfig, final: bool = False, study: _Study | None = None) -> None:
@@ -159,6 +171,8 @@ def run_in_process(cfg: FineTuneConfig, final: bool = False, study: _Study | Non
     """
     accelerator = _accelerator(cfg)
     study = study or _open(cfg, write=accelerator.is_main_process)
+    if not accelerator.is_main_process and accelerator.is_local_main_process:
+        study.run.record_environment()  # one file per machine of a multi-node run (the main process writes its own)
     data, folds, source, run = study.data, study.folds, study.source, study.run
     tokenizer = bert.load_tokenizer(source)
     encoded = bert.Encoded(tokenizer, data.texts, cfg.max_len, data.labels)
@@ -171,9 +185,10 @@ def run_in_process(cfg: FineTuneConfig, final: bool = False, study: _Study | Non
         return
 
     def fit_predict(split: FoldSplit) -> FoldOutput:
-        res = _fine_tune_retrying(cfg, settings, accelerator, train=encoded.subset(split.train),
-                                  val=encoded.subset(split.val), test=encoded.subset(split.test), seed=split.seed,
-                                  desc=f"fold {split.fold}", **common)
+        nonlocal settings  # a batch halved after running out of memory stays halved for the later folds
+        res, settings = _fine_tune_retrying(cfg, settings, train=encoded.subset(split.train),
+                                            val=encoded.subset(split.val), test=encoded.subset(split.test),
+                                            seed=split.seed, desc=f"fold {split.fold}", **common)
         if cfg.save_fold_models and accelerator.is_main_process:
             bert.save_checkpoint(res.model, tokenizer, run.path / "fold_models" / f"fold_{split.fold}")
         extra = {"best_epoch": res.best_epoch, "encoder_checksum": res.encoder_checksum,
@@ -189,8 +204,8 @@ def _train_final(cfg, run: ModelRun, encoded: bert.Encoded, settings: bert.Train
     """One model on all labelled texts, for as many epochs as the folds' best epochs suggest (median)."""
     best = [json.loads(p.read_text())["best_epoch"] for p in sorted((run.path / "folds").glob("fold_*.json"))]
     epochs = int(np.median(best)) if best else cfg.epochs
-    res = _fine_tune_retrying(cfg, replace(settings, epochs=epochs), accelerator, train=encoded, val=None, test=None,
-                              seed=cfg.seed, desc="final", **common)
+    res, _ = _fine_tune_retrying(cfg, replace(settings, epochs=epochs), train=encoded, val=None, test=None,
+                                 seed=cfg.seed, desc="final", **common)
     if accelerator.is_main_process:
         out = bert.save_checkpoint(res.model, common["tokenizer"], run.path / "final")
         info = {"epochs": epochs, "fold_best_epochs": best, "texts": len(encoded), "history": res.history.to_dict("records")}
@@ -203,16 +218,17 @@ def _train_final(cfg, run: ModelRun, encoded: bert.Encoded, settings: bert.Train
 
 def cross_validate(cfg: FineTuneConfig) -> ModelResults:
     """Cross-validate (resuming finished folds), train the final model if asked, return the results."""
-    cfg = replace(cfg, data_path=str(Path(cfg.data_path).resolve()), results_dir=str(Path(cfg.results_dir).resolve()))
+    cfg = _absolute_paths(cfg)
     study = _open(cfg)
     run = study.run
     pending, n_proc = run.pending_folds(), cfg.processes()
     mode = cfg.parallel if cfg.parallel != "auto" else ("folds" if n_proc <= max(1, len(pending)) else "ddp")
+    # fail before starting anything; the final model is trained by all processes together
+    bert.per_device_batch(cfg.batch_size, n_proc if mode == "ddp" or cfg.train_final else 1, cfg.grad_accum)
     log.info("%s: %d pending folds on %s, %d process(es)%s; precision %s.", cfg.name, len(pending),
              "CPU" if cfg.use_cpu() else "GPU", n_proc, f", parallel={mode}" if n_proc > 1 else "",
              cfg.resolved_precision())
-    launch = run.path / "launch.json"
-    launch.write_text(json.dumps(asdict(cfg), indent=2, ensure_ascii=False))
+    launch = _write_launch(cfg, run)
     if pending:
         if n_proc == 1:
             run_in_process(cfg, study=study)
@@ -229,14 +245,86 @@ def cross_validate(cfg: FineTuneConfig) -> ModelResults:
     return run.finish()
 
 
+def write_launch(cfg: FineTuneConfig) -> Path:
+    """Write the run's ``launch.json`` (paths made absolute) without training anything; return its path.
+
+    For several machines: start ``-m nblib.bert_cv --config <path>`` under torchrun on every node (see the module
+    docstring), then the same with ``--final``, then rerun the notebook with the same settings to collect the results.
+    """
+    cfg = _absolute_paths(cfg)
+    return _write_launch(cfg, _open(cfg, write=False).run)
+
+
+def _absolute_paths(cfg: FineTuneConfig) -> FineTuneConfig:
+    """Data, results, a label-table file and a local model folder as absolute paths: workers may start in another
+    folder or on another machine."""
+    def resolved(path: str) -> str:
+        return str(Path(path).expanduser().resolve())
+
+    model_dir = Path(cfg.model).expanduser().is_dir()
+    table_file = isinstance(cfg.label_table, str) and Path(cfg.label_table).expanduser().is_file()
+    return replace(cfg, data_path=resolved(cfg.data_path), results_dir=resolved(cfg.results_dir),
+                   model=resolved(cfg.model) if model_dir else cfg.model,
+                   label_table=resolved(cfg.label_table) if table_file else cfg.label_table)
+
+
+def _write_launch(cfg: FineTuneConfig, run: ModelRun) -> Path:
+    path = run.path / "launch.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(asdict(cfg), indent=2, ensure_ascii=False))
+    return path
+
+
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_this_process() -> Callable[[], None] | None:
+    """A ``preexec_fn`` (Linux) that makes the child get SIGTERM when this process dies, even by SIGKILL."""
+    if _prctl is None:
+        return None
+    parent = os.getpid()
+
+    def set_death_signal() -> None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the call above
+            os._exit(1)
+
+    return set_death_signal
+
+
+def _stop(procs: list[subprocess.Popen], grace_s: float = 30) -> None:
+    """Terminate the processes still running (torchrun passes it on to its workers); kill those that linger."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def _run_logged(commands: list[tuple[list[str], dict, Path]]) -> None:
-    """Start the commands side by side, wait for all, and fail with the end of the log of any that failed."""
-    procs = []
-    for cmd, env, log_file in commands:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        procs.append((subprocess.Popen(cmd, env=env, stdout=log_file.open("w"), stderr=subprocess.STDOUT), log_file))
-    failed = [(p.wait(), f) for p, f in procs]
-    for code, f in failed:
+    """Start the commands side by side, wait for all, and fail with the end of the log of any that failed.
+
+    No worker outlives this call: on an error or interrupt (KeyboardInterrupt) they are terminated, and on
+    Linux they get SIGTERM when this process dies.
+    """
+    procs, logs = [], []
+    try:
+        for cmd, env, log_file in commands:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            logs.append(log_file.open("w"))
+            procs.append(subprocess.Popen(cmd, env=env, stdout=logs[-1], stderr=subprocess.STDOUT,
+                                          preexec_fn=_die_with_this_process()))
+        codes = [p.wait() for p in procs]
+    finally:
+        _stop(procs)
+        for handle in logs:
+            handle.close()
+    for code, (_, _, f) in zip(codes, commands):
         if code != 0:
             tail = "\n".join(f.read_text(errors="replace").splitlines()[-30:])
             raise RuntimeError(f"worker failed (exit {code}); log {f}:\n{tail}")
@@ -250,18 +338,31 @@ def _launch_torchrun(config_file: Path, n_proc: int, log_file: Path, final: bool
     _run_logged([(cmd, dict(os.environ), log_file)])
 
 
+def _visible_gpus() -> list[str]:
+    """This process's GPUs as ``CUDA_VISIBLE_DEVICES`` entries (indices or UUIDs), in the order torch numbers them."""
+    n = torch.cuda.device_count()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return [str(i) for i in range(n)] if visible is None else [v.strip() for v in visible.split(",")][:n]
+
+
 def _launch_fold_workers(cfg: FineTuneConfig, pending: list[int], n_proc: int, log_dir: Path) -> None:
+    """One worker process per GPU (worker i on the i-th GPU this process sees), each training its share of folds."""
+    gpus = None if cfg.use_cpu() else _visible_gpus()
+    if gpus is not None and n_proc > len(gpus):
+        raise ValueError(f"num_processes={n_proc} with parallel='folds' needs one GPU per process, but {len(gpus)} "
+                         f"are visible (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}).")
     commands = []
     for i in range(n_proc):
         mine = pending[i::n_proc]
         if not mine:
             continue
-        env = dict(os.environ)
-        if not cfg.use_cpu():
-            env["CUDA_VISIBLE_DEVICES"] = str(i)
+        env, worker = dict(os.environ), replace(cfg, worker_folds=mine, num_processes=1)
+        if gpus is not None:  # the precision this process recorded, and an error instead of a silent CPU run
+            env["CUDA_VISIBLE_DEVICES"] = gpus[i]
+            worker = replace(worker, device="cuda", precision=cfg.resolved_precision())
         worker_cfg = log_dir / f"worker_{i}.json"
         log_dir.mkdir(parents=True, exist_ok=True)
-        worker_cfg.write_text(json.dumps(asdict(replace(cfg, worker_folds=mine, num_processes=1)), ensure_ascii=False))
+        worker_cfg.write_text(json.dumps(asdict(worker), ensure_ascii=False))
         commands.append(([sys.executable, "-m", "nblib.bert_cv", "--config", str(worker_cfg)], env, log_dir / f"worker_{i}.log"))
         log.info("worker %d: folds %s", i, mine)
     _run_logged(commands)

@@ -12,7 +12,7 @@ never mix in)::
         predictions/                      sheets labelled by 05_predict
         models/<run>/                     one model's cross-validation run (a ModelRun):
             config.json          what was run: settings that decide the results, seed, folds, data, label names
-            environment/*.json   one file per process that worked on it: versions, platform, devices, git commit
+            environment/*.json   one file per session and machine that worked on it: versions, platform, devices, git commit
             folds/fold_<k>.csv            out-of-fold predictions of fold k, written when the fold finishes
             folds/fold_<k>.json           metrics of fold k (and extras: best epoch, seconds); marks it done
             folds/fold_<k>_history.csv    per-epoch curves of fold k (neural models)
@@ -45,6 +45,7 @@ import os
 import platform
 import secrets
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -232,10 +233,19 @@ def _json_roundtrip(obj: dict) -> dict:
 
 
 def _write_atomic(path: Path, write) -> None:
-    """Write through a temporary file so that an interrupted run never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    """Write through a temporary file so that an interrupted run never leaves half a file.
+
+    The temporary name is unique (several processes may write the same file, e.g. config.json), and it
+    is in the same folder, so that the final rename is atomic.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @dataclass
@@ -335,7 +345,8 @@ class ModelRun(RunFolder):
             study: the study (data, folds, folder).
             name: the run's folder name.
             config: the settings that decide the results; a resumed run must have the same.
-            write: False for the non-saving processes of a distributed run.
+            write: False for the non-saving processes of a distributed run (they may still call
+                :meth:`record_environment`).
         """
         super().__init__(study.path / "models" / name)
         self.data, self.folds = study.data, np.asarray(study.folds)
@@ -359,10 +370,16 @@ class ModelRun(RunFolder):
         (self.path / "folds").mkdir(parents=True, exist_ok=True)
         self.lock = RunLock(self.path)
         self.lock.acquire()
-        (self.path / "environment").mkdir(exist_ok=True)
         _write_atomic(self.config_file, lambda p: p.write_text(json.dumps(self.config, indent=2, ensure_ascii=False)))
-        session = self.path / "environment" / f"{time.strftime('%Y%m%d-%H%M%S')}-{platform.node()}-{os.getpid()}-{secrets.token_hex(3)}.json"
+        self.record_environment()
+
+    def record_environment(self) -> Path:
+        """Write this process's environment (versions, platform, devices) as a new file in ``environment/``."""
+        folder = self.path / "environment"
+        folder.mkdir(parents=True, exist_ok=True)
+        session = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{platform.node()}-{os.getpid()}-{secrets.token_hex(3)}.json"
         session.write_text(json.dumps(environment(), indent=2, ensure_ascii=False))
+        return session
 
     @property
     def n_folds(self) -> int:

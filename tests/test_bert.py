@@ -1,7 +1,16 @@
 """Fine-tuning on tiny random encoders built from the data: each defect of the original code has a test."""
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import weakref
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,14 +19,24 @@ import pandas as pd
 import pytest
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertModel
 
-from conftest import tiny_data
+from conftest import DEMO_LABELLED, ROOT, tiny_data
 from nblib import bert, bert_cv
 from nblib import data as nbdata
 from nblib.results import ResultsExistError
 
 TEXTS = ["只此青绿的舞美绝了", "在看CCTV1典籍里的中国", "三刷🉑️👍", "徐霞客游记一包纸巾😭不够用"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each test starts without accelerate's process-wide state, so that no test depends on which ran before
+    (accelerate refuses an Accelerator whose device or mixed precision differs from an earlier one's)."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 @pytest.fixture(scope="module")
@@ -208,5 +227,290 @@ def test_out_of_memory_retries_with_accumulation_then_advises(tmp_path, write_sh
     monkeypatch.setattr(bert, "fine_tune", fake_fine_tune)
     cfg = small_config(tmp_path, write_sheet)
     with pytest.raises(RuntimeError, match="max_len.*bf16.*grad_accum"):
-        bert_cv._fine_tune_retrying(cfg, bert.TrainSettings(batch_size=8), Accelerator(cpu=True))
+        bert_cv._fine_tune_retrying(cfg, bert.TrainSettings(batch_size=8))
     assert calls == [1, 2, 4, 8]  # per-device batch 8 → 4 → 2 → 1, then the advice
+
+
+# --- GPU and multi-process paths, checked on the CPU: mocked devices, CPU bf16 autocast, real subprocesses ---
+
+def fake_gpus(monkeypatch, capability: tuple[int, int], count: int = 2) -> None:
+    """Make torch report ``count`` CUDA GPUs of this compute capability."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # true with emulation even on a V100
+
+
+@pytest.mark.parametrize("capability, precision", [((7, 0), "fp16"), ((7, 5), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")])
+def test_auto_precision_follows_the_compute_capability(monkeypatch, capability, precision):
+    fake_gpus(monkeypatch, capability)
+    assert bert_cv.FineTuneConfig(data_path="x.csv").resolved_precision() == precision
+    assert bert.gpu_precision() == precision
+
+
+@pytest.fixture
+def tf32_switches():
+    """PyTorch's process-wide TF32 switches, restored after the test (monkeypatch cannot restore them)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.mark.parametrize("precision, mixed, tf32", [("auto", "fp16", True), ("fp32", "no", False)])
+def test_precision_is_decided_on_the_ranks_gpu_after_the_device_is_set(monkeypatch, tf32_switches, precision, mixed, tf32):
+    events = []
+
+    class RankState:  # accelerate's PartialState under torchrun: sets this rank's GPU
+        def __init__(self, cpu):
+            events.append("device set")
+            self.device = torch.device("cuda", 3)
+
+    fake_gpus(monkeypatch, (7, 0), count=4)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: events.append(device) or (7, 0))
+    monkeypatch.setattr(bert_cv, "PartialState", RankState)
+    monkeypatch.setattr(bert_cv, "Accelerator", lambda **kw: kw)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not tf32
+    made = bert_cv._accelerator(bert_cv.FineTuneConfig(data_path="x.csv", device="cuda", precision=precision))
+    assert made == {"cpu": False, "mixed_precision": mixed}
+    assert events == (["device set", torch.device("cuda", 3)] if precision == "auto" else ["device set"])
+    assert torch.backends.cuda.matmul.allow_tf32 is tf32 and torch.backends.cudnn.allow_tf32 is tf32  # no TF32 in fp32
+
+
+def test_cuda_asked_for_without_cuda_is_an_error(tmp_path, write_sheet, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="device='cuda'.*no CUDA GPU"):
+        bert_cv.cross_validate(replace(small_config(tmp_path, write_sheet), device="cuda"))
+
+
+@pytest.mark.parametrize("visible", ["4,5", "GPU-8f6e0d3a-1b2c,GPU-77aa01bc-9d9e"])
+def test_fold_workers_use_the_gpus_this_process_was_given(tmp_path, monkeypatch, visible):
+    fake_gpus(monkeypatch, (8, 0), count=2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    started = []
+    monkeypatch.setattr(bert_cv, "_run_logged", started.extend)
+    cfg = bert_cv.FineTuneConfig(data_path="x.csv")
+    bert_cv._launch_fold_workers(cfg, [0, 1, 2, 3, 4], 2, tmp_path)
+    assert [env["CUDA_VISIBLE_DEVICES"] for _, env, _ in started] == visible.split(",")
+    workers = [json.loads((tmp_path / f"worker_{i}.json").read_text()) for i in range(2)]
+    assert [w["worker_folds"] for w in workers] == [[0, 2, 4], [1, 3]]
+    assert {(w["device"], w["precision"]) for w in workers} == {("cuda", "bf16")}  # no silent CPU run, one precision
+    with pytest.raises(ValueError, match="num_processes=3 .*2 are visible"):
+        bert_cv._launch_fold_workers(cfg, [0, 1, 2, 3, 4], 3, tmp_path)
+
+
+def fold_inputs(tmp_path, write_sheet) -> dict:
+    """The keyword arguments of bert.fine_tune for a tiny fold: 12 training texts, 6 test texts, no validation."""
+    d = tiny_data(write_sheet, n_per_class=6)
+    enc = str(bert.build_tiny_encoder(d.texts, tmp_path / "enc"))
+    tok = AutoTokenizer.from_pretrained(enc)
+    ds = bert.Encoded(tok, d.texts, 32, d.labels)
+    rows = np.random.default_rng(0).permutation(len(d.texts))
+    return dict(source=enc, label_names=d.label_names, tokenizer=tok, train=ds.subset(rows[:12]), val=None,
+                test=ds.subset(rows[12:]))
+
+
+def run_out_of_memory(module, args):
+    raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+
+class LoadSpy:
+    """Wraps bert.load_classifier_and_new: weak references to the models loaded, how many earlier ones were still
+    alive at each load, and optionally an out-of-memory error in the first model's first forward pass."""
+
+    def __init__(self, monkeypatch, oom_first: bool = False):
+        self.refs, self.alive_at_load = [], []
+        real = bert.load_classifier_and_new
+
+        def load(source, label_names):
+            self.alive_at_load.append(sum(r() is not None for r in self.refs))
+            model, new = real(source, label_names)
+            if oom_first and not self.refs:
+                model.register_forward_pre_hook(run_out_of_memory)
+            self.refs.append(weakref.ref(model))
+            return model, new
+
+        monkeypatch.setattr(bert, "load_classifier_and_new", load)
+
+
+def test_earlier_and_failed_models_are_freed_before_the_next_one_loads(tmp_path, write_sheet, monkeypatch):
+    kw = fold_inputs(tmp_path, write_sheet)
+    spy = LoadSpy(monkeypatch, oom_first=True)
+    # CPU bf16 autocast: accelerate's forward wrapper puts each model in a reference cycle, as on a GPU
+    cfg = bert_cv.FineTuneConfig(data_path="x.csv", device="cpu", precision="bf16")
+    settings = bert.TrainSettings(epochs=1, batch_size=4, lr=1e-3)
+    for fold in range(2):  # as run_in_process does: the fold's result is dropped before the next fold
+        res, settings = bert_cv._fine_tune_retrying(cfg, settings, seed=fold, **kw)
+        assert res.model is spy.refs[-1]()
+        del res
+    assert spy.alive_at_load == [0, 0, 0]  # the try that ran out of memory, fold 0's retry, fold 1
+    assert settings.grad_accum == 2
+
+
+def test_a_fold_retried_after_out_of_memory_is_reseeded(tmp_path, write_sheet, monkeypatch):
+    kw = fold_inputs(tmp_path, write_sheet)
+    cfg = bert_cv.FineTuneConfig(data_path="x.csv", device="cpu")
+    settings = bert.TrainSettings(epochs=1, batch_size=4, lr=1e-3)
+    direct, _ = bert_cv._fine_tune_retrying(cfg, replace(settings, grad_accum=2), seed=3, **kw)
+    LoadSpy(monkeypatch, oom_first=True)
+    retried, fitted = bert_cv._fine_tune_retrying(cfg, settings, seed=3, **kw)
+    assert fitted.grad_accum == 2
+    np.testing.assert_array_equal(retried.test_probs, direct.test_probs)
+
+
+def test_a_batch_halved_after_out_of_memory_stays_halved_and_each_try_gets_a_fresh_accelerator(
+        tmp_path, write_sheet, monkeypatch):
+    tries = []
+
+    def fake_fine_tune(settings, accelerator, test, **kw):
+        tries.append((settings.grad_accum, accelerator))
+        if settings.grad_accum < 4:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return bert.FoldResult(np.full((len(test), 3), 1 / 3), pd.DataFrame({"epoch": [1]}), 1, None, 0.0)
+
+    monkeypatch.setattr(bert, "fine_tune", fake_fine_tune)
+    bert_cv.cross_validate(small_config(tmp_path, write_sheet, train_final=False, save_fold_models=False))
+    assert [g for g, _ in tries] == [1, 2, 4, 4, 4]  # fold 0 finds what fits; folds 1 and 2 start there
+    assert len({id(a) for _, a in tries}) == 5  # no fp16 loss-scale state carried from one model to the next
+
+
+@pytest.mark.parametrize("init_scale, steps", [(float("inf"), 0), (1.0, 3)])
+def test_the_schedule_does_not_advance_on_steps_the_loss_scaler_skipped(tmp_path, write_sheet, monkeypatch,
+                                                                        init_scale, steps):
+    kw = fold_inputs(tmp_path, write_sheet)
+    schedulers = []
+    real = bert.get_linear_schedule_with_warmup
+    monkeypatch.setattr(bert, "get_linear_schedule_with_warmup", lambda *a: schedulers.append(real(*a)) or schedulers[-1])
+    accelerator = Accelerator(cpu=True)
+    # fp16 loss scaling as on a GPU (accelerate makes it only there); an infinite scale overflows every step
+    accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+    res = bert.fine_tune(settings=bert.TrainSettings(epochs=1, batch_size=4, lr=1e-3), accelerator=accelerator,
+                         seed=0, **kw)
+    assert schedulers[0].last_epoch == steps  # 3 optimizer steps, as many scheduler steps as were taken
+    assert (bert.encoder_checksum(res.model) == res.encoder_checksum) == (steps == 0)
+
+
+def test_a_batch_that_does_not_divide_evenly_is_an_error(tmp_path, write_sheet, monkeypatch):
+    kw = fold_inputs(tmp_path, write_sheet)
+    with pytest.raises(ValueError, match="batch_size 8 is not a multiple of processes × grad_accum"):
+        bert.fine_tune(settings=bert.TrainSettings(epochs=1, batch_size=8, grad_accum=3),
+                       accelerator=Accelerator(cpu=True), seed=0, **kw)
+    monkeypatch.setattr(bert_cv, "_launch_torchrun", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(ValueError, match="multiple of processes × grad_accum \\(3 × 1"):
+        bert_cv.cross_validate(small_config(tmp_path, write_sheet, num_processes=3, parallel="ddp"))
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from nblib.results import _write_atomic
+path, me = Path(sys.argv[1]), sys.argv[2]
+(path.parent / f"ready_{me}").touch()
+while len(list(path.parent.glob("ready_*"))) < 2:
+    time.sleep(0.01)
+for i in range(1500):
+    _write_atomic(path, lambda p: p.write_text(me * 1000))
+"""
+
+
+def test_atomic_writes_of_one_file_from_two_processes(tmp_path):
+    target = tmp_path / "config.json"
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(target), who], stderr=subprocess.PIPE, text=True)
+             for who in "ab"]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    assert target.read_text() in ("a" * 1000, "b" * 1000)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["config.json", "ready_a", "ready_b"]  # no temporary left
+
+
+PARENT = """
+import os, signal, sys, time
+from pathlib import Path
+from nblib import bert_cv
+signal.signal(signal.SIGINT, signal.default_int_handler)  # also where the test runner ignores SIGINT
+d = Path(sys.argv[1])
+worker = "import os, sys, time; Path = __import__('pathlib').Path; Path(sys.argv[1]).write_text(str(os.getpid())); time.sleep(300)"
+try:
+    bert_cv._run_logged([([sys.executable, "-c", worker, str(d / f"worker_{i}.pid")], dict(os.environ),
+                          d / f"worker_{i}.log") for i in range(2)])
+except KeyboardInterrupt:
+    time.sleep(300)  # the parent lives on: only its clean-up can have stopped the workers
+"""
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_until(condition, timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the death signal is Linux's prctl")
+def test_fold_workers_do_not_outlive_an_interrupted_or_killed_parent(tmp_path):
+    parents, workers = {}, {}
+    try:
+        for how in (signal.SIGINT, signal.SIGKILL):
+            (tmp_path / how.name).mkdir()
+            parents[how] = subprocess.Popen([sys.executable, "-c", PARENT, str(tmp_path / how.name)])
+        for how, parent in parents.items():
+            files = [tmp_path / how.name / f"worker_{i}.pid" for i in range(2)]
+            assert wait_until(lambda: all(f.exists() and f.read_text() for f in files)), "workers did not start"
+            workers[how] = [int(f.read_text()) for f in files]
+            os.kill(parent.pid, how)
+        for how, pids in workers.items():
+            assert wait_until(lambda: not any(map(running, pids)), 30), f"workers outlived a parent stopped by {how.name}"
+        assert parents[signal.SIGINT].poll() is None  # stopped by the parent's clean-up, not by its death
+    finally:
+        for pid in [p for pids in workers.values() for p in pids if running(p)] + [p.pid for p in parents.values()]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for parent in parents.values():
+            parent.wait()
+
+
+def test_write_launch_makes_paths_absolute_and_trains_nothing(tmp_path, write_sheet, monkeypatch):
+    cfg = small_config(tmp_path, write_sheet)
+    bert.build_tiny_encoder(TEXTS, tmp_path / "models" / "enc")
+    monkeypatch.chdir(tmp_path)
+    path = bert_cv.write_launch(replace(cfg, data_path="tiny.csv", results_dir="res", model="models/enc"))
+    launch = bert_cv.FineTuneConfig(**json.loads(path.read_text()))
+    root = tmp_path.resolve()
+    assert (launch.data_path, launch.results_dir, launch.model) == (str(root / "tiny.csv"), str(root / "res"),
+                                                                    str(root / "models" / "enc"))
+    assert path.parent.name == "bert_enc" and sorted(f.name for f in path.parent.iterdir()) == ["launch.json"]
+
+
+def test_each_machine_of_a_multi_node_run_records_its_environment(tmp_path, write_sheet, monkeypatch):
+    class NodeLeader:  # local rank 0 on the second machine of a torchrun job
+        is_main_process, is_local_main_process, num_processes = False, True, 8
+
+        def wait_for_everyone(self):
+            pass
+
+    monkeypatch.setattr(bert_cv, "_accelerator", lambda cfg: NodeLeader())
+    bert_cv.run_in_process(small_config(tmp_path, write_sheet, worker_folds=[]))
+    folder = next((tmp_path / "res").glob("tiny-*/models/bert_tiny-random"))
+    recorded = list((folder / "environment").glob("*.json"))
+    assert len(recorded) == 1 and json.loads(recorded[0].read_text())["versions"]["torch"] == torch.__version__
+    assert not (folder / "config.json").exists()  # results are still written by the main process only
+
+
+def test_throughput_benchmark_runs_two_precisions_in_one_process(tiny_encoder, capsys):
+    spec = importlib.util.spec_from_file_location("bert_throughput", ROOT / "benchmarks" / "bert_throughput.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    Accelerator(cpu=True)  # an Accelerator made earlier in this process
+    for precision in ("fp32", "bf16"):  # CPU bf16 autocast stands in for a GPU's mixed precision
+        benchmark.main(["--cpu", "--model", tiny_encoder, "--precision", precision, "--steps", "2", "--batch-size", "4",
+                        "--data", str(DEMO_LABELLED)])
+    out = capsys.readouterr().out
+    assert "nblib precision: fp32" in out and "nblib precision: bf16" in out
+    assert len(re.findall(r"original\s+[\d.]+ texts/s\n\s+nblib\s+[\d.]+ texts/s\s+[\d.]+x the original", out)) == 2
