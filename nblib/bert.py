@@ -30,7 +30,8 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.utils import logging as hf_logging
 
 from .cv import set_seed
-from .metrics import fold_metrics
+from .metrics import improves, validation_scores
+from .settings import SelectOn, runtime
 
 log = logging.getLogger(__name__)
 TINY_RANDOM = "tiny-random"
@@ -251,15 +252,17 @@ def per_device_batch(batch_size: int, processes: int, grad_accum: int) -> int:
 
 @dataclass
 class TrainSettings:
+    """How each fold's model is fine-tuned (03_bert_cv's parameters of the same names)."""
+
     epochs: int = 4
-    batch_size: int = 32           # per optimizer step, over all processes and accumulation steps
+    batch_size: int = 32           # texts per optimizer step, over all processes and accumulation steps
     lr: float = 2e-5
+    head_lr: float | None = None   # learning rate of the new head (and of a pooler the checkpoint lacks); None: lr
+    freeze_embeddings: bool = False  # keep the input word embeddings fixed: 1.6x faster CPU steps for e5-small
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
-    grad_accum: int = 1
-    head_lr: float | None = None   # learning rate of the newly initialised parameters (None: lr)
-    freeze_embeddings: bool = False  # keep the input word embeddings fixed (much faster on CPU for large vocabularies)
+    grad_accum: int = runtime(1)   # micro-batches per step (same effective batch): memory, not results
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, new: set[str] = frozenset(),
@@ -286,14 +289,58 @@ class FoldResult:
     encoder_checksum: float
 
 
+def train_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler,
+                accelerator: Accelerator, settings: TrainSettings, desc: str = "") -> float:
+    """One pass over the training batches: forward with the attention mask, backward, clip, step; the mean loss.
+
+    Args:
+        model: the model (prepared by ``accelerator``).
+        loader: batches of token ids, attention masks and labels (each padded to its own longest text).
+        optimizer: AdamW over :func:`param_groups`.
+        scheduler: the learning-rate schedule, stepped once per optimizer step.
+        accelerator: devices, mixed precision and gradient synchronisation.
+        settings: ``grad_accum`` (micro-batches per step) and ``max_grad_norm``.
+        desc: the progress bar's label.
+    """
+    model.train()
+    loss_sum, seen = torch.zeros((), device=accelerator.device), 0  # summed on the device: no sync per step
+    for step, batch in enumerate(tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False)):
+        batch.pop("idx")
+        last_micro = (step + 1) % settings.grad_accum == 0 or step + 1 == len(loader)
+        with accelerator.no_sync(model) if not last_micro else contextlib.nullcontext():
+            loss = model(**batch).loss  # input_ids, attention_mask and labels: padding is masked out
+            accelerator.backward(loss / settings.grad_accum)
+        if last_micro:
+            accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+            optimizer.step()
+            if not accelerator.optimizer_step_was_skipped:  # fp16: the scaler skips steps with inf/NaN gradients
+                scheduler.step()
+            optimizer.zero_grad()
+        loss_sum, seen = loss_sum + loss.detach().float() * len(batch["labels"]), seen + len(batch["labels"])
+    return accelerator.reduce(loss_sum / seen, "mean").item()
+
+
 def fine_tune(source: str, label_names: Sequence[str], train: Encoded, val: Encoded | None, test: Encoded | None,
               settings: TrainSettings, accelerator: Accelerator, tokenizer: PreTrainedTokenizerBase, seed: int,
-              desc: str = "") -> FoldResult:
-    """Fine-tune a fresh copy of ``source`` on ``train``; keep the epoch with the best validation macro-F1.
+              select_on: SelectOn, desc: str = "") -> FoldResult:
+    """Fine-tune a fresh copy of ``source`` on ``train``; keep the epoch with the best validation score.
 
-    Without ``val`` (the final model on all data) the last epoch is kept. ``test`` is predicted once,
-    with the kept weights, after training. Seeded with ``seed`` (the same call gives the same model). Give each
-    model a fresh ``accelerator`` when it has fp16 loss scaling: the scaler's state lives in the accelerator.
+    Without ``val`` (the final model on all data) the last epoch is kept. ``test`` is predicted once, with the
+    kept weights, after training. Seeded with ``seed`` (the same call gives the same model). Give each model a
+    fresh ``accelerator`` when it has fp16 loss scaling: the scaler's state lives in the accelerator.
+
+    Args:
+        source: the pretrained encoder (local folder or hub id); a new classification head is added.
+        label_names: the class names (their number sizes the head).
+        train: the tokenized training texts with labels.
+        val: the validation texts that choose the epoch, or None.
+        test: the texts to predict once at the end, or None.
+        settings: epochs, batch size, learning rates, warm-up, weight decay, clipping, frozen embeddings.
+        accelerator: devices and mixed precision.
+        tokenizer: pads the batches.
+        seed: seeds the head's initialisation and the batch order.
+        select_on: the validation score that decides the epoch kept (:func:`nblib.metrics.improves`).
+        desc: a label for progress bars and log lines.
     """
     per_device = per_device_batch(settings.batch_size, accelerator.num_processes, settings.grad_accum)
     # an earlier model (another fold, a failed try) must be gone before this one loads: accelerate's mixed-precision
@@ -313,39 +360,21 @@ def fine_tune(source: str, label_names: Sequence[str], train: Encoded, val: Enco
     train_dl = loaders[0]
     val_dl = loaders[1] if val is not None else None
     test_dl = loaders[-1] if test is not None else None
-    steps_per_epoch = math.ceil(len(train_dl) / settings.grad_accum)
-    total = steps_per_epoch * settings.epochs
+    total = math.ceil(len(train_dl) / settings.grad_accum) * settings.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total), total)
 
-    best_f1, best_state, best_epoch, rows = -1.0, None, settings.epochs, []
+    best, best_state, best_epoch, rows = None, None, settings.epochs, []
     for epoch in range(1, settings.epochs + 1):
-        model.train()
-        loss_sum, seen = torch.zeros((), device=accelerator.device), 0  # summed on the device: no sync per step
-        bar = tqdm(train_dl, desc=f"{desc} epoch {epoch}", disable=not accelerator.is_local_main_process, leave=False)
-        for step, batch in enumerate(bar):
-            batch.pop("idx")
-            last_micro = (step + 1) % settings.grad_accum == 0 or step + 1 == len(train_dl)
-            with accelerator.no_sync(model) if not last_micro else contextlib.nullcontext():
-                loss = model(**batch).loss
-                accelerator.backward(loss / settings.grad_accum)
-            if last_micro:
-                accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-                optimizer.step()
-                if not accelerator.optimizer_step_was_skipped:  # fp16: the scaler skips steps with inf/NaN gradients
-                    scheduler.step()
-                optimizer.zero_grad()
-            loss_sum, seen = loss_sum + loss.detach().float() * len(batch["labels"]), seen + len(batch["labels"])
-        row = {"epoch": epoch, "train_loss": accelerator.reduce(loss_sum / seen, "mean").item()}
+        row = {"epoch": epoch, "train_loss": train_epoch(model, train_dl, optimizer, scheduler, accelerator, settings,
+                                                         f"{desc} epoch {epoch}")}
         if val_dl is not None:
-            logits = evaluate(model, val_dl, accelerator)
-            y = np.array([item["labels"] for item in val.items])
-            probs = softmax(logits)
-            m = fold_metrics(y, probs.argmax(1), len(label_names))
-            row |= {"val_loss": float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean()),
-                    "val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"]}
-            if m["macro_f1"] > best_f1:
-                best_f1, best_epoch = m["macro_f1"], epoch
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in accelerator.unwrap_model(model).state_dict().items()}
+            scores = validation_scores(np.array([item["labels"] for item in val.items]),
+                                       softmax(evaluate(model, val_dl, accelerator)))
+            row |= scores
+            if improves(scores, best, select_on):
+                best, best_epoch = scores, epoch
+                best_state = {k: v.detach().to("cpu", copy=True)
+                              for k, v in accelerator.unwrap_model(model).state_dict().items()}
             log.info("%s epoch %d: train loss %.4f, val loss %.4f, val macro-F1 %.4f", desc, epoch, row["train_loss"],
                      row["val_loss"], row["val_macro_f1"])
         rows.append(row)
@@ -355,6 +384,25 @@ def fine_tune(source: str, label_names: Sequence[str], train: Encoded, val: Enco
     probs = softmax(evaluate(model, test_dl, accelerator)) if test_dl is not None else None
     accelerator.free_memory()
     return FoldResult(probs, pd.DataFrame(rows), best_epoch, plain, checksum)
+
+
+def show_batch(batch: dict, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], tokens: int = 12) -> pd.DataFrame:
+    """One batch as the model sees it: each row's text, its first tokens and ids, and its attention mask.
+
+    Args:
+        batch: a batch from :func:`train_loader` whose ``idx`` holds rows of ``texts``.
+        tokenizer: the tokenizer that made it.
+        texts: the texts the rows come from.
+        tokens: how many positions of each row to show.
+    """
+    rows = []
+    for i, idx in enumerate(batch["idx"].tolist()):
+        ids, mask = batch["input_ids"][i].tolist(), batch["attention_mask"][i].tolist()
+        rows.append({"text": texts[idx], "label": int(batch["labels"][i]), "length": int(sum(mask)),
+                     "tokens": " ".join(tokenizer.convert_ids_to_tokens(ids[:tokens])),
+                     "input_ids": " ".join(map(str, ids[:tokens])),
+                     "attention_mask": "".join(map(str, mask))})
+    return pd.DataFrame(rows)
 
 
 def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> Path:

@@ -1,6 +1,7 @@
 """k-fold cross-validation of a fine-tuned encoder on CPU, one GPU or several, resumable fold by fold.
 
-From a notebook call :func:`cross_validate`. Several processes are started from here:
+From a notebook: ``job = FineTuneJob(config, study)``, then ``job.run_folds([0])`` for one fold and
+``job.cross_validate()`` for all of them. Several processes are started from here:
 
 - ``parallel="folds"``: one worker process per GPU, each training whole folds on its own GPU
   (no communication; each fold's result is the same as on one GPU). The default when there are at
@@ -8,7 +9,7 @@ From a notebook call :func:`cross_validate`. Several processes are started from 
 - ``parallel="ddp"``: every fold trained by all GPUs together with DistributedDataParallel
   (``torchrun`` + ``accelerate``; the global batch size stays ``batch_size``).
 
-Across machines (shared filesystem for results): write the run's ``launch.json`` with :func:`write_launch`
+Across machines (shared filesystem for results): write the run's ``launch.json`` with :meth:`FineTuneJob.write_launch`
 (nothing is trained), start the same module with torchrun on every node, then once more with ``--final`` for
 the final model, then rerun the notebook with the same settings to collect the results::
 
@@ -25,18 +26,19 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
 
-from . import bert
-from .cv import FoldOutput, FoldSplit, run_folds
-from .data import LabelledData, load_labelled, load_or_make_folds, study_dir
-from .results import ModelResults, ModelRun
+from . import bert, cv
+from .folds import FoldSplit
+from .results import ModelResults, read_folds
+from .settings import ModelSelection, StudySettings, from_params, identity, runtime, to_params
+from .study import Study, open_study
 
 log = logging.getLogger(__name__)
 
@@ -47,39 +49,30 @@ OOM_ADVICE = ("CUDA ran out of memory at batch size {per_device} per device. Try
 
 @dataclass
 class FineTuneConfig:
-    """Everything a run needs: data, model, training, hardware. Written as JSON for worker processes."""
+    """Every setting of a fine-tuning run (03_bert_cv's parameters); written as flat JSON for worker processes.
 
-    data_path: str
-    text_col: str = "Sentence"
-    label_col: str = "Label"
-    sheet: str | int | None = None
-    label_table: dict | str | None = None
-    n_folds: int = 5
-    seed: int = 42
-    results_dir: str = "../results"
-    model: str = "bert-base-chinese"   # hub id, local folder, or "tiny-random" (a small random model, for smoke runs)
-    run_name: str | None = None        # results folder name; default "bert_<model folder name>"
-    max_len: int = 128
-    epochs: int = 4
-    batch_size: int = 32
-    lr: float = 2e-5
-    head_lr: float | None = None       # learning rate of the new head (and of a pooler the checkpoint lacks); None: lr
-    freeze_embeddings: bool = False    # keep the input word embeddings fixed: 1.6x faster CPU steps measured for e5-small (250k vocabulary)
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    grad_accum: int = 1
-    val_fraction: float = 0.1
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_processes: int | Literal["auto"] = "auto"
-    parallel: Literal["auto", "folds", "ddp"] = "auto"
-    train_final: bool = True
-    save_fold_models: bool = True
-    oom_retry: bool = True
-    worker_folds: list[int] | None = field(default=None, repr=False)  # set for worker processes only
+    Fields declared with ``runtime`` are not part of the run's identity: the study by its data fingerprint and
+    folds, the model by its resolved source, and the precision as resolved on this machine are recorded instead.
+    """
+
+    study: StudySettings = runtime(default_factory=StudySettings)
+    model: str = runtime("bert-base-chinese")   # hub id, local folder, or "tiny-random" (a small random model, for smoke runs)
+    run_name: str | None = runtime(None)        # results folder name; default "bert_<model folder name>"
+    max_len: int = 128                          # tokens per text (longer texts are cut, and counted)
+    truncation: Literal["head", "head+tail"] = "head"  # what a cut text keeps
+    train: bert.TrainSettings = field(default_factory=bert.TrainSettings)
+    selection: ModelSelection = field(default_factory=ModelSelection)
+    train_final: bool = True                    # also train one model on all labelled texts
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = runtime("auto")
+    device: Literal["auto", "cpu", "cuda"] = runtime("auto")
+    num_processes: int | Literal["auto"] = runtime("auto")  # auto: every visible GPU (1 on CPU)
+    parallel: Literal["auto", "folds", "ddp"] = runtime("auto")
+    save_fold_models: bool = runtime(True)
+    oom_retry: bool = runtime(True)             # on CUDA out-of-memory halve the per-device batch and retry
 
     @property
     def name(self) -> str:
+        """The run's results folder name."""
         return self.run_name or f"bert_{Path(self.model.rstrip('/')).name}"
 
     def use_cpu(self) -> bool:
@@ -90,48 +83,28 @@ class FineTuneConfig:
         return self.device == "cpu" or not torch.cuda.is_available()
 
     def resolved_precision(self, device: torch.device | None = None) -> str:
-        """fp32 on CPU unless asked; on GPU bf16 from compute capability 8 (Ampere) on, else fp16 (with loss scaling).
+        """fp32 on CPU unless asked; on GPU bf16 from compute capability 8 (Ampere) on, else fp16 (loss scaling).
 
-        ``device``: this process's GPU (default: the current device).
+        Args:
+            device: this process's GPU (default: the current device).
         """
         if self.precision != "auto":
             return self.precision
         return "fp32" if self.use_cpu() else bert.gpu_precision(device)
 
     def processes(self) -> int:
+        """The number of processes: ``num_processes``, or every visible GPU (1 on CPU)."""
         if self.num_processes != "auto":
             return int(self.num_processes)
         return 1 if self.use_cpu() else max(1, torch.cuda.device_count())
 
     def identity(self, source: str) -> dict:
-        """The settings that decide the results (hardware and parallel mode do not); a rerun must match them."""
-        keys = ["max_len", "epochs", "batch_size", "lr", "head_lr", "freeze_embeddings", "warmup_ratio", "weight_decay",
-                "val_fraction", "seed", "train_final"]
-        return {"source": source, **{k: getattr(self, k) for k in keys}, "precision": self.resolved_precision(),
-                "model_selection": "best validation macro-F1 per fold"}
+        """The settings that decide the results; a resumed run must match them.
 
-
-# --- one process ------------------------------------------------------------------------------------
-
-@dataclass
-class _Study:
-    """The data, folds, model source and results folder of one run, opened once per process."""
-
-    data: LabelledData
-    folds: np.ndarray
-    source: str
-    run: ModelRun
-
-
-def _open(cfg: FineTuneConfig, write: bool = True) -> _Study:
-    data = load_labelled(cfg.data_path, cfg.text_col, cfg.label_col, cfg.sheet, cfg.label_table)
-    folds = load_or_make_folds(data, cfg.results_dir, cfg.n_folds, cfg.seed)
-    if cfg.model == bert.TINY_RANDOM:
-        folder = study_dir(cfg.results_dir, data) / "encoders" / bert.TINY_RANDOM
-        source = str(folder if (folder / "config.json").exists() else bert.build_tiny_encoder(data.texts, folder, seed=cfg.seed))
-    else:
-        source = bert.resolve_model(cfg.model)
-    return _Study(data, folds, source, ModelRun(cfg.results_dir, cfg.name, cfg.identity(source), data, folds, write=write))
+        Args:
+            source: the resolved model (local folder or hub id).
+        """
+        return {"source": source, **identity(self), "precision": self.resolved_precision()}
 
 
 def _accelerator(cfg: FineTuneConfig) -> Accelerator:
@@ -146,7 +119,8 @@ def _accelerator(cfg: FineTuneConfig) -> Accelerator:
     return Accelerator(cpu=cpu, mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision])
 
 
-def _fine_tune_retrying(cfg: FineTuneConfig, settings: bert.TrainSettings, **kw) -> tuple[bert.FoldResult, bert.TrainSettings]:
+def _fine_tune_retrying(cfg: FineTuneConfig, settings: bert.TrainSettings,
+                        **kw) -> tuple[bert.FoldResult, bert.TrainSettings]:
     """fine_tune with a fresh Accelerator, and on CUDA out-of-memory: halve the per-device batch (doubling
     accumulation) and retry. Returns the result and the settings that fitted, for the next folds."""
     while True:
@@ -163,116 +137,164 @@ def _fine_tune_retrying(cfg: FineTuneConfig, settings: bert.TrainSettings, **kw)
                     "(same effective batch).", per_device, per_device // 2, settings.grad_accum)
 
 
-def run_in_process(cfg: FineTuneConfig, final: bool = False, study: _Study | None = None) -> None:
-    """Train folds (``cfg.worker_folds``, default all pending) or the final model, in this process.
+def model_source(cfg: FineTuneConfig, study: Study) -> str:
+    """The encoder to fine-tune: a local folder or hub id (checked), or the tiny random BERT built for the study.
 
-    Under torchrun (several processes) all processes train each fold together (DDP) and the main one saves.
-    ``study``: the run already opened by :func:`cross_validate` in this process.
+    Args:
+        cfg: the run's settings (``model``).
+        study: the study (its texts build the tiny encoder's vocabulary; it is saved in the study folder).
     """
-    accelerator = _accelerator(cfg)
-    study = study or _open(cfg, write=accelerator.is_main_process)
-    if not accelerator.is_main_process and accelerator.is_local_main_process:
-        study.run.record_environment()  # one file per machine of a multi-node run (the main process writes its own)
-    data, folds, source, run = study.data, study.folds, study.source, study.run
-    tokenizer = bert.load_tokenizer(source)
-    encoded = bert.Encoded(tokenizer, data.texts, cfg.max_len, data.labels)
-    settings = bert.TrainSettings(cfg.epochs, cfg.batch_size, cfg.lr, cfg.warmup_ratio, cfg.weight_decay,
-                                  grad_accum=cfg.grad_accum, head_lr=cfg.head_lr,
-                                  freeze_embeddings=cfg.freeze_embeddings)
-    common = dict(source=source, label_names=data.label_names, tokenizer=tokenizer)
-    if final:
-        _train_final(cfg, run, encoded, settings, accelerator, common)
-        return
+    if cfg.model != bert.TINY_RANDOM:
+        return bert.resolve_model(cfg.model)
+    folder = study.folder("encoders") / bert.TINY_RANDOM
+    if not (folder / "config.json").exists():
+        bert.build_tiny_encoder(study.data.texts, folder, seed=study.settings.seed)
+    return str(folder)
 
-    def fit_predict(split: FoldSplit) -> FoldOutput:
-        nonlocal settings  # a batch halved after running out of memory stays halved for the later folds
-        res, settings = _fine_tune_retrying(cfg, settings, train=encoded.subset(split.train),
-                                            val=encoded.subset(split.val), test=encoded.subset(split.test),
-                                            seed=split.seed, desc=f"fold {split.fold}", **common)
-        if cfg.save_fold_models and accelerator.is_main_process:
-            bert.save_checkpoint(res.model, tokenizer, run.path / "fold_models" / f"fold_{split.fold}")
+
+class FineTuneJob:
+    """One fine-tuning run of a study: the resolved model, the tokenized texts, and the run's results folder."""
+
+    def __init__(self, config: FineTuneConfig, study: Study, write: bool = True):
+        """Resolve the model, tokenize every text once, and open (or resume) ``models/<config.name>``.
+
+        Args:
+            config: the run's settings.
+            study: the study (data, folds, folder).
+            write: False in the processes of a distributed run that do not save.
+        """
+        self.config, self.study = config, study
+        self.source = model_source(config, study)
+        self.run = study.open_run(config.name, config.identity(self.source), write=write)
+        self.tokenizer = bert.load_tokenizer(self.source)
+        self.encoded = bert.Encoded(self.tokenizer, study.data.texts, config.max_len, study.data.labels,
+                                    truncation=config.truncation)
+        self.settings = config.train  # a batch halved after running out of memory stays halved for later folds
+
+    def describe(self) -> str:
+        """Where and how this job trains: device, processes, precision, model and results folder."""
+        c = self.config
+        return (f"{'CPU' if c.use_cpu() else 'GPU'}, {c.processes()} process(es), precision {c.resolved_precision()}; "
+                f"model {self.source}; results in {self.run.path}")
+
+    def example_batch(self, split: FoldSplit, size: int = 4) -> dict:
+        """The first training batch of a fold as the training loop gets it (token ids, attention mask, labels).
+
+        Args:
+            split: the fold.
+            size: texts in the batch.
+        """
+        collator = bert.make_collator(self.tokenizer, _accelerator(self.config))
+        batch = next(iter(bert.train_loader(self.encoded.subset(split.train), collator, size, split.seed)))
+        batch["idx"] = torch.as_tensor(split.train)[batch["idx"]]  # back to rows of the study's data
+        return batch
+
+    def fit_fold(self, split: FoldSplit) -> cv.FoldOutput:
+        """Fine-tune a fresh model on a fold's training part, keep the best epoch, predict its test part once.
+
+        Args:
+            split: the fold.
+        """
+        e = self.encoded
+        res, self.settings = _fine_tune_retrying(
+            self.config, self.settings, source=self.source, label_names=self.study.data.label_names,
+            tokenizer=self.tokenizer, train=e.subset(split.train), val=e.subset(split.val),
+            test=e.subset(split.test), seed=split.seed, select_on=self.config.selection.select_on,
+            desc=f"fold {split.fold}")
+        main = PartialState().is_main_process
+        if self.config.save_fold_models and main:
+            bert.save_checkpoint(res.model, self.tokenizer, self.run.fold_model_dir(split.fold))
         extra = {"best_epoch": res.best_epoch, "encoder_checksum": res.encoder_checksum,
-                 "processes": accelerator.num_processes, "precision": cfg.resolved_precision()}
-        return FoldOutput(res.test_probs, extra, res.history)
+                 "processes": PartialState().num_processes, "precision": self.config.resolved_precision()}
+        return cv.FoldOutput(res.test_probs, extra, res.history)
 
-    which = cfg.worker_folds if cfg.worker_folds is not None else run.pending_folds()
-    run_folds(run, data, folds, fit_predict, cfg.val_fraction, cfg.seed, which=which, save=accelerator.is_main_process)
-    accelerator.wait_for_everyone()
+    def run_folds(self, which: Sequence[int] | None = None) -> None:
+        """Train and save folds in this process (under torchrun: all processes together, the main one saves).
+
+        Args:
+            which: the folds (default: every fold without results).
+        """
+        save = PartialState().is_main_process
+        cv.run_folds(self.study, self.run, self.fit_fold, self.config.selection.val_fraction, which, save)
+        PartialState().wait_for_everyone()
+
+    def fold_results(self, k: int) -> ModelResults:
+        """The saved results of fold ``k``: its test predictions, metrics row (best epoch) and per-epoch curves.
+
+        Args:
+            k: a finished fold.
+        """
+        return read_folds(self.run.path, [k])
+
+    def train_final(self) -> None:
+        """One model on all labelled texts, for the median of the folds' best epochs; saved in ``final/``."""
+        best = self.run.best_epochs()
+        epochs = int(np.median(best)) if best else self.settings.epochs
+        res, _ = _fine_tune_retrying(self.config, replace(self.settings, epochs=epochs), source=self.source,
+                                     label_names=self.study.data.label_names, tokenizer=self.tokenizer,
+                                     train=self.encoded, val=None, test=None, seed=self.study.settings.seed,
+                                     select_on=self.config.selection.select_on, desc="final")
+        if PartialState().is_main_process:
+            out = bert.save_checkpoint(res.model, self.tokenizer, self.run.final_dir)
+            info = {"epochs": epochs, "fold_best_epochs": best, "texts": len(self.encoded),
+                    "history": res.history.to_dict("records")}
+            (out / "training.json").write_text(json.dumps(info, indent=2))
+            log.info("Final model (all %d texts, %d epochs) saved to %s", len(self.encoded), epochs, out)
+        PartialState().wait_for_everyone()
+
+    def write_launch(self) -> Path:
+        """Write ``launch.json`` (the settings, paths made absolute) for workers and torchrun; return its path.
+
+        For several machines: start ``-m nblib.bert_cv --config <path>`` under torchrun on every node (see the
+        module docstring), then the same with ``--final``, then rerun the notebook to collect the results.
+        """
+        path = self.run.launch_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(to_params(_absolute_paths(self.config)), indent=2, ensure_ascii=False))
+        return path
+
+    def cross_validate(self) -> ModelResults:
+        """Every pending fold (side by side on several GPUs), then the final model if asked; all folds' results."""
+        cfg, run = self.config, self.run
+        pending, n_proc = run.pending_folds(), cfg.processes()
+        mode = cfg.parallel if cfg.parallel != "auto" else ("folds" if n_proc <= max(1, len(pending)) else "ddp")
+        # fail before starting anything; the final model is trained by all processes together
+        bert.per_device_batch(self.settings.batch_size, n_proc if mode == "ddp" or cfg.train_final else 1,
+                              self.settings.grad_accum)
+        log.info("%s: %d pending folds on %s, %d process(es)%s; precision %s.", cfg.name, len(pending),
+                 "CPU" if cfg.use_cpu() else "GPU", n_proc, f", parallel={mode}" if n_proc > 1 else "",
+                 cfg.resolved_precision())
+        launch = self.write_launch()
+        if pending:
+            if n_proc == 1:
+                self.run_folds(pending)
+            elif mode == "ddp":
+                _launch_torchrun(launch, n_proc, run.log_dir / "ddp.log")
+            else:
+                _launch_fold_workers(cfg, launch, pending, n_proc, run.log_dir)
+        if cfg.train_final and not (run.final_dir / "training.json").exists():
+            if n_proc == 1:
+                self.train_final()
+            else:
+                _launch_torchrun(launch, n_proc, run.log_dir / "final.log", final=True)
+        return run.finish()
 
 
-def _train_final(cfg, run: ModelRun, encoded: bert.Encoded, settings: bert.TrainSettings, accelerator, common) -> None:
-    """One model on all labelled texts, for as many epochs as the folds' best epochs suggest (median)."""
-    best = [json.loads(p.read_text())["best_epoch"] for p in sorted((run.path / "folds").glob("fold_*.json"))]
-    epochs = int(np.median(best)) if best else cfg.epochs
-    res, _ = _fine_tune_retrying(cfg, replace(settings, epochs=epochs), train=encoded, val=None, test=None,
-                                 seed=cfg.seed, desc="final", **common)
-    if accelerator.is_main_process:
-        out = bert.save_checkpoint(res.model, common["tokenizer"], run.path / "final")
-        info = {"epochs": epochs, "fold_best_epochs": best, "texts": len(encoded), "history": res.history.to_dict("records")}
-        (out / "training.json").write_text(json.dumps(info, indent=2))
-        log.info("Final model (all %d texts, %d epochs) saved to %s", len(encoded), epochs, out)
-    accelerator.wait_for_everyone()
-
-
-# --- the notebook's entry point ---------------------------------------------------------------------
-
-def cross_validate(cfg: FineTuneConfig) -> ModelResults:
-    """Cross-validate (resuming finished folds), train the final model if asked, return the results."""
-    cfg = _absolute_paths(cfg)
-    study = _open(cfg)
-    run = study.run
-    pending, n_proc = run.pending_folds(), cfg.processes()
-    mode = cfg.parallel if cfg.parallel != "auto" else ("folds" if n_proc <= max(1, len(pending)) else "ddp")
-    # fail before starting anything; the final model is trained by all processes together
-    bert.per_device_batch(cfg.batch_size, n_proc if mode == "ddp" or cfg.train_final else 1, cfg.grad_accum)
-    log.info("%s: %d pending folds on %s, %d process(es)%s; precision %s.", cfg.name, len(pending),
-             "CPU" if cfg.use_cpu() else "GPU", n_proc, f", parallel={mode}" if n_proc > 1 else "",
-             cfg.resolved_precision())
-    launch = _write_launch(cfg, run)
-    if pending:
-        if n_proc == 1:
-            run_in_process(cfg, study=study)
-        elif mode == "ddp":
-            _launch_torchrun(launch, n_proc, run.path / "logs" / "ddp.log")
-        else:
-            _launch_fold_workers(cfg, pending, n_proc, run.path / "logs")
-    final = run.path / "final" / "training.json"
-    if cfg.train_final and not final.exists():
-        if n_proc == 1:
-            run_in_process(cfg, final=True, study=study)
-        else:
-            _launch_torchrun(launch, n_proc, run.path / "logs" / "final.log", final=True)
-    return run.finish()
-
-
-def write_launch(cfg: FineTuneConfig) -> Path:
-    """Write the run's ``launch.json`` (paths made absolute) without training anything; return its path.
-
-    For several machines: start ``-m nblib.bert_cv --config <path>`` under torchrun on every node (see the module
-    docstring), then the same with ``--final``, then rerun the notebook with the same settings to collect the results.
-    """
-    cfg = _absolute_paths(cfg)
-    return _write_launch(cfg, _open(cfg, write=False).run)
-
+# --- worker processes -------------------------------------------------------------------------------
 
 def _absolute_paths(cfg: FineTuneConfig) -> FineTuneConfig:
-    """Data, results, a label-table file and a local model folder as absolute paths: workers may start in another
-    folder or on another machine."""
+    """Data, pool, results, a label-table file and a local model folder as absolute paths: workers may start in
+    another folder or on another machine."""
     def resolved(path: str) -> str:
         return str(Path(path).expanduser().resolve())
 
+    s = cfg.study
     model_dir = Path(cfg.model).expanduser().is_dir()
-    table_file = isinstance(cfg.label_table, str) and Path(cfg.label_table).expanduser().is_file()
-    return replace(cfg, data_path=resolved(cfg.data_path), results_dir=resolved(cfg.results_dir),
-                   model=resolved(cfg.model) if model_dir else cfg.model,
-                   label_table=resolved(cfg.label_table) if table_file else cfg.label_table)
-
-
-def _write_launch(cfg: FineTuneConfig, run: ModelRun) -> Path:
-    path = run.path / "launch.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(asdict(cfg), indent=2, ensure_ascii=False))
-    return path
+    table_file = isinstance(s.label_table, str) and Path(s.label_table).expanduser().is_file()
+    study = replace(s, data_path=resolved(s.data_path), results_dir=resolved(s.results_dir),
+                    unlabelled_path=resolved(s.unlabelled_path) if s.unlabelled_path else None,
+                    label_table=resolved(s.label_table) if table_file else s.label_table)
+    return replace(cfg, study=study, model=resolved(cfg.model) if model_dir else cfg.model)
 
 
 _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
@@ -345,7 +367,7 @@ def _visible_gpus() -> list[str]:
     return [str(i) for i in range(n)] if visible is None else [v.strip() for v in visible.split(",")][:n]
 
 
-def _launch_fold_workers(cfg: FineTuneConfig, pending: list[int], n_proc: int, log_dir: Path) -> None:
+def _launch_fold_workers(cfg: FineTuneConfig, launch: Path, pending: list[int], n_proc: int, log_dir: Path) -> None:
     """One worker process per GPU (worker i on the i-th GPU this process sees), each training its share of folds."""
     gpus = None if cfg.use_cpu() else _visible_gpus()
     if gpus is not None and n_proc > len(gpus):
@@ -356,27 +378,41 @@ def _launch_fold_workers(cfg: FineTuneConfig, pending: list[int], n_proc: int, l
         mine = pending[i::n_proc]
         if not mine:
             continue
-        env, worker = dict(os.environ), replace(cfg, worker_folds=mine, num_processes=1)
+        env, config = dict(os.environ), launch
         if gpus is not None:  # the precision this process recorded, and an error instead of a silent CPU run
             env["CUDA_VISIBLE_DEVICES"] = gpus[i]
-            worker = replace(worker, device="cuda", precision=cfg.resolved_precision())
-        worker_cfg = log_dir / f"worker_{i}.json"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        worker_cfg.write_text(json.dumps(asdict(worker), ensure_ascii=False))
-        commands.append(([sys.executable, "-m", "nblib.bert_cv", "--config", str(worker_cfg)], env, log_dir / f"worker_{i}.log"))
+            config = log_dir / f"worker_{i}.json"
+            log_dir.mkdir(parents=True, exist_ok=True)
+            worker = replace(cfg, device="cuda", precision=cfg.resolved_precision(), num_processes=1)
+            config.write_text(json.dumps(to_params(_absolute_paths(worker)), ensure_ascii=False))
+        folds = ",".join(map(str, mine))
+        commands.append(([sys.executable, "-m", "nblib.bert_cv", "--config", str(config), "--folds", folds], env,
+                         log_dir / f"worker_{i}.log"))
         log.info("worker %d: folds %s", i, mine)
     _run_logged(commands)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Worker entry point: ``python -m nblib.bert_cv --config FILE [--final]`` (also under torchrun)."""
+    """Worker entry point: ``python -m nblib.bert_cv --config FILE [--folds 0,2] [--final]`` (also under torchrun).
+
+    Args:
+        argv: the command-line arguments (default: ``sys.argv[1:]``).
+    """
     ap = argparse.ArgumentParser(description="Train folds (or the final model) of a fine-tuning run.")
-    ap.add_argument("--config", required=True, type=Path, help="a launch.json written by cross_validate")
+    ap.add_argument("--config", required=True, type=Path, help="a launch.json written by 03_bert_cv")
+    ap.add_argument("--folds", default=None, help="the folds to train, e.g. 0,2 (default: every fold without results)")
     ap.add_argument("--final", action="store_true", help="train the final model on all labelled texts")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = FineTuneConfig(**json.loads(args.config.read_text()))
-    run_in_process(cfg, final=args.final)
+    cfg = from_params(FineTuneConfig, json.loads(args.config.read_text()))
+    state = PartialState(cpu=cfg.use_cpu())
+    job = FineTuneJob(cfg, open_study(cfg.study), write=state.is_main_process)
+    if not state.is_main_process and state.is_local_main_process:
+        job.run.record_environment()  # one file per machine of a multi-node run (the main process writes its own)
+    if args.final:
+        job.train_final()
+    else:
+        job.run_folds(None if args.folds is None else [int(k) for k in args.folds.split(",") if k])
 
 
 if __name__ == "__main__":

@@ -203,13 +203,14 @@ def per_class_scores(table: pd.DataFrame, title: str = "Per-class F1 (mean over 
     return grouped_bars(table, "class", "f1", "model", title, "F1")
 
 
-def learning_curves(history: pd.DataFrame, title: str) -> plt.Figure:
+def learning_curves(history: pd.DataFrame, title: str, best_epochs: dict[int, int] | None = None) -> plt.Figure:
     """Training and validation loss, and validation macro-F1, per epoch; one line per fold.
 
     Args:
         history: one row per fold and epoch, columns ``fold``, ``epoch``, ``train_loss``, ``val_loss``,
             ``val_macro_f1``.
         title: the figure title.
+        best_epochs: the epoch kept in each fold, marked by a dashed line (default: not marked).
     """
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     long = history.melt(id_vars=["fold", "epoch"], value_vars=["train_loss", "val_loss"], var_name="split",
@@ -220,6 +221,10 @@ def learning_curves(history: pd.DataFrame, title: str) -> plt.Figure:
     axes[1].set(title="Validation macro-F1", ylabel="Macro-F1")
     for ax in axes:
         ax.xaxis.get_major_locator().set_params(integer=True)
+        for epoch in sorted(set((best_epochs or {}).values())):
+            ax.axvline(epoch, color="grey", linestyle="--", linewidth=1, label="epoch kept")
+    if best_epochs:
+        axes[1].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     return fig

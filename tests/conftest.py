@@ -3,11 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import NOTEBOOKS, SHARED, TINY_WORDS
+from helpers import NOTEBOOKS, SHARED, write_tiny_sheet
 
 
 @pytest.fixture
@@ -32,15 +31,7 @@ def write_sheet(tmp_path):
 def tiny_sheet(tmp_path):
     """Write a separable three-class sheet (3 × n_per_class texts, each class marked by its own words) as .csv."""
 
-    def write(n_per_class: int = 12, name: str = "tiny.csv") -> Path:
-        rng = np.random.default_rng(0)
-        rows = [(c, "".join(rng.choice(ws, 3)) + f"第{i}条" + "好" * (i % 4))
-                for c, ws in TINY_WORDS.items() for i in range(n_per_class)]
-        path = tmp_path / name
-        pd.DataFrame(rows, columns=["Label", "Sentence"]).to_csv(path, index=False)
-        return path
-
-    return write
+    return lambda n_per_class=12, name="tiny.csv": write_tiny_sheet(tmp_path, n_per_class, name)
 
 
 @pytest.fixture

@@ -11,8 +11,21 @@ DEMO_LABELLED = ROOT / "data" / "demo_labelled.xlsx"
 DEMO_UNLABELLED = ROOT / "data" / "demo_unlabelled.xlsx"
 SHARED = ROOT.parent / "shared" / "datasets" / "weibo_emotion"
 
-# three classes, each marked by its own words: the texts of the tiny_data fixture
+# three classes, each marked by its own words: the texts of the tiny sheet
 TINY_WORDS = {0: ["舞美", "灯光", "演员"], 1: ["文物", "青铜", "古籍"], 2: ["文化", "精神", "民族"]}
+
+
+def write_tiny_sheet(folder: Path, n_per_class: int = 12, name: str = "tiny.csv") -> Path:
+    """Write a separable three-class sheet (3 × n_per_class texts, each class marked by its own words) as .csv."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = [(c, "".join(rng.choice(ws, 3)) + f"第{i}条" + "好" * (i % 4))
+            for c, ws in TINY_WORDS.items() for i in range(n_per_class)]
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    path = Path(folder) / name
+    pd.DataFrame(rows, columns=["Label", "Sentence"]).to_csv(path, index=False)
+    return path
 
 
 def cell_text(nb, tag: str | None = None) -> str:

@@ -22,10 +22,30 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertModel
 
-from conftest import DEMO_LABELLED, ROOT, tiny_data
+from helpers import DEMO_LABELLED, ROOT, write_tiny_sheet
 from nblib import bert, bert_cv
-from nblib import data as nbdata
+from nblib.data import LabelledData, load_labelled
 from nblib.results import ResultsExistError
+from nblib.settings import from_params, to_params
+from nblib.study import open_study
+
+
+def tiny_data(folder: Path, n_per_class: int) -> LabelledData:
+    return load_labelled(write_tiny_sheet(folder, n_per_class))
+
+
+def make_config(**params) -> bert_cv.FineTuneConfig:
+    """The settings from flat parameters, as 03_bert_cv builds them."""
+    return from_params(bert_cv.FineTuneConfig, {"unlabelled_path": None} | params)
+
+
+def with_params(cfg: bert_cv.FineTuneConfig, **params) -> bert_cv.FineTuneConfig:
+    return from_params(bert_cv.FineTuneConfig, to_params(cfg) | params)
+
+
+def cross_validate(cfg: bert_cv.FineTuneConfig):
+    """What 03_bert_cv does: open the study, then every fold and the final model."""
+    return bert_cv.FineTuneJob(cfg, open_study(cfg.study)).cross_validate()
 
 TEXTS = ["只此青绿的舞美绝了", "在看CCTV1典籍里的中国", "三刷🉑️👍", "徐霞客游记一包纸巾😭不够用"]
 
@@ -116,27 +136,28 @@ def test_checksum_ignores_a_pooler_the_checkpoint_lacks(tmp_path, tiny_encoder):
 
 
 def test_fine_tuning_learns_a_separable_set(tmp_path, write_sheet):
-    d = tiny_data(write_sheet, n_per_class=20)
+    d = tiny_data(tmp_path, n_per_class=20)
     enc = str(bert.build_tiny_encoder(d.texts, tmp_path / "enc"))
     tok = AutoTokenizer.from_pretrained(enc)
     ds = bert.Encoded(tok, d.texts, 32, d.labels)
     idx = np.random.default_rng(0).permutation(len(d.texts))
     res = bert.fine_tune(enc, d.label_names, ds.subset(idx[:45]), ds.subset(idx[45:52]), ds.subset(idx[52:]),
                          bert.TrainSettings(epochs=6, batch_size=8, lr=3e-3, warmup_ratio=0.1), Accelerator(cpu=True),
-                         tok, seed=0)
+                         tok, seed=0, select_on="val_macro_f1")
     assert res.history["train_loss"].iloc[-1] < res.history["train_loss"].iloc[0]
     assert (res.test_probs.argmax(1) == d.labels[idx[52:]]).mean() >= 0.75
-    assert res.best_epoch == int(res.history.loc[res.history["val_macro_f1"].idxmax(), "epoch"])
+    ranked = res.history.sort_values(["val_macro_f1", "val_loss"], ascending=[False, True], kind="stable")
+    assert res.best_epoch == ranked["epoch"].iloc[0]  # best macro-F1, ties to the lower loss (the shared rule)
 
 
 def test_frozen_word_embeddings_stay_fixed_while_the_encoder_learns(tmp_path, write_sheet):
-    d = tiny_data(write_sheet, n_per_class=8)
+    d = tiny_data(tmp_path, n_per_class=8)
     enc = str(bert.build_tiny_encoder(d.texts, tmp_path / "enc"))
     tok = AutoTokenizer.from_pretrained(enc)
     ds = bert.Encoded(tok, d.texts, 32, d.labels)
     before = bert.load_classifier(enc, d.label_names)
     res = bert.fine_tune(enc, d.label_names, ds, None, None, bert.TrainSettings(epochs=1, batch_size=8, lr=1e-3,
-                         freeze_embeddings=True), Accelerator(cpu=True), tok, seed=0)
+                         freeze_embeddings=True), Accelerator(cpu=True), tok, seed=0, select_on="val_macro_f1")
     after = res.model
     assert torch.equal(after.get_input_embeddings().weight, before.get_input_embeddings().weight)
     assert not torch.allclose(after.bert.encoder.layer[0].output.dense.weight, before.bert.encoder.layer[0].output.dense.weight)
@@ -144,17 +165,14 @@ def test_frozen_word_embeddings_stay_fixed_while_the_encoder_learns(tmp_path, wr
 
 
 def small_config(tmp_path, write_sheet, **kw) -> bert_cv.FineTuneConfig:
-    d = tiny_data(write_sheet, n_per_class=8)
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "tiny.csv"
-    d.df.rename(columns={"text": "Sentence", "label": "Label"})[["Label", "Sentence"]].to_csv(path, index=False)
-    return bert_cv.FineTuneConfig(data_path=str(path), results_dir=str(tmp_path / "res"), model=bert.TINY_RANDOM,
-                                  n_folds=3, epochs=2, batch_size=8, lr=1e-3, max_len=32, device="cpu", **kw)
+    path = write_tiny_sheet(tmp_path, 8)
+    return make_config(data_path=str(path), results_dir=str(tmp_path / "res"), model=bert.TINY_RANDOM, n_folds=3,
+                       epochs=2, batch_size=8, lr=1e-3, max_len=32, device="cpu", **kw)
 
 
 def test_cross_validation_fresh_model_per_fold_save_reload_and_resume(tmp_path, write_sheet):
     cfg = small_config(tmp_path, write_sheet)
-    res = bert_cv.cross_validate(cfg)
+    res = cross_validate(cfg)
     folder = next((tmp_path / "res").glob("tiny-*/models/bert_tiny-random"))
     assert len(list((folder / "environment").glob("*.json"))) == 1  # versions recorded once per session
     # every fold started from the same pretrained weights (the original code trained one model on across folds)
@@ -179,31 +197,31 @@ def test_cross_validation_fresh_model_per_fold_save_reload_and_resume(tmp_path, 
     assert set(res.history["fold"]) == {0, 1, 2} and set(res.history["epoch"]) == {1, 2}
     # rerun: finished folds are skipped (files untouched); other settings are refused
     stamp = (folder / "folds" / "fold_2.csv").stat().st_mtime_ns
-    again = bert_cv.cross_validate(cfg)
+    again = cross_validate(cfg)
     assert (folder / "folds" / "fold_2.csv").stat().st_mtime_ns == stamp
     pd.testing.assert_frame_equal(again.predictions, res.predictions)
     assert len(list((folder / "environment").glob("*.json"))) == 2
     with pytest.raises(ResultsExistError, match="lr"):
-        bert_cv.cross_validate(replace(cfg, lr=5e-4))
+        cross_validate(with_params(cfg, lr=5e-4))
 
 
 def test_interrupted_run_resumes_the_missing_fold(tmp_path, write_sheet):
     cfg = small_config(tmp_path, write_sheet, train_final=False, save_fold_models=False)
-    first = bert_cv.cross_validate(cfg)
+    first = cross_validate(cfg)
     folder = next((tmp_path / "res").glob("tiny-*/models/bert_tiny-random"))
     for f in folder.glob("folds/fold_1*"):
         f.unlink()  # as if the run had stopped during fold 1
     (folder / "metrics.csv").unlink()
     stamp = (folder / "folds" / "fold_0.csv").stat().st_mtime_ns
-    again = bert_cv.cross_validate(cfg)
+    again = cross_validate(cfg)
     assert (folder / "folds" / "fold_0.csv").stat().st_mtime_ns == stamp and (folder / "folds" / "fold_1.json").exists()
     pd.testing.assert_frame_equal(again.metrics.drop(columns="seconds"), first.metrics.drop(columns="seconds"))
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "folds"])
 def test_two_cpu_processes_give_the_same_results_format(tmp_path, write_sheet, parallel):
-    single = bert_cv.cross_validate(small_config(tmp_path / "one", write_sheet, train_final=False, save_fold_models=False))
-    two = bert_cv.cross_validate(small_config(tmp_path / "two", write_sheet, num_processes=2, parallel=parallel,
+    single = cross_validate(small_config(tmp_path / "one", write_sheet, train_final=False, save_fold_models=False))
+    two = cross_validate(small_config(tmp_path / "two", write_sheet, num_processes=2, parallel=parallel,
                                               train_final=parallel == "ddp", save_fold_models=False,
                                               freeze_embeddings=parallel == "ddp"))  # DDP skips frozen weights
     assert two.predictions.columns.tolist() == single.predictions.columns.tolist()
@@ -244,7 +262,7 @@ def fake_gpus(monkeypatch, capability: tuple[int, int], count: int = 2) -> None:
 @pytest.mark.parametrize("capability, precision", [((7, 0), "fp16"), ((7, 5), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")])
 def test_auto_precision_follows_the_compute_capability(monkeypatch, capability, precision):
     fake_gpus(monkeypatch, capability)
-    assert bert_cv.FineTuneConfig(data_path="x.csv").resolved_precision() == precision
+    assert make_config(data_path="x.csv").resolved_precision() == precision
     assert bert.gpu_precision() == precision
 
 
@@ -270,7 +288,7 @@ def test_precision_is_decided_on_the_ranks_gpu_after_the_device_is_set(monkeypat
     monkeypatch.setattr(bert_cv, "PartialState", RankState)
     monkeypatch.setattr(bert_cv, "Accelerator", lambda **kw: kw)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not tf32
-    made = bert_cv._accelerator(bert_cv.FineTuneConfig(data_path="x.csv", device="cuda", precision=precision))
+    made = bert_cv._accelerator(make_config(data_path="x.csv", device="cuda", precision=precision))
     assert made == {"cpu": False, "mixed_precision": mixed}
     assert events == (["device set", torch.device("cuda", 3)] if precision == "auto" else ["device set"])
     assert torch.backends.cuda.matmul.allow_tf32 is tf32 and torch.backends.cudnn.allow_tf32 is tf32  # no TF32 in fp32
@@ -279,7 +297,7 @@ def test_precision_is_decided_on_the_ranks_gpu_after_the_device_is_set(monkeypat
 def test_cuda_asked_for_without_cuda_is_an_error(tmp_path, write_sheet, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="device='cuda'.*no CUDA GPU"):
-        bert_cv.cross_validate(replace(small_config(tmp_path, write_sheet), device="cuda"))
+        cross_validate(with_params(small_config(tmp_path, write_sheet), device="cuda"))
 
 
 @pytest.mark.parametrize("visible", ["4,5", "GPU-8f6e0d3a-1b2c,GPU-77aa01bc-9d9e"])
@@ -288,25 +306,25 @@ def test_fold_workers_use_the_gpus_this_process_was_given(tmp_path, monkeypatch,
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
     started = []
     monkeypatch.setattr(bert_cv, "_run_logged", started.extend)
-    cfg = bert_cv.FineTuneConfig(data_path="x.csv")
-    bert_cv._launch_fold_workers(cfg, [0, 1, 2, 3, 4], 2, tmp_path)
+    cfg = make_config(data_path="x.csv")
+    bert_cv._launch_fold_workers(cfg, tmp_path / "launch.json", [0, 1, 2, 3, 4], 2, tmp_path)
     assert [env["CUDA_VISIBLE_DEVICES"] for _, env, _ in started] == visible.split(",")
     workers = [json.loads((tmp_path / f"worker_{i}.json").read_text()) for i in range(2)]
-    assert [w["worker_folds"] for w in workers] == [[0, 2, 4], [1, 3]]
+    assert [cmd[cmd.index("--folds") + 1] for cmd, _, _ in started] == ["0,2,4", "1,3"]
     assert {(w["device"], w["precision"]) for w in workers} == {("cuda", "bf16")}  # no silent CPU run, one precision
     with pytest.raises(ValueError, match="num_processes=3 .*2 are visible"):
-        bert_cv._launch_fold_workers(cfg, [0, 1, 2, 3, 4], 3, tmp_path)
+        bert_cv._launch_fold_workers(cfg, tmp_path / "launch.json", [0, 1, 2, 3, 4], 3, tmp_path)
 
 
 def fold_inputs(tmp_path, write_sheet) -> dict:
     """The keyword arguments of bert.fine_tune for a tiny fold: 12 training texts, 6 test texts, no validation."""
-    d = tiny_data(write_sheet, n_per_class=6)
+    d = tiny_data(tmp_path, n_per_class=6)
     enc = str(bert.build_tiny_encoder(d.texts, tmp_path / "enc"))
     tok = AutoTokenizer.from_pretrained(enc)
     ds = bert.Encoded(tok, d.texts, 32, d.labels)
     rows = np.random.default_rng(0).permutation(len(d.texts))
     return dict(source=enc, label_names=d.label_names, tokenizer=tok, train=ds.subset(rows[:12]), val=None,
-                test=ds.subset(rows[12:]))
+                test=ds.subset(rows[12:]), select_on="val_macro_f1")
 
 
 def run_out_of_memory(module, args):
@@ -336,7 +354,7 @@ def test_earlier_and_failed_models_are_freed_before_the_next_one_loads(tmp_path,
     kw = fold_inputs(tmp_path, write_sheet)
     spy = LoadSpy(monkeypatch, oom_first=True)
     # CPU bf16 autocast: accelerate's forward wrapper puts each model in a reference cycle, as on a GPU
-    cfg = bert_cv.FineTuneConfig(data_path="x.csv", device="cpu", precision="bf16")
+    cfg = make_config(data_path="x.csv", device="cpu", precision="bf16")
     settings = bert.TrainSettings(epochs=1, batch_size=4, lr=1e-3)
     for fold in range(2):  # as run_in_process does: the fold's result is dropped before the next fold
         res, settings = bert_cv._fine_tune_retrying(cfg, settings, seed=fold, **kw)
@@ -348,7 +366,7 @@ def test_earlier_and_failed_models_are_freed_before_the_next_one_loads(tmp_path,
 
 def test_a_fold_retried_after_out_of_memory_is_reseeded(tmp_path, write_sheet, monkeypatch):
     kw = fold_inputs(tmp_path, write_sheet)
-    cfg = bert_cv.FineTuneConfig(data_path="x.csv", device="cpu")
+    cfg = make_config(data_path="x.csv", device="cpu")
     settings = bert.TrainSettings(epochs=1, batch_size=4, lr=1e-3)
     direct, _ = bert_cv._fine_tune_retrying(cfg, replace(settings, grad_accum=2), seed=3, **kw)
     LoadSpy(monkeypatch, oom_first=True)
@@ -368,7 +386,7 @@ def test_a_batch_halved_after_out_of_memory_stays_halved_and_each_try_gets_a_fre
         return bert.FoldResult(np.full((len(test), 3), 1 / 3), pd.DataFrame({"epoch": [1]}), 1, None, 0.0)
 
     monkeypatch.setattr(bert, "fine_tune", fake_fine_tune)
-    bert_cv.cross_validate(small_config(tmp_path, write_sheet, train_final=False, save_fold_models=False))
+    cross_validate(small_config(tmp_path, write_sheet, train_final=False, save_fold_models=False))
     assert [g for g, _ in tries] == [1, 2, 4, 4, 4]  # fold 0 finds what fits; folds 1 and 2 start there
     assert len({id(a) for _, a in tries}) == 5  # no fp16 loss-scale state carried from one model to the next
 
@@ -396,7 +414,7 @@ def test_a_batch_that_does_not_divide_evenly_is_an_error(tmp_path, write_sheet, 
                        accelerator=Accelerator(cpu=True), seed=0, **kw)
     monkeypatch.setattr(bert_cv, "_launch_torchrun", lambda *a, **k: pytest.fail("training started"))
     with pytest.raises(ValueError, match="multiple of processes × grad_accum \\(3 × 1"):
-        bert_cv.cross_validate(small_config(tmp_path, write_sheet, num_processes=3, parallel="ddp"))
+        cross_validate(small_config(tmp_path, write_sheet, num_processes=3, parallel="ddp"))
 
 
 WRITER = """
@@ -480,11 +498,12 @@ def test_write_launch_makes_paths_absolute_and_trains_nothing(tmp_path, write_sh
     cfg = small_config(tmp_path, write_sheet)
     bert.build_tiny_encoder(TEXTS, tmp_path / "models" / "enc")
     monkeypatch.chdir(tmp_path)
-    path = bert_cv.write_launch(replace(cfg, data_path="tiny.csv", results_dir="res", model="models/enc"))
-    launch = bert_cv.FineTuneConfig(**json.loads(path.read_text()))
+    cfg = with_params(cfg, data_path="tiny.csv", results_dir="res", model="models/enc")
+    path = bert_cv.FineTuneJob(cfg, open_study(cfg.study), write=False).write_launch()
+    launch = from_params(bert_cv.FineTuneConfig, json.loads(path.read_text()))
     root = tmp_path.resolve()
-    assert (launch.data_path, launch.results_dir, launch.model) == (str(root / "tiny.csv"), str(root / "res"),
-                                                                    str(root / "models" / "enc"))
+    assert (launch.study.data_path, launch.study.results_dir, launch.model) == (
+        str(root / "tiny.csv"), str(root / "res"), str(root / "models" / "enc"))
     assert path.parent.name == "bert_enc" and sorted(f.name for f in path.parent.iterdir()) == ["launch.json"]
 
 
@@ -492,11 +511,16 @@ def test_each_machine_of_a_multi_node_run_records_its_environment(tmp_path, writ
     class NodeLeader:  # local rank 0 on the second machine of a torchrun job
         is_main_process, is_local_main_process, num_processes = False, True, 8
 
+        def __init__(self, **kw):
+            pass
+
         def wait_for_everyone(self):
             pass
 
-    monkeypatch.setattr(bert_cv, "_accelerator", lambda cfg: NodeLeader())
-    bert_cv.run_in_process(small_config(tmp_path, write_sheet, worker_folds=[]))
+    cfg = small_config(tmp_path, write_sheet)
+    launch = bert_cv.FineTuneJob(cfg, open_study(cfg.study), write=False).write_launch()
+    monkeypatch.setattr(bert_cv, "PartialState", NodeLeader)
+    bert_cv.main(["--config", str(launch), "--folds", ""])
     folder = next((tmp_path / "res").glob("tiny-*/models/bert_tiny-random"))
     recorded = list((folder / "environment").glob("*.json"))
     assert len(recorded) == 1 and json.loads(recorded[0].read_text())["versions"]["torch"] == torch.__version__
