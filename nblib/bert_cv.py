@@ -3,9 +3,9 @@
 From a notebook: ``job = FineTuneJob(config, study)``, then ``job.run_folds([0])`` for one fold and
 ``job.cross_validate()`` for all of them. Several processes are started from here:
 
-- ``parallel="folds"``: one worker process per GPU, each training whole folds on its own GPU
-  (no communication; each fold's result is the same as on one GPU). The default when there are at
-  least as many pending folds as GPUs.
+- ``parallel="folds"``: one worker process per GPU (of ``CUDA_VISIBLE_DEVICES``), each training whole folds
+  on its own GPU (no communication; each fold is the same computation as on one GPU, up to CUDA's
+  nondeterministic kernels). The default when there are at least as many pending folds as GPUs.
 - ``parallel="ddp"``: every fold trained by all GPUs together with DistributedDataParallel
   (``torchrun`` + ``accelerate``; the global batch size stays ``batch_size``).
 
