@@ -5,6 +5,7 @@
 
 Results go to a fresh temporary folder (nothing is resumed), so the times are of a full run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,23 +30,36 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     args = ap.parse_args()
     if not args.data.exists():
-        raise SystemExit(f"benchmark data not found at {args.data}: pass --data with the path of the SMP2020-EWECT sheet")
+        raise SystemExit(
+            f"benchmark data not found at {args.data}: pass --data with the path of the SMP2020-EWECT sheet"
+        )
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        study = open_study(args.data, n_folds=args.folds, results_dir=tmp,
-                           unlabelled_path=str(args.unlabelled) if args.unlabelled.exists() else None)
+        study = open_study(
+            args.data,
+            n_folds=args.folds,
+            results_dir=tmp,
+            unlabelled_path=str(args.unlabelled) if args.unlabelled.exists() else None,
+        )
         start = time.perf_counter()
         suite = baselines.BaselineSuite(study, baselines.BaselineConfig(unit=args.unit))
-        print(f"tokenization ({args.unit}) of {len(study.data.df) + len(study.pool)} texts: "
-              f"{time.perf_counter() - start:.1f} s")
+        print(
+            f"tokenization ({args.unit}) of {len(study.data.df) + len(study.pool)} texts: "
+            f"{time.perf_counter() - start:.1f} s"
+        )
         for name in args.models:
             start = time.perf_counter()
             res = suite.run(name)
             s = metrics.summarize(res.metrics)
-            rows.append({"model": res.name, "wall s": round(time.perf_counter() - start, 1),
-                         "accuracy": f"{s['accuracy mean']:.3f} ± {s['accuracy std']:.3f}",
-                         "macro-F1": f"{s['macro_f1 mean']:.3f} ± {s['macro_f1 std']:.3f}"})
+            rows.append(
+                {
+                    "model": res.name,
+                    "wall s": round(time.perf_counter() - start, 1),
+                    "accuracy": f"{s['accuracy mean']:.3f} ± {s['accuracy std']:.3f}",
+                    "macro-F1": f"{s['macro_f1 mean']:.3f} ± {s['macro_f1 std']:.3f}",
+                }
+            )
             print(rows[-1], flush=True)
     print(pd.DataFrame(rows).to_string(index=False))
 

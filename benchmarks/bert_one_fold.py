@@ -1,11 +1,12 @@
 """One fold of BERT fine-tuning against TF-IDF + LR on the same fold (a quick check with a real encoder).
 
-    .venv/bin/python benchmarks/bert_one_fold.py --model models/e5-small --epochs 2 [--fold 0]
+    .venv/bin/python benchmarks/bert_one_fold.py --data PATH/labelled_8665.xlsx --model models/e5-small --epochs 2 [--fold 0]
 
 Trains on the training folds of fold k only (validation part for the best epoch), predicts fold k, and
 prints both models' scores on it, with an exact McNemar test of the paired difference (same texts).
 Results go to a temporary folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,7 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from nblib import analysis, baselines, bert_cv, data, results
+from nblib import analysis, baselines, bert_cv, results
+from nblib.settings import from_params
+from nblib.study import open_study
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "weibo_emotion" / "labelled_8665.xlsx"
 
@@ -32,25 +35,41 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = bert_cv.FineTuneConfig(data_path=str(args.data), results_dir=tmp, model=args.model, epochs=args.epochs,
-                                     batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr,
-                                     freeze_embeddings=args.freeze_embeddings, max_len=args.max_len, device=args.device,
-                                     train_final=False, save_fold_models=False, worker_folds=[args.fold])
+        cfg = from_params(
+            bert_cv.FineTuneConfig,
+            dict(
+                data_path=str(args.data),
+                unlabelled_path=None,
+                results_dir=tmp,
+                model=args.model,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                head_lr=args.head_lr,
+                freeze_embeddings=args.freeze_embeddings,
+                max_len=args.max_len,
+                device=args.device,
+                train_final=False,
+                save_fold_models=False,
+            ),
+        )
+        study = open_study(cfg.study)
         start = time.perf_counter()
-        bert_cv.run_in_process(cfg)
+        bert_cv.FineTuneJob(cfg, study).run_folds([args.fold])
         seconds = time.perf_counter() - start
-        labelled = data.load_labelled(args.data)
-        folds = data.load_or_make_folds(labelled, tmp)
-        baselines.BaselineSuite(labelled, folds, baselines.BaselineConfig(), tmp).run("lr_tfidf_char")
-        study = data.study_dir(tmp, labelled) / "models"
-        b, lr = (results.read_folds(study / name, [args.fold]) for name in (cfg.name, "lr_tfidf_char"))
+        baselines.BaselineSuite(study, baselines.BaselineConfig()).run("lr_tfidf_char")
+        b, lr = (results.read_folds(study.run_folder(name).path, [args.fold]) for name in (cfg.name, "lr_tfidf_char"))
         test = analysis.mcnemar(lr, b)
         b, lr = b.metrics.iloc[0], lr.metrics.iloc[0]
-    print(f"fold {args.fold}: {cfg.name} ({args.epochs} epochs, best {b['best_epoch']}, {seconds:.0f} s): "
-          f"accuracy {b['accuracy']:.3f}, macro-F1 {b['macro_f1']:.3f}")
+    print(
+        f"fold {args.fold}: {cfg.name} ({args.epochs} epochs, best {b['best_epoch']}, {seconds:.0f} s): "
+        f"accuracy {b['accuracy']:.3f}, macro-F1 {b['macro_f1']:.3f}"
+    )
     print(f"fold {args.fold}: TF-IDF char 1-3-grams + LR: accuracy {lr['accuracy']:.3f}, macro-F1 {lr['macro_f1']:.3f}")
-    print(f"paired: only TF-IDF right on {test['only lr_tfidf_char right']} texts, only {cfg.name} right on "
-          f"{test['only this model right']}; exact McNemar p = {test['p-value (exact McNemar)']:.2g}")
+    print(
+        f"paired: only TF-IDF right on {test['only lr_tfidf_char right']} texts, only {cfg.name} right on "
+        f"{test['only this model right']}; exact McNemar p = {test['p-value (exact McNemar)']:.2g}"
+    )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ Same model weights, same texts, same batch size, same machine, one run:
   (default as in 03_bert_cv: bf16 on GPUs of compute capability 8 or more, fp16 on older ones, fp32 on CPU);
 - with ``--freeze-embeddings`` also nblib with the input word embeddings fixed (``freeze_embeddings=True``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,15 +67,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--max-len", type=int, default=128, help="truncation of the nblib path (the original pads to 100)")
     ap.add_argument("--cpu", action="store_true")
-    ap.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                    help="of the nblib path; auto: bf16 on GPUs of compute capability >= 8, fp16 below, fp32 on CPU")
+    ap.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default="auto",
+        help="of the nblib path; auto: bf16 on GPUs of compute capability >= 8, fp16 below, fp32 on CPU",
+    )
     ap.add_argument("--freeze-embeddings", action="store_true", help="also time nblib with frozen word embeddings")
     args = ap.parse_args(argv)
 
     labelled = data.load_labelled(args.data)
     with tempfile.TemporaryDirectory() as tmp:
-        source = (bert.resolve_model(args.model) if args.model else
-                  str(bert.build_tiny_encoder(labelled.texts, Path(tmp) / "enc", hidden=256, layers=4, heads=4)))
+        source = (
+            bert.resolve_model(args.model)
+            if args.model
+            else str(bert.build_tiny_encoder(labelled.texts, Path(tmp) / "enc", hidden=256, layers=4, heads=4))
+        )
         tok = bert.load_tokenizer(source)
         gpu = torch.cuda.is_available() and not args.cpu
         precision = args.precision if args.precision != "auto" else bert.gpu_precision() if gpu else "fp32"
@@ -100,8 +108,10 @@ def main(argv: list[str] | None = None) -> None:
             accelerator.free_memory()
             del model, optimizer
     device = torch.cuda.get_device_name(0) if gpu else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"model: {args.model or 'random BERT 4x256'}; device: {device}; batch {args.batch_size}; {args.steps} steps; "
-          f"nblib precision: {precision}")
+    print(
+        f"model: {args.model or 'random BERT 4x256'}; device: {device}; batch {args.batch_size}; {args.steps} steps; "
+        f"nblib precision: {precision}"
+    )
     for name, v in results.items():
         gain = "" if name == "original" else f"   {v / results['original']:.2f}x the original"
         print(f"  {name:25s} {v:8.1f} texts/s{gain}")

@@ -6,6 +6,7 @@
 
 Length-sorted batches with dynamic padding, as ``python -m nblib.predict`` runs them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,17 +32,24 @@ def main() -> None:
     args = ap.parse_args()
     texts = data.load_unlabelled(args.texts)["text"].tolist()[: args.n]
     with tempfile.TemporaryDirectory() as tmp:
-        source = (bert.resolve_model(args.model) if args.model else
-                  str(bert.build_tiny_encoder(texts, Path(tmp) / "enc", hidden=256, layers=4, heads=4)))
-        saved = bert.save_checkpoint(bert.load_classifier(source, ["a", "b", "c", "d"]), bert.load_tokenizer(source),
-                                     Path(tmp) / "model")
+        source = (
+            bert.resolve_model(args.model)
+            if args.model
+            else str(bert.build_tiny_encoder(texts, Path(tmp) / "enc", hidden=256, layers=4, heads=4))
+        )
+        saved = bert.save_checkpoint(
+            bert.load_classifier(source, ["a", "b", "c", "d"]), bert.load_tokenizer(source), Path(tmp) / "model"
+        )
         model, tok = predict.load_model(saved)
         predict.predict_texts(model, tok, texts[:64], args.batch_size, device=args.device, progress=False)  # warm-up
         start = time.perf_counter()
         predict.predict_texts(model, tok, texts, args.batch_size, device=args.device)
         seconds = time.perf_counter() - start
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() and args.device != "cpu" else \
-        f"CPU ({torch.get_num_threads()} threads)"
+    device = (
+        torch.cuda.get_device_name(0)
+        if torch.cuda.is_available() and args.device != "cpu"
+        else f"CPU ({torch.get_num_threads()} threads)"
+    )
     print(f"model: {args.model or 'random BERT 4x256'}; device: {device}; batch {args.batch_size}")
     print(f"{len(texts)} texts in {seconds:.1f} s: {len(texts) / seconds:.0f} texts/s")
 

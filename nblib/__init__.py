@@ -1,4 +1,5 @@
 """nblib: the helper library behind the notebook series (data, features, models, metrics, plots)."""
+
 from __future__ import annotations
 
 import logging

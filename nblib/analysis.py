@@ -3,6 +3,7 @@
 Paired tests (McNemar), bootstrap confidence intervals, accuracy by text length, confident errors,
 disagreements between models, confused class pairs, and label-noise candidates for the annotator.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -33,12 +34,18 @@ def mcnemar(reference: ModelResults, other: ModelResults) -> dict:
     a, b = _correct(reference), _correct(other)
     only_ref, only_other = int((a & ~b).sum()), int((~a & b).sum())
     p = binomtest(only_ref, only_ref + only_other, 0.5).pvalue if only_ref + only_other else 1.0
-    return {"model": other.name, f"only {reference.name} right": only_ref, "only this model right": only_other,
-            "accuracy difference": (a.mean() - b.mean()), "p-value (exact McNemar)": p}
+    return {
+        "model": other.name,
+        f"only {reference.name} right": only_ref,
+        "only this model right": only_other,
+        "accuracy difference": (a.mean() - b.mean()),
+        "p-value (exact McNemar)": p,
+    }
 
 
-def bootstrap_ci(results: dict[str, ModelResults], n_boot: int = 1000, level: float = 0.95,
-                 seed: int = 0) -> pd.DataFrame:
+def bootstrap_ci(
+    results: dict[str, ModelResults], n_boot: int = 1000, level: float = 0.95, seed: int = 0
+) -> pd.DataFrame:
     """Percentile bootstrap intervals of accuracy and macro-F1, resampling the same texts for every model.
 
     Args:
@@ -60,15 +67,21 @@ def bootstrap_ci(results: dict[str, ModelResults], n_boot: int = 1000, level: fl
         y, p = res.predictions["gold"].to_numpy(), res.predictions["pred"].to_numpy()
         acc = np.array([accuracy_score(y[i], p[i]) for i in idx])
         f1 = np.array([f1_score(y[i], p[i], labels=range(k), average="macro", zero_division=0) for i in idx])
-        rows.append({"model": name, "accuracy": accuracy_score(y, p),
-                     "accuracy CI": f"[{np.quantile(acc, lo):.3f}, {np.quantile(acc, hi):.3f}]",
-                     "macro_f1": f1_score(y, p, labels=range(k), average="macro", zero_division=0),
-                     "macro_f1 CI": f"[{np.quantile(f1, lo):.3f}, {np.quantile(f1, hi):.3f}]"})
+        rows.append(
+            {
+                "model": name,
+                "accuracy": accuracy_score(y, p),
+                "accuracy CI": f"[{np.quantile(acc, lo):.3f}, {np.quantile(acc, hi):.3f}]",
+                "macro_f1": f1_score(y, p, labels=range(k), average="macro", zero_division=0),
+                "macro_f1 CI": f"[{np.quantile(f1, lo):.3f}, {np.quantile(f1, hi):.3f}]",
+            }
+        )
     return pd.DataFrame(rows).set_index("model").sort_values("macro_f1", ascending=False)
 
 
-def accuracy_by_length(results: dict[str, ModelResults],
-                       edges: Sequence[int] = (0, 10, 20, 40, 80, 10_000)) -> pd.DataFrame:
+def accuracy_by_length(
+    results: dict[str, ModelResults], edges: Sequence[int] = (0, 10, 20, 40, 80, 10_000)
+) -> pd.DataFrame:
     """Accuracy of each model per bucket of text length in characters (long form: bucket, model, accuracy, texts).
 
     Args:
@@ -115,8 +128,9 @@ def disagreements(a: ModelResults, b: ModelResults, label_names: Sequence[str], 
         Columns ``row``, ``text``, ``gold (= <b's name>)``, ``<a's name> says``.
     """
     mask = ~_correct(a) & _correct(b)
-    table = a.predictions.assign(**{f"{a.name} says": [label_names[i] for i in a.predictions["pred"]],
-                                    "confidence of b": b.probs.max(axis=1)})[mask]
+    table = a.predictions.assign(
+        **{f"{a.name} says": [label_names[i] for i in a.predictions["pred"]], "confidence of b": b.probs.max(axis=1)}
+    )[mask]
     table = _named(table, label_names).nlargest(top, "confidence of b")
     return table[["row", "text", "gold", f"{a.name} says"]].rename(columns={"gold": f"gold (= {b.name})"})
 
@@ -135,14 +149,22 @@ def confused_pairs(res: ModelResults, label_names: Sequence[str], top: int = 5, 
     """
     pred = res.predictions[res.predictions["gold"] != res.predictions["pred"]]
     counts = pred.groupby(["gold", "pred"]).size().nlargest(top)
-    return pd.DataFrame([{"gold": label_names[g], "predicted": label_names[p], "texts": int(n),
-                          "examples": " ｜ ".join(
-                              pred[(pred["gold"] == g) & (pred["pred"] == p)]["text"].head(examples))}
-                         for (g, p), n in counts.items()])
+    return pd.DataFrame(
+        [
+            {
+                "gold": label_names[g],
+                "predicted": label_names[p],
+                "texts": int(n),
+                "examples": " ｜ ".join(pred[(pred["gold"] == g) & (pred["pred"] == p)]["text"].head(examples)),
+            }
+            for (g, p), n in counts.items()
+        ]
+    )
 
 
-def label_noise_candidates(results: dict[str, ModelResults], label_names: Sequence[str],
-                           min_confidence: float = 0.7) -> pd.DataFrame:
+def label_noise_candidates(
+    results: dict[str, ModelResults], label_names: Sequence[str], min_confidence: float = 0.7
+) -> pd.DataFrame:
     """Texts whose gold label every model rejects, all agreeing on one other label with at least ``min_confidence``.
 
     Args:
@@ -159,11 +181,11 @@ def label_noise_candidates(results: dict[str, ModelResults], label_names: Sequen
     gold = any_res.predictions["gold"].to_numpy()
     agree = (preds == preds[0]).all(axis=0) & (preds[0] != gold) & (conf >= min_confidence).all(axis=0)
     table = any_res.predictions.loc[agree, ["row", "text", "gold"]].assign(
-        predicted=[label_names[i] for i in preds[0][agree]], confidence=conf.mean(axis=0)[agree].round(3))
+        predicted=[label_names[i] for i in preds[0][agree]], confidence=conf.mean(axis=0)[agree].round(3)
+    )
     table["gold"] = [label_names[i] for i in table["gold"]]
     return table.sort_values("confidence", ascending=False).reset_index(drop=True)
 
 
 def _named(table: pd.DataFrame, label_names: Sequence[str]) -> pd.DataFrame:
-    return table.assign(gold=[label_names[i] for i in table["gold"]],
-                        predicted=[label_names[i] for i in table["pred"]])
+    return table.assign(gold=[label_names[i] for i in table["gold"]], predicted=[label_names[i] for i in table["pred"]])

@@ -3,13 +3,14 @@
 Every model is trained from scratch for each fold on the training part, early-stopped on a
 validation part taken from the training folds, and asked once for the test fold's probabilities.
 """
+
 from __future__ import annotations
 
 import copy
 import json
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -21,8 +22,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_sequence
 from torch.utils.data import DataLoader
 
-from . import features
-from . import settings
+from . import features, settings
 from .cv import FoldOutput, run_folds
 from .folds import FoldSplit
 from .metrics import improves, validation_scores
@@ -53,8 +53,8 @@ def model_list(models: str | Iterable[str]) -> list[str]:
 class BaselineConfig:
     """Every setting of the baselines (the notebook's parameters), written to each model's config.json."""
 
-    unit: Unit = "word"            # text units for the bags, word2vec and the LSTM: "char" or "word" (jieba)
-    min_df: int = 2                # a unit must occur in this many training texts to enter a bag
+    unit: Unit = "word"  # text units for the bags, word2vec and the LSTM: "char" or "word" (jieba)
+    min_df: int = 2  # a unit must occur in this many training texts to enter a bag
     max_features: int = 20000
     w2v_dim: int = 100
     w2v_window: int = 5
@@ -62,19 +62,20 @@ class BaselineConfig:
     w2v_min_count: int = 2
     mlp_hidden: int = 256
     lstm_hidden: int = 64
-    max_len: int = 128             # units per text for the LSTM
+    max_len: int = 128  # units per text for the LSTM
     dropout: float = 0.3
-    epochs: int = 20               # upper bound; early stopping on the validation part decides
+    epochs: int = 20  # upper bound; early stopping on the validation part decides
     patience: int = 2
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    lr_C: float = 10.0             # inverse regularisation of the logistic regression
-    ngram_max: int = 3             # character n-grams 1..ngram_max for TF-IDF + LR
+    lr_C: float = 10.0  # inverse regularisation of the logistic regression
+    ngram_max: int = 3  # character n-grams 1..ngram_max for TF-IDF + LR
     selection: ModelSelection = field(default_factory=ModelSelection)
 
 
 # --- models ---------------------------------------------------------------------------------------
+
 
 class MLP(nn.Module):
     """One hidden layer; accepts dense or sparse (COO) input."""
@@ -92,8 +93,15 @@ class MLP(nn.Module):
 class LSTMClassifier(nn.Module):
     """Embedding → BiLSTM (packed, so padding is ignored) → mean and max pooling over real units → linear."""
 
-    def __init__(self, vocab_size: int, emb_dim: int, hidden: int, num_labels: int, dropout: float,
-                 pretrained: np.ndarray | None = None):
+    def __init__(
+        self,
+        vocab_size: int,
+        emb_dim: int,
+        hidden: int,
+        num_labels: int,
+        dropout: float,
+        pretrained: np.ndarray | None = None,
+    ):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, emb_dim, padding_idx=features.PAD)
         if pretrained is not None:
@@ -103,8 +111,9 @@ class LSTMClassifier(nn.Module):
         self.out = nn.Linear(4 * hidden, num_labels)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        packed = pack_padded_sequence(self.dropout(self.embedding(ids)), lengths.cpu(), batch_first=True,
-                                      enforce_sorted=False)
+        packed = pack_padded_sequence(
+            self.dropout(self.embedding(ids)), lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
         out, _ = self.lstm(packed)
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
         mask = (ids != features.PAD).unsqueeze(-1)
@@ -115,13 +124,20 @@ class LSTMClassifier(nn.Module):
 
 # --- batching -------------------------------------------------------------------------------------
 
+
 def _loader(n: int, collate: Callable, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
-    return DataLoader(range(n), batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
-                      generator=torch.Generator().manual_seed(seed))
+    return DataLoader(
+        range(n),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
-def matrix_loader(x: np.ndarray | sp.spmatrix, y: np.ndarray, batch_size: int, shuffle: bool = False,
-                  seed: int = 0) -> DataLoader:
+def matrix_loader(
+    x: np.ndarray | sp.spmatrix, y: np.ndarray, batch_size: int, shuffle: bool = False, seed: int = 0
+) -> DataLoader:
     """Batches ((features,), labels) from a dense array or a sparse matrix (sent as sparse tensors)."""
     x = x.tocsr() if sp.issparse(x) else np.asarray(x, dtype=np.float32)
 
@@ -130,8 +146,9 @@ def matrix_loader(x: np.ndarray | sp.spmatrix, y: np.ndarray, batch_size: int, s
         if sp.issparse(part):
             coo = part.tocoo()
             indices = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
-            t = torch.sparse_coo_tensor(indices, torch.from_numpy(coo.data.astype(np.float32)), coo.shape,
-                                        check_invariants=False)  # scipy already made them valid
+            t = torch.sparse_coo_tensor(
+                indices, torch.from_numpy(coo.data.astype(np.float32)), coo.shape, check_invariants=False
+            )  # scipy already made them valid
         else:
             t = torch.from_numpy(part)
         return (t,), torch.as_tensor(y[idx], dtype=torch.long)
@@ -139,8 +156,9 @@ def matrix_loader(x: np.ndarray | sp.spmatrix, y: np.ndarray, batch_size: int, s
     return _loader(len(y), collate, batch_size, shuffle, seed)
 
 
-def sequence_loader(seqs: list[list[int]], y: np.ndarray, batch_size: int, shuffle: bool = False,
-                    seed: int = 0) -> DataLoader:
+def sequence_loader(
+    seqs: list[list[int]], y: np.ndarray, batch_size: int, shuffle: bool = False, seed: int = 0
+) -> DataLoader:
     """Batches ((ids, lengths), labels), each batch padded only to its own longest text."""
 
     def collate(idx: list[int]):
@@ -152,6 +170,7 @@ def sequence_loader(seqs: list[list[int]], y: np.ndarray, batch_size: int, shuff
 
 # --- training -------------------------------------------------------------------------------------
 
+
 @torch.no_grad()
 def predict_proba(model: nn.Module, batches: Iterable) -> np.ndarray:
     """Class probabilities for every batch, in order."""
@@ -159,9 +178,17 @@ def predict_proba(model: nn.Module, batches: Iterable) -> np.ndarray:
     return torch.cat([torch.softmax(model(*inputs), -1) for inputs, _ in batches]).numpy()
 
 
-def train_early_stopping(model: nn.Module, train: DataLoader, val: DataLoader, y_val: np.ndarray, epochs: int,
-                         lr: float, weight_decay: float, patience: int,
-                         select_on: SelectOn) -> tuple[nn.Module, pd.DataFrame, int]:
+def train_early_stopping(
+    model: nn.Module,
+    train: DataLoader,
+    val: DataLoader,
+    y_val: np.ndarray,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    patience: int,
+    select_on: SelectOn,
+) -> tuple[nn.Module, pd.DataFrame, int]:
     """AdamW training, scoring the validation part after each epoch and keeping the best epoch's weights.
 
     Args:
@@ -202,6 +229,7 @@ def train_early_stopping(model: nn.Module, train: DataLoader, val: DataLoader, y
 
 # --- one fold of each kind of model ---------------------------------------------------------------
 
+
 @dataclass
 class FoldModel:
     """A fresh model for one fold, a function that makes its batches for given text indices, and extras."""
@@ -216,8 +244,8 @@ class BaselineSuite:
 
     def __init__(self, study: Study, config: BaselineConfig):
         """Args:
-            study: the study (data, folds, unlabelled pool for word2vec).
-            config: every baseline setting.
+        study: the study (data, folds, unlabelled pool for word2vec).
+        config: every baseline setting.
         """
         self.study, self.data, self.cfg = study, study.data, config
         self.tokens = tokenize_all(self.data.texts, config.unit)
@@ -229,10 +257,21 @@ class BaselineSuite:
         """word2vec trained once on the labelled texts plus the unlabelled pool (texts only, no labels)."""
         if self._wv is None:
             c = self.cfg
-            self._wv = features.train_word2vec(self.tokens + self.unlabelled_tokens, c.w2v_dim, c.w2v_window,
-                                               c.w2v_min_count, c.w2v_epochs, self.study.settings.seed)
-            log.info("word2vec: %d %s units, trained on %d texts (%d unlabelled).", len(self._wv), c.unit,
-                     len(self.tokens) + len(self.unlabelled_tokens), len(self.unlabelled_tokens))
+            self._wv = features.train_word2vec(
+                self.tokens + self.unlabelled_tokens,
+                c.w2v_dim,
+                c.w2v_window,
+                c.w2v_min_count,
+                c.w2v_epochs,
+                self.study.settings.seed,
+            )
+            log.info(
+                "word2vec: %d %s units, trained on %d texts (%d unlabelled).",
+                len(self._wv),
+                c.unit,
+                len(self.tokens) + len(self.unlabelled_tokens),
+                len(self.unlabelled_tokens),
+            )
         return self._wv
 
     def run(self, name: str) -> ModelResults:
@@ -275,8 +314,16 @@ class BaselineSuite:
             c, y = self.cfg, self.data.labels
             built = self.build(name, split)
             model, history, best = train_early_stopping(
-                built.model, built.batches(split.train, True), built.batches(split.val, False), y[split.val],
-                c.epochs, c.lr, c.weight_decay, c.patience, c.selection.select_on)
+                built.model,
+                built.batches(split.train, True),
+                built.batches(split.val, False),
+                y[split.val],
+                c.epochs,
+                c.lr,
+                c.weight_decay,
+                c.patience,
+                c.selection.select_on,
+            )
             probs = predict_proba(model, built.batches(split.test, False))
             return FoldOutput(probs, {**built.extra, "best_epoch": best, "epochs_run": len(history)}, history)
 
@@ -311,8 +358,11 @@ class BaselineSuite:
         if name.startswith("mlp_"):
             x, columns = self.feature_matrix(name.removeprefix("mlp_"), split)
             model = MLP(x.shape[1], c.mlp_hidden, k, c.dropout)
-            return FoldModel(model, lambda idx, shuffle: matrix_loader(x[idx], y[idx], c.batch_size, shuffle, split.seed),
-                             {"features": len(columns)})
+            return FoldModel(
+                model,
+                lambda idx, shuffle: matrix_loader(x[idx], y[idx], c.batch_size, shuffle, split.seed),
+                {"features": len(columns)},
+            )
         vocab = features.Vocab([self.tokens[i] for i in split.train], min_count=1, max_size=c.max_features)
         seqs = vocab.encode(self.tokens, c.max_len)
         extra = {"vocab": len(vocab)}
@@ -320,5 +370,8 @@ class BaselineSuite:
         if name == "lstm_word2vec":
             pretrained, extra["word2vec_coverage"] = vocab.embedding_matrix(self.word2vec, split.seed)
         model = LSTMClassifier(len(vocab), c.w2v_dim, c.lstm_hidden, k, c.dropout, pretrained)
-        return FoldModel(model, lambda idx, shuffle: sequence_loader([seqs[i] for i in idx], y[idx], c.batch_size,
-                                                                     shuffle, split.seed), extra)
+        return FoldModel(
+            model,
+            lambda idx, shuffle: sequence_loader([seqs[i] for i in idx], y[idx], c.batch_size, shuffle, split.seed),
+            extra,
+        )

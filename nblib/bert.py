@@ -5,6 +5,7 @@ masks, dynamic padding of length-grouped batches, ``torch.optim.AdamW`` with lin
 no weight decay on biases and LayerNorm, best epoch chosen on a validation part of the training folds,
 and checkpoints written with ``save_pretrained`` (safetensors) that reload into a plain model.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -13,9 +14,9 @@ import gc
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -23,9 +24,18 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertModel,
-                          BertTokenizer, DataCollatorWithPadding, PreTrainedModel, PreTrainedTokenizerBase,
-                          get_linear_schedule_with_warmup)
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertModel,
+    BertTokenizer,
+    DataCollatorWithPadding,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    get_linear_schedule_with_warmup,
+)
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.utils import logging as hf_logging
 
@@ -44,6 +54,7 @@ class ModelNotAvailableError(RuntimeError):
 
 # --- finding and building encoders ------------------------------------------------------------------
 
+
 def resolve_model(model: str) -> str:
     """Return a loadable source for ``model`` (a local folder, or a hub id found in the cache or online).
 
@@ -53,8 +64,10 @@ def resolve_model(model: str) -> str:
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
-            raise ModelNotAvailableError(f"{path} is a folder but holds no config.json: it is not a saved "
-                                         f"Hugging Face model. Pass the folder that save_pretrained() wrote.")
+            raise ModelNotAvailableError(
+                f"{path} is a folder but holds no config.json: it is not a saved "
+                f"Hugging Face model. Pass the folder that save_pretrained() wrote."
+            )
         return str(path)
     if model.startswith((".", "/", "~")) or os.sep in model and not _looks_like_hub_id(model):
         raise ModelNotAvailableError(f"Model folder {path.resolve()} does not exist.")
@@ -68,11 +81,12 @@ def resolve_model(model: str) -> str:
     raise ModelNotAvailableError(
         f"Model '{model}' is not a local folder and could not be loaded from the Hugging Face cache or hub "
         f"(no internet here?). On a machine with internet run:\n"
-        f"    python -c \"from transformers import AutoModel, AutoTokenizer; "
+        f'    python -c "from transformers import AutoModel, AutoTokenizer; '
         f"AutoTokenizer.from_pretrained('{model}').save_pretrained('{Path(model).name}'); "
         f"AutoModel.from_pretrained('{model}').save_pretrained('{Path(model).name}')\"\n"
         f"(or: hf download {model} --local-dir {Path(model).name}), copy the folder '{Path(model).name}' to this "
-        f"machine and pass its path as the model (e.g. -p model /data/models/{Path(model).name}).")
+        f"machine and pass its path as the model (e.g. -p model /data/models/{Path(model).name})."
+    )
 
 
 def _looks_like_hub_id(model: str) -> bool:
@@ -80,8 +94,15 @@ def _looks_like_hub_id(model: str) -> bool:
     return len(parts) == 2 and all(parts) and not model.startswith((".", "/", "~"))
 
 
-def build_tiny_encoder(texts: Sequence[str], out_dir: str | Path, hidden: int = 64, layers: int = 2,
-                       heads: int = 2, max_positions: int = 512, seed: int = 0) -> Path:
+def build_tiny_encoder(
+    texts: Sequence[str],
+    out_dir: str | Path,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 2,
+    max_positions: int = 512,
+    seed: int = 0,
+) -> Path:
     """A small randomly initialised BERT with a character vocabulary built from ``texts``.
 
     For tests and smoke runs where no pretrained model is available; its scores say nothing about BERT.
@@ -94,8 +115,14 @@ def build_tiny_encoder(texts: Sequence[str], out_dir: str | Path, hidden: int = 
     tokenizer = BertTokenizer(vocab=str(out_dir / "vocab.txt"))
     tokenizer.save_pretrained(out_dir)
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=max_positions)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=max_positions,
+    )
     BertModel(config).save_pretrained(out_dir)
     return out_dir
 
@@ -111,8 +138,12 @@ def load_classifier_and_new(source: str, label_names: Sequence[str]) -> tuple[Pr
     hf_logging.set_verbosity_error()  # the "newly initialized: classifier" notice, expected for every fold
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=len(label_names), id2label=dict(enumerate(label_names)),
-            label2id={n: i for i, n in enumerate(label_names)}, output_loading_info=True)
+            source,
+            num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)),
+            label2id={n: i for i, n in enumerate(label_names)},
+            output_loading_info=True,
+        )
     finally:
         hf_logging.set_verbosity(level)
     return model, set(info["missing_keys"])
@@ -131,7 +162,9 @@ def encoder_checksum(model: PreTrainedModel, new: set[str] = frozenset()) -> flo
     """
     prefix = model.base_model_prefix + "."
     with torch.no_grad():
-        return float(sum(p.double().sum() for n, p in model.named_parameters() if n.startswith(prefix) and n not in new))
+        return float(
+            sum(p.double().sum() for n, p in model.named_parameters() if n.startswith(prefix) and n not in new)
+        )
 
 
 # --- data -------------------------------------------------------------------------------------------
@@ -147,17 +180,29 @@ class Encoded(torch.utils.data.Dataset):
     ``truncated`` marks the cut texts; their number is logged.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_len: int,
-                 labels: Sequence[int] | None = None, truncation: str = "head"):
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        texts: Sequence[str],
+        max_len: int,
+        labels: Sequence[int] | None = None,
+        truncation: str = "head",
+    ):
         if truncation not in TRUNCATIONS:
             raise ValueError(f"truncation={truncation!r}: choose one of {TRUNCATIONS}.")
         texts = list(texts)
         room = max_len - tokenizer.num_special_tokens_to_add()
-        self.truncated = np.array([len(i) > room for i in tokenizer(texts, add_special_tokens=False,
-                                                                    verbose=False)["input_ids"]], dtype=bool)
+        self.truncated = np.array(
+            [len(i) > room for i in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]], dtype=bool
+        )
         if self.truncated.any():
-            log.info("%d of %d texts are longer than max_len=%d tokens and were cut (truncation=%s).",
-                     self.truncated.sum(), len(texts), max_len, truncation)
+            log.info(
+                "%d of %d texts are longer than max_len=%d tokens and were cut (truncation=%s).",
+                self.truncated.sum(),
+                len(texts),
+                max_len,
+                truncation,
+            )
             if truncation == "head+tail":
                 texts = [_head_and_tail(tokenizer, t, room) if cut else t for t, cut in zip(texts, self.truncated)]
         enc = tokenizer(texts, truncation=True, max_length=max_len)
@@ -173,7 +218,7 @@ class Encoded(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         return self.items[i]
 
-    def subset(self, index: Sequence[int]) -> "Encoded":
+    def subset(self, index: Sequence[int]) -> Encoded:
         """The texts at ``index``, renumbered 0..len-1 (``evaluate`` returns rows in this order)."""
         out = copy.copy(self)
         out.items = [self.items[i] | {"idx": j} for j, i in enumerate(index)]
@@ -186,7 +231,7 @@ def _head_and_tail(tokenizer: PreTrainedTokenizerBase, text: str, room: int) -> 
     """The text of its first ``room / 2`` (rounded up) and its last ``room / 2`` tokens, joined by a space."""
     offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     head, tail = (room + 1) // 2, room // 2
-    return (text[:offsets[head - 1][1]] if head > 0 else "") + " " + (text[offsets[-tail][0]:] if tail > 0 else "")
+    return (text[: offsets[head - 1][1]] if head > 0 else "") + " " + (text[offsets[-tail][0] :] if tail > 0 else "")
 
 
 def train_loader(ds: Encoded, collator, batch_size: int, seed: int) -> DataLoader:
@@ -207,7 +252,9 @@ def make_collator(tokenizer: PreTrainedTokenizerBase, accelerator: Accelerator) 
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator, desc: str | None = None) -> np.ndarray:
+def evaluate(
+    model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator, desc: str | None = None
+) -> np.ndarray:
     """Logits for every example of ``loader``, in dataset order (gathered across processes)."""
     model.eval()
     idx_all, logits_all = [], []
@@ -231,6 +278,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 # --- training -----------------------------------------------------------------------------------------
 
+
 def gpu_precision(device: torch.device | int | None = None) -> str:
     """Mixed precision for a CUDA device: bf16 from compute capability 8 (Ampere) on, else fp16 with loss scaling.
 
@@ -244,9 +292,11 @@ def per_device_batch(batch_size: int, processes: int, grad_accum: int) -> int:
     """Texts per device and forward pass, so that one optimizer step sees exactly ``batch_size`` texts."""
     share = processes * grad_accum
     if batch_size % share:
-        raise ValueError(f"batch_size {batch_size} is not a multiple of processes × grad_accum ({processes} × "
-                         f"{grad_accum} = {share}): the global batch would not be {batch_size}. Choose a batch_size "
-                         f"divisible by {share}.")
+        raise ValueError(
+            f"batch_size {batch_size} is not a multiple of processes × grad_accum ({processes} × "
+            f"{grad_accum} = {share}): the global batch would not be {batch_size}. Choose a batch_size "
+            f"divisible by {share}."
+        )
     return batch_size // share
 
 
@@ -255,28 +305,34 @@ class TrainSettings:
     """How each fold's model is fine-tuned (03_bert_cv's parameters of the same names)."""
 
     epochs: int = 4
-    batch_size: int = 32           # texts per optimizer step, over all processes and accumulation steps
+    batch_size: int = 32  # texts per optimizer step, over all processes and accumulation steps
     lr: float = 2e-5
-    head_lr: float | None = None   # learning rate of the new head (and of a pooler the checkpoint lacks); None: lr
+    head_lr: float | None = None  # learning rate of the new head (and of a pooler the checkpoint lacks); None: lr
     freeze_embeddings: bool = False  # keep the input word embeddings fixed: 1.6x faster CPU steps for e5-small
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
-    grad_accum: int = runtime(1)   # micro-batches per step (same effective batch): memory, not results
+    grad_accum: int = runtime(1)  # micro-batches per step (same effective batch): memory, not results
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float, new: set[str] = frozenset(),
-                 head_lr: float | None = None) -> list[dict]:
+def param_groups(
+    model: torch.nn.Module, weight_decay: float, new: set[str] = frozenset(), head_lr: float | None = None
+) -> list[dict]:
     """AdamW groups: weight decay on weight matrices, none on biases and LayerNorm weights (1-d tensors);
     parameters named in ``new`` get ``head_lr`` when it is given."""
     groups = []
     for is_new in (False, True):
         for decayed in (True, False):
-            params = [p for n, p in model.named_parameters()
-                      if p.requires_grad and (p.ndim >= 2) == decayed and (head_lr is not None and n in new) == is_new]
+            params = [
+                p
+                for n, p in model.named_parameters()
+                if p.requires_grad and (p.ndim >= 2) == decayed and (head_lr is not None and n in new) == is_new
+            ]
             if params:
-                groups.append({"params": params, "weight_decay": weight_decay if decayed else 0.0}
-                              | ({"lr": head_lr} if is_new else {}))
+                groups.append(
+                    {"params": params, "weight_decay": weight_decay if decayed else 0.0}
+                    | ({"lr": head_lr} if is_new else {})
+                )
     return groups
 
 
@@ -285,12 +341,19 @@ class FoldResult:
     test_probs: np.ndarray | None
     history: pd.DataFrame
     best_epoch: int
-    model: PreTrainedModel   # unwrapped, holding the best epoch's weights
+    model: PreTrainedModel  # unwrapped, holding the best epoch's weights
     encoder_checksum: float
 
 
-def train_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler,
-                accelerator: Accelerator, settings: TrainSettings, desc: str = "") -> float:
+def train_epoch(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    accelerator: Accelerator,
+    settings: TrainSettings,
+    desc: str = "",
+) -> float:
     """One pass over the training batches: forward with the attention mask, backward, clip, step; the mean loss.
 
     Args:
@@ -320,9 +383,19 @@ def train_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.opt
     return accelerator.reduce(loss_sum / seen, "mean").item()
 
 
-def fine_tune(source: str, label_names: Sequence[str], train: Encoded, val: Encoded | None, test: Encoded | None,
-              settings: TrainSettings, accelerator: Accelerator, tokenizer: PreTrainedTokenizerBase, seed: int,
-              select_on: SelectOn, desc: str = "") -> FoldResult:
+def fine_tune(
+    source: str,
+    label_names: Sequence[str],
+    train: Encoded,
+    val: Encoded | None,
+    test: Encoded | None,
+    settings: TrainSettings,
+    accelerator: Accelerator,
+    tokenizer: PreTrainedTokenizerBase,
+    seed: int,
+    select_on: SelectOn,
+    desc: str = "",
+) -> FoldResult:
     """Fine-tune a fresh copy of ``source`` on ``train``; keep the epoch with the best validation score.
 
     Without ``val`` (the final model on all data) the last epoch is kept. ``test`` is predicted once, with the
@@ -365,18 +438,30 @@ def fine_tune(source: str, label_names: Sequence[str], train: Encoded, val: Enco
 
     best, best_state, best_epoch, rows = None, None, settings.epochs, []
     for epoch in range(1, settings.epochs + 1):
-        row = {"epoch": epoch, "train_loss": train_epoch(model, train_dl, optimizer, scheduler, accelerator, settings,
-                                                         f"{desc} epoch {epoch}")}
+        row = {
+            "epoch": epoch,
+            "train_loss": train_epoch(
+                model, train_dl, optimizer, scheduler, accelerator, settings, f"{desc} epoch {epoch}"
+            ),
+        }
         if val_dl is not None:
-            scores = validation_scores(np.array([item["labels"] for item in val.items]),
-                                       softmax(evaluate(model, val_dl, accelerator)))
+            scores = validation_scores(
+                np.array([item["labels"] for item in val.items]), softmax(evaluate(model, val_dl, accelerator))
+            )
             row |= scores
             if improves(scores, best, select_on):
                 best, best_epoch = scores, epoch
-                best_state = {k: v.detach().to("cpu", copy=True)
-                              for k, v in accelerator.unwrap_model(model).state_dict().items()}
-            log.info("%s epoch %d: train loss %.4f, val loss %.4f, val macro-F1 %.4f", desc, epoch, row["train_loss"],
-                     row["val_loss"], row["val_macro_f1"])
+                best_state = {
+                    k: v.detach().to("cpu", copy=True) for k, v in accelerator.unwrap_model(model).state_dict().items()
+                }
+            log.info(
+                "%s epoch %d: train loss %.4f, val loss %.4f, val macro-F1 %.4f",
+                desc,
+                epoch,
+                row["train_loss"],
+                row["val_loss"],
+                row["val_macro_f1"],
+            )
         rows.append(row)
     plain = accelerator.unwrap_model(model)
     if best_state is not None:
@@ -398,10 +483,16 @@ def show_batch(batch: dict, tokenizer: PreTrainedTokenizerBase, texts: Sequence[
     rows = []
     for i, idx in enumerate(batch["idx"].tolist()):
         ids, mask = batch["input_ids"][i].tolist(), batch["attention_mask"][i].tolist()
-        rows.append({"text": texts[idx], "label": int(batch["labels"][i]), "length": int(sum(mask)),
-                     "tokens": " ".join(tokenizer.convert_ids_to_tokens(ids[:tokens])),
-                     "input_ids": " ".join(map(str, ids[:tokens])),
-                     "attention_mask": "".join(map(str, mask))})
+        rows.append(
+            {
+                "text": texts[idx],
+                "label": int(batch["labels"][i]),
+                "length": int(sum(mask)),
+                "tokens": " ".join(tokenizer.convert_ids_to_tokens(ids[:tokens])),
+                "input_ids": " ".join(map(str, ids[:tokens])),
+                "attention_mask": "".join(map(str, mask)),
+            }
+        )
     return pd.DataFrame(rows)
 
 

@@ -9,13 +9,14 @@ From a notebook: ``job = FineTuneJob(config, study)``, then ``job.run_folds([0])
 - ``parallel="ddp"``: every fold trained by all GPUs together with DistributedDataParallel
   (``torchrun`` + ``accelerate``; the global batch size stays ``batch_size``).
 
-Across machines (shared filesystem for results): write the run's ``launch.json`` with :meth:`FineTuneJob.write_launch`
+Across machines (shared filesystem for results): write the run's ``launch.json`` with :func:`write_launch`
 (nothing is trained), start the same module with torchrun on every node, then once more with ``--final`` for
 the final model, then rerun the notebook with the same settings to collect the results::
 
     torchrun --nnodes 2 --nproc_per_node 4 --node_rank $RANK --master_addr $HOST --master_port 29500 \\
         -m nblib.bert_cv --config results/<study>/models/<run>/launch.json [--final]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,10 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -42,9 +44,11 @@ from .study import Study, open_study
 
 log = logging.getLogger(__name__)
 
-OOM_ADVICE = ("CUDA ran out of memory at batch size {per_device} per device. Try, in this order: a smaller "
-              "max_len (texts are short; see 01_eda's length table), precision='bf16' or 'fp16', a smaller "
-              "batch_size with grad_accum > 1 (same effective batch), or a smaller model.")
+OOM_ADVICE = (
+    "CUDA ran out of memory at batch size {per_device} per device. Try, in this order: a smaller "
+    "max_len (texts are short; see 01_eda's length table), precision='bf16' or 'fp16', a smaller "
+    "batch_size with grad_accum > 1 (same effective batch), or a smaller model."
+)
 
 
 @dataclass
@@ -56,19 +60,21 @@ class FineTuneConfig:
     """
 
     study: StudySettings = runtime(default_factory=StudySettings)
-    model: str = runtime("bert-base-chinese")   # hub id, local folder, or "tiny-random" (a small random model, for smoke runs)
-    run_name: str | None = runtime(None)        # results folder name; default "bert_<model folder name>"
-    max_len: int = 128                          # tokens per text (longer texts are cut, and counted)
+    model: str = runtime(
+        "bert-base-chinese"
+    )  # hub id, local folder, or "tiny-random" (a small random model, for smoke runs)
+    run_name: str | None = runtime(None)  # results folder name; default "bert_<model folder name>"
+    max_len: int = 128  # tokens per text (longer texts are cut, and counted)
     truncation: Literal["head", "head+tail"] = "head"  # what a cut text keeps
     train: bert.TrainSettings = field(default_factory=bert.TrainSettings)
     selection: ModelSelection = field(default_factory=ModelSelection)
-    train_final: bool = True                    # also train one model on all labelled texts
+    train_final: bool = True  # also train one model on all labelled texts
     precision: Literal["auto", "fp32", "bf16", "fp16"] = runtime("auto")
     device: Literal["auto", "cpu", "cuda"] = runtime("auto")
     num_processes: int | Literal["auto"] = runtime("auto")  # auto: every visible GPU (1 on CPU)
     parallel: Literal["auto", "folds", "ddp"] = runtime("auto")
     save_fold_models: bool = runtime(True)
-    oom_retry: bool = runtime(True)             # on CUDA out-of-memory halve the per-device batch and retry
+    oom_retry: bool = runtime(True)  # on CUDA out-of-memory halve the per-device batch and retry
 
     @property
     def name(self) -> str:
@@ -78,8 +84,10 @@ class FineTuneConfig:
     def use_cpu(self) -> bool:
         """Whether this process trains on the CPU; ``device="cuda"`` where PyTorch sees no GPU is an error."""
         if self.device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("device='cuda', but PyTorch sees no CUDA GPU here (a CPU-only torch build, no driver, "
-                               "or CUDA_VISIBLE_DEVICES empty). Use device='cpu' or 'auto' to train on the CPU.")
+            raise RuntimeError(
+                "device='cuda', but PyTorch sees no CUDA GPU here (a CPU-only torch build, no driver, "
+                "or CUDA_VISIBLE_DEVICES empty). Use device='cpu' or 'auto' to train on the CPU."
+            )
         return self.device == "cpu" or not torch.cuda.is_available()
 
     def resolved_precision(self, device: torch.device | None = None) -> str:
@@ -119,8 +127,9 @@ def _accelerator(cfg: FineTuneConfig) -> Accelerator:
     return Accelerator(cpu=cpu, mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision])
 
 
-def _fine_tune_retrying(cfg: FineTuneConfig, settings: bert.TrainSettings,
-                        **kw) -> tuple[bert.FoldResult, bert.TrainSettings]:
+def _fine_tune_retrying(
+    cfg: FineTuneConfig, settings: bert.TrainSettings, **kw
+) -> tuple[bert.FoldResult, bert.TrainSettings]:
     """fine_tune with a fresh Accelerator, and on CUDA out-of-memory: halve the per-device batch (doubling
     accumulation) and retry. Returns the result and the settings that fitted, for the next folds."""
     while True:
@@ -133,8 +142,13 @@ def _fine_tune_retrying(cfg: FineTuneConfig, settings: bert.TrainSettings,
                 raise RuntimeError(OOM_ADVICE.format(per_device=per_device)) from e
         # out of the except block: the failed try's model is no longer held by the traceback; fine_tune frees it
         settings = replace(settings, grad_accum=settings.grad_accum * 2)
-        log.warning("CUDA out of memory at %d texts per device; retrying this fold with %d and grad_accum=%d "
-                    "(same effective batch).", per_device, per_device // 2, settings.grad_accum)
+        log.warning(
+            "CUDA out of memory at %d texts per device; retrying this fold with %d and grad_accum=%d "
+            "(same effective batch).",
+            per_device,
+            per_device // 2,
+            settings.grad_accum,
+        )
 
 
 def model_source(cfg: FineTuneConfig, study: Study) -> str:
@@ -167,15 +181,18 @@ class FineTuneJob:
         self.source = model_source(config, study)
         self.run = study.open_run(config.name, config.identity(self.source), write=write)
         self.tokenizer = bert.load_tokenizer(self.source)
-        self.encoded = bert.Encoded(self.tokenizer, study.data.texts, config.max_len, study.data.labels,
-                                    truncation=config.truncation)
+        self.encoded = bert.Encoded(
+            self.tokenizer, study.data.texts, config.max_len, study.data.labels, truncation=config.truncation
+        )
         self.settings = config.train  # a batch halved after running out of memory stays halved for later folds
 
     def describe(self) -> str:
         """Where and how this job trains: device, processes, precision, model and results folder."""
         c = self.config
-        return (f"{'CPU' if c.use_cpu() else 'GPU'}, {c.processes()} process(es), precision {c.resolved_precision()}; "
-                f"model {self.source}; results in {self.run.path}")
+        return (
+            f"{'CPU' if c.use_cpu() else 'GPU'}, {c.processes()} process(es), precision {c.resolved_precision()}; "
+            f"model {self.source}; results in {self.run.path}"
+        )
 
     def example_batch(self, split: FoldSplit, size: int = 4) -> dict:
         """The first training batch of a fold as the training loop gets it (token ids, attention mask, labels).
@@ -197,15 +214,27 @@ class FineTuneJob:
         """
         e = self.encoded
         res, self.settings = _fine_tune_retrying(
-            self.config, self.settings, source=self.source, label_names=self.study.data.label_names,
-            tokenizer=self.tokenizer, train=e.subset(split.train), val=e.subset(split.val),
-            test=e.subset(split.test), seed=split.seed, select_on=self.config.selection.select_on,
-            desc=f"fold {split.fold}")
+            self.config,
+            self.settings,
+            source=self.source,
+            label_names=self.study.data.label_names,
+            tokenizer=self.tokenizer,
+            train=e.subset(split.train),
+            val=e.subset(split.val),
+            test=e.subset(split.test),
+            seed=split.seed,
+            select_on=self.config.selection.select_on,
+            desc=f"fold {split.fold}",
+        )
         main = PartialState().is_main_process
         if self.config.save_fold_models and main:
             bert.save_checkpoint(res.model, self.tokenizer, self.run.fold_model_dir(split.fold))
-        extra = {"best_epoch": res.best_epoch, "encoder_checksum": res.encoder_checksum,
-                 "processes": PartialState().num_processes, "precision": self.config.resolved_precision()}
+        extra = {
+            "best_epoch": res.best_epoch,
+            "encoder_checksum": res.encoder_checksum,
+            "processes": PartialState().num_processes,
+            "precision": self.config.resolved_precision(),
+        }
         return cv.FoldOutput(res.test_probs, extra, res.history)
 
     def run_folds(self, which: Sequence[int] | None = None) -> None:
@@ -230,14 +259,27 @@ class FineTuneJob:
         """One model on all labelled texts, for the median of the folds' best epochs; saved in ``final/``."""
         best = self.run.best_epochs()
         epochs = int(np.median(best)) if best else self.settings.epochs
-        res, _ = _fine_tune_retrying(self.config, replace(self.settings, epochs=epochs), source=self.source,
-                                     label_names=self.study.data.label_names, tokenizer=self.tokenizer,
-                                     train=self.encoded, val=None, test=None, seed=self.study.settings.seed,
-                                     select_on=self.config.selection.select_on, desc="final")
+        res, _ = _fine_tune_retrying(
+            self.config,
+            replace(self.settings, epochs=epochs),
+            source=self.source,
+            label_names=self.study.data.label_names,
+            tokenizer=self.tokenizer,
+            train=self.encoded,
+            val=None,
+            test=None,
+            seed=self.study.settings.seed,
+            select_on=self.config.selection.select_on,
+            desc="final",
+        )
         if PartialState().is_main_process:
             out = bert.save_checkpoint(res.model, self.tokenizer, self.run.final_dir)
-            info = {"epochs": epochs, "fold_best_epochs": best, "texts": len(self.encoded),
-                    "history": res.history.to_dict("records")}
+            info = {
+                "epochs": epochs,
+                "fold_best_epochs": best,
+                "texts": len(self.encoded),
+                "history": res.history.to_dict("records"),
+            }
             (out / "training.json").write_text(json.dumps(info, indent=2))
             log.info("Final model (all %d texts, %d epochs) saved to %s", len(self.encoded), epochs, out)
         PartialState().wait_for_everyone()
@@ -259,11 +301,18 @@ class FineTuneJob:
         pending, n_proc = run.pending_folds(), cfg.processes()
         mode = cfg.parallel if cfg.parallel != "auto" else ("folds" if n_proc <= max(1, len(pending)) else "ddp")
         # fail before starting anything; the final model is trained by all processes together
-        bert.per_device_batch(self.settings.batch_size, n_proc if mode == "ddp" or cfg.train_final else 1,
-                              self.settings.grad_accum)
-        log.info("%s: %d pending folds on %s, %d process(es)%s; precision %s.", cfg.name, len(pending),
-                 "CPU" if cfg.use_cpu() else "GPU", n_proc, f", parallel={mode}" if n_proc > 1 else "",
-                 cfg.resolved_precision())
+        bert.per_device_batch(
+            self.settings.batch_size, n_proc if mode == "ddp" or cfg.train_final else 1, self.settings.grad_accum
+        )
+        log.info(
+            "%s: %d pending folds on %s, %d process(es)%s; precision %s.",
+            cfg.name,
+            len(pending),
+            "CPU" if cfg.use_cpu() else "GPU",
+            n_proc,
+            f", parallel={mode}" if n_proc > 1 else "",
+            cfg.resolved_precision(),
+        )
         launch = self.write_launch()
         if pending:
             if n_proc == 1:
@@ -280,20 +329,35 @@ class FineTuneJob:
         return run.finish()
 
 
+def write_launch(config: FineTuneConfig) -> Path:
+    """Write a run's ``launch.json`` without training anything (for torchrun on several machines); return its path.
+
+    Args:
+        config: the run's settings, as 03_bert_cv would use them.
+    """
+    return FineTuneJob(config, open_study(config.study), write=False).write_launch()
+
+
 # --- worker processes -------------------------------------------------------------------------------
+
 
 def _absolute_paths(cfg: FineTuneConfig) -> FineTuneConfig:
     """Data, pool, results, a label-table file and a local model folder as absolute paths: workers may start in
     another folder or on another machine."""
+
     def resolved(path: str) -> str:
         return str(Path(path).expanduser().resolve())
 
     s = cfg.study
     model_dir = Path(cfg.model).expanduser().is_dir()
     table_file = isinstance(s.label_table, str) and Path(s.label_table).expanduser().is_file()
-    study = replace(s, data_path=resolved(s.data_path), results_dir=resolved(s.results_dir),
-                    unlabelled_path=resolved(s.unlabelled_path) if s.unlabelled_path else None,
-                    label_table=resolved(s.label_table) if table_file else s.label_table)
+    study = replace(
+        s,
+        data_path=resolved(s.data_path),
+        results_dir=resolved(s.results_dir),
+        unlabelled_path=resolved(s.unlabelled_path) if s.unlabelled_path else None,
+        label_table=resolved(s.label_table) if table_file else s.label_table,
+    )
     return replace(cfg, study=study, model=resolved(cfg.model) if model_dir else cfg.model)
 
 
@@ -339,8 +403,11 @@ def _run_logged(commands: list[tuple[list[str], dict, Path]]) -> None:
         for cmd, env, log_file in commands:
             log_file.parent.mkdir(parents=True, exist_ok=True)
             logs.append(log_file.open("w"))
-            procs.append(subprocess.Popen(cmd, env=env, stdout=logs[-1], stderr=subprocess.STDOUT,
-                                          preexec_fn=_die_with_this_process()))
+            procs.append(
+                subprocess.Popen(
+                    cmd, env=env, stdout=logs[-1], stderr=subprocess.STDOUT, preexec_fn=_die_with_this_process()
+                )
+            )
         codes = [p.wait() for p in procs]
     finally:
         _stop(procs)
@@ -354,8 +421,17 @@ def _run_logged(commands: list[tuple[list[str], dict, Path]]) -> None:
 
 
 def _launch_torchrun(config_file: Path, n_proc: int, log_file: Path, final: bool = False) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n_proc}",
-           "-m", "nblib.bert_cv", "--config", str(config_file)] + (["--final"] if final else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={n_proc}",
+        "-m",
+        "nblib.bert_cv",
+        "--config",
+        str(config_file),
+    ] + (["--final"] if final else [])
     log.info("DDP over %d processes: %s", n_proc, " ".join(cmd))
     _run_logged([(cmd, dict(os.environ), log_file)])
 
@@ -371,8 +447,10 @@ def _launch_fold_workers(cfg: FineTuneConfig, launch: Path, pending: list[int], 
     """One worker process per GPU (worker i on the i-th GPU this process sees), each training its share of folds."""
     gpus = None if cfg.use_cpu() else _visible_gpus()
     if gpus is not None and n_proc > len(gpus):
-        raise ValueError(f"num_processes={n_proc} with parallel='folds' needs one GPU per process, but {len(gpus)} "
-                         f"are visible (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}).")
+        raise ValueError(
+            f"num_processes={n_proc} with parallel='folds' needs one GPU per process, but {len(gpus)} "
+            f"are visible (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')})."
+        )
     commands = []
     for i in range(n_proc):
         mine = pending[i::n_proc]
@@ -386,8 +464,13 @@ def _launch_fold_workers(cfg: FineTuneConfig, launch: Path, pending: list[int], 
             worker = replace(cfg, device="cuda", precision=cfg.resolved_precision(), num_processes=1)
             config.write_text(json.dumps(to_params(_absolute_paths(worker)), ensure_ascii=False))
         folds = ",".join(map(str, mine))
-        commands.append(([sys.executable, "-m", "nblib.bert_cv", "--config", str(config), "--folds", folds], env,
-                         log_dir / f"worker_{i}.log"))
+        commands.append(
+            (
+                [sys.executable, "-m", "nblib.bert_cv", "--config", str(config), "--folds", folds],
+                env,
+                log_dir / f"worker_{i}.log",
+            )
+        )
         log.info("worker %d: folds %s", i, mine)
     _run_logged(commands)
 

@@ -1,11 +1,12 @@
 """The cross-validation loop shared by every model: split, fit a fresh model, predict the test fold once, save."""
+
 from __future__ import annotations
 
 import logging
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,8 +40,14 @@ class FoldOutput:
     history: pd.DataFrame | None = None
 
 
-def run_folds(study: Study, run: ModelRun, fit_predict: Callable[[FoldSplit], FoldOutput], val_fraction: float,
-              which: Sequence[int] | None = None, save: bool = True) -> None:
+def run_folds(
+    study: Study,
+    run: ModelRun,
+    fit_predict: Callable[[FoldSplit], FoldOutput],
+    val_fraction: float,
+    which: Sequence[int] | None = None,
+    save: bool = True,
+) -> None:
     """Train and test folds of ``run`` one after another, saving each as it finishes.
 
     ``fit_predict`` builds a fresh model for each fold, so nothing learnt on one fold reaches another.

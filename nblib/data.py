@@ -8,14 +8,16 @@ Cleaning is deliberately light: a byte-order mark (U+FEFF) is removed wherever i
 surrounding whitespace is stripped. Emoji, punctuation, hashtags, @-mentions and URLs are kept:
 they carry signal and BERT tokenizers handle them.
 """
+
 from __future__ import annotations
 
 import hashlib
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -51,9 +53,14 @@ class LoadReport:
         """Take over what the reader found: its notes, and the encoding (listed when it was a guess or not UTF-8)."""
         self.encoding = sheet.encoding
         if sheet.encoding not in (None, "utf-8", "utf-8-sig"):
-            self.entries.append({"problem": f"file encoding: {ENCODING_NAMES.get(sheet.encoding, sheet.encoding)}",
-                                 "rows": 0, "action": "decoded; pass encoding= if the texts look garbled",
-                                 "sheet rows": ""})
+            self.entries.append(
+                {
+                    "problem": f"file encoding: {ENCODING_NAMES.get(sheet.encoding, sheet.encoding)}",
+                    "rows": 0,
+                    "action": "decoded; pass encoding= if the texts look garbled",
+                    "sheet rows": "",
+                }
+            )
         for problem, rows, action in sheet.notes:
             self.add(problem, rows, action)
 
@@ -96,14 +103,16 @@ class LabelledData:
     def label_table(self) -> pd.DataFrame:
         """Label id, sheet value, name, description and count: the table a paper shows first."""
         counts = self.df["label"].value_counts().reindex(range(self.num_labels), fill_value=0)
-        return pd.DataFrame({
-            "id": range(self.num_labels),
-            "value in sheet": self.label_values,
-            "name": self.label_names,
-            "description": self.label_descriptions or [""] * self.num_labels,
-            "count": counts.to_numpy(),
-            "share": (counts / counts.sum()).round(3).to_numpy(),
-        })
+        return pd.DataFrame(
+            {
+                "id": range(self.num_labels),
+                "value in sheet": self.label_values,
+                "name": self.label_names,
+                "description": self.label_descriptions or [""] * self.num_labels,
+                "count": counts.to_numpy(),
+                "share": (counts / counts.sum()).round(3).to_numpy(),
+            }
+        )
 
     def fingerprint(self) -> str:
         """A hash of the texts and labels, to tie saved folds and results to this exact data."""
@@ -113,8 +122,9 @@ class LabelledData:
         return h.hexdigest()[:16]
 
 
-def read_table(path: str | Path, sheet: str | int | None = None, header_row: int = 1,
-               encoding: str | None = None) -> pd.DataFrame:
+def read_table(
+    path: str | Path, sheet: str | int | None = None, header_row: int = 1, encoding: str | None = None
+) -> pd.DataFrame:
     """Read an .xlsx/.csv/.tsv file as a table of raw cells (see :func:`nblib.sheets.read_sheet`).
 
     Args:
@@ -200,7 +210,9 @@ def _read_label_table(spec: str | Path | pd.DataFrame | dict | None, data_path: 
     else:
         table = read_table(spec, sheet=LABEL_SHEET if Path(spec).suffix.lower() in (".xlsx", ".xlsm") else None)
     if "Label" not in table.columns or "Name" not in table.columns:
-        raise DataError(f"Label table needs columns 'Label' and 'Name' (optional 'Description'); it has {list(table.columns)}.")
+        raise DataError(
+            f"Label table needs columns 'Label' and 'Name' (optional 'Description'); it has {list(table.columns)}."
+        )
     table = table.dropna(subset=["Label"]).copy()
     table["Label"] = _normalise_labels(table["Label"])
     if table["Label"].duplicated().any():
@@ -259,14 +271,18 @@ def load_labelled(
 
     df = pd.DataFrame({"text": _clean_texts(raw[text_col], report), "label_value": raw[label_col], "row": raw.index})
     no_label = df["label_value"].isna() | (df["label_value"].astype(str).str.strip() == "")
-    report.add("label is missing", df.loc[no_label & df["text"].notna(), "row"], "dropped (load them as unlabelled instead)")
+    report.add(
+        "label is missing", df.loc[no_label & df["text"].notna(), "row"], "dropped (load them as unlabelled instead)"
+    )
     df = df[df["text"].notna() & ~no_label].copy()
     df["label_value"] = _normalise_labels(df["label_value"])
     if df.empty:
         raise DataError(f"{path.name}: no row has both a text and a label (read {len(raw)} rows).")
 
     df = _resolve_conflicts(df, report, on_conflict)
-    values, names, descriptions = _label_scheme(df["label_value"], _read_label_table(label_table, path), path, label_col)
+    values, names, descriptions = _label_scheme(
+        df["label_value"], _read_label_table(label_table, path), path, label_col
+    )
     ids = {v: i for i, v in enumerate(values)}
     df["label"] = df["label_value"].map(ids).astype(int)
     df["label_name"] = df["label"].map(dict(enumerate(names)))
@@ -274,13 +290,24 @@ def load_labelled(
     if max_len is not None:
         long = too_long(df["text"], max_len, tokenizer)
         unit = "tokens" if tokenizer is not None else "characters + [CLS]/[SEP], a proxy for tokens"
-        report.add(f"text longer than max_len={max_len} ({unit})", df.loc[long, "row"],
-                   "kept; BERT reads only its start (truncation='head'), or its start and end (truncation='head+tail')")
+        report.add(
+            f"text longer than max_len={max_len} ({unit})",
+            df.loc[long, "row"],
+            "kept; BERT reads only its start (truncation='head'), or its start and end (truncation='head+tail')",
+        )
     n_dup = int(df["text"].duplicated(keep=False).sum())
     if n_dup:
-        log.info("%s: %d rows share their text with another row (same label); kept, and kept in one fold.", path.name, n_dup)
-    log.info("%s: %d labelled texts in %d classes (%d of %d rows dropped).",
-             path.name, len(df), len(values), report.dropped(), report.rows_read)
+        log.info(
+            "%s: %d rows share their text with another row (same label); kept, and kept in one fold.", path.name, n_dup
+        )
+    log.info(
+        "%s: %d labelled texts in %d classes (%d of %d rows dropped).",
+        path.name,
+        len(df),
+        len(values),
+        report.dropped(),
+        report.rows_read,
+    )
     return LabelledData(df, names, values, descriptions, report, str(path))
 
 
@@ -291,21 +318,29 @@ def _resolve_conflicts(df: pd.DataFrame, report: LoadReport, on_conflict: str) -
         examples = df[conflict].groupby("text")["label_value"].apply(lambda s: sorted(set(map(str, s))))
         shown = "; ".join(f"{t!r}: {v}" for t, v in list(examples.items())[:5])
         if on_conflict == "error":
-            raise DataError(f"{conflict.sum()} rows have a text that also appears with another label ({shown}). "
-                            f"Fix the labels in the sheet, or pass on_conflict='drop'.")
-        report.add(f"same text with different labels ({len(examples)} texts, e.g. {shown})",
-                   df.loc[conflict, "row"], "dropped (all copies)")
+            raise DataError(
+                f"{conflict.sum()} rows have a text that also appears with another label ({shown}). "
+                f"Fix the labels in the sheet, or pass on_conflict='drop'."
+            )
+        report.add(
+            f"same text with different labels ({len(examples)} texts, e.g. {shown})",
+            df.loc[conflict, "row"],
+            "dropped (all copies)",
+        )
     return df[~conflict]
 
 
-def _label_scheme(values: pd.Series, table: pd.DataFrame | None, path: Path,
-                  label_col: str) -> tuple[list, list[str], list[str] | None]:
+def _label_scheme(
+    values: pd.Series, table: pd.DataFrame | None, path: Path, label_col: str
+) -> tuple[list, list[str], list[str] | None]:
     """Ordered label values, their names and descriptions; at least two classes."""
     present = set(values)
     if len(present) < 2:
-        raise DataError(f"{path.name}: every kept row has the label {sorted(map(str, present))} in column "
-                        f"{label_col!r}: a classifier needs at least two classes. Check that label_col= names the "
-                        f"label column, and that the other classes were not dropped (see the load report).")
+        raise DataError(
+            f"{path.name}: every kept row has the label {sorted(map(str, present))} in column "
+            f"{label_col!r}: a classifier needs at least two classes. Check that label_col= names the "
+            f"label column, and that the other classes were not dropped (see the load report)."
+        )
     if table is None:
         kinds = {"number" if isinstance(v, (int, float)) else "text" for v in present}
         if len(kinds) > 1:
@@ -315,18 +350,27 @@ def _label_scheme(values: pd.Series, table: pd.DataFrame | None, path: Path,
         return ordered, [str(v) for v in ordered], None
     unknown = sorted(map(str, present - set(table["Label"])))
     if unknown:
-        raise DataError(f"{path.name}: label(s) {unknown} are not in the label table {table['Label'].tolist()}. "
-                        f"Fix the sheet or add them to the table.")
+        raise DataError(
+            f"{path.name}: label(s) {unknown} are not in the label table {table['Label'].tolist()}. "
+            f"Fix the sheet or add them to the table."
+        )
     unused = table[~table["Label"].isin(present)]
     if len(unused):
-        log.warning("%s: label(s) %s of the label table never occur; they are left out.", path.name, unused["Label"].tolist())
+        log.warning(
+            "%s: label(s) %s of the label table never occur; they are left out.", path.name, unused["Label"].tolist()
+        )
     table = table[table["Label"].isin(present)]
     descriptions = table["Description"].fillna("").astype(str).tolist() if "Description" in table else None
     return table["Label"].tolist(), table["Name"].astype(str).tolist(), descriptions
 
 
-def load_unlabelled(path: str | Path, text_col: str = "Sentence", sheet: str | int | None = None,
-                    header_row: int = 1, encoding: str | None = None) -> pd.DataFrame:
+def load_unlabelled(
+    path: str | Path,
+    text_col: str = "Sentence",
+    sheet: str | int | None = None,
+    header_row: int = 1,
+    encoding: str | None = None,
+) -> pd.DataFrame:
     """Load a pool of unlabelled texts through the same reader and checks.
 
     Args:

@@ -1,4 +1,5 @@
 """Descriptive statistics of a labelled sheet: lengths, duplicates, characteristic terms, examples."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -43,6 +44,7 @@ def length_summary(per_text: pd.DataFrame) -> pd.DataFrame:
     Returns:
         One row per class, columns ``characters mean`` … ``words max`` (rounded to 1 digit).
     """
+
     def p95(s: pd.Series) -> float:
         return s.quantile(0.95)
 
@@ -61,8 +63,12 @@ def duplicates(data: LabelledData) -> pd.DataFrame:
         Columns ``text``, ``copies``, ``label`` (class name), ``rows`` (sheet rows of the copies).
     """
     dup = data.df[data.df["text"].duplicated(keep=False)]
-    return (dup.groupby("text").agg(copies=("row", "size"), label=("label_name", "first"), rows=("row", list))
-            .sort_values("copies", ascending=False).reset_index())
+    return (
+        dup.groupby("text")
+        .agg(copies=("row", "size"), label=("label_name", "first"), rows=("row", list))
+        .sort_values("copies", ascending=False)
+        .reset_index()
+    )
 
 
 def characteristic_terms(data: LabelledData, unit: Unit = "word", top: int = 10, min_count: int = 3) -> pd.DataFrame:
@@ -92,8 +98,15 @@ def characteristic_terms(data: LabelledData, unit: Unit = "word", top: int = 10,
         scores = np.where(rate_in > rate_out, np.nan_to_num(scores), -1.0)
         for j in np.argsort(-scores)[:top]:
             if scores[j] > 0:
-                rows.append({"class": name, "term": vocab[j], "score": round(float(scores[j]), 2),
-                             "texts in class": int(x[inside, j].sum()), "texts elsewhere": int(x[~inside, j].sum())})
+                rows.append(
+                    {
+                        "class": name,
+                        "term": vocab[j],
+                        "score": round(float(scores[j]), 2),
+                        "texts in class": int(x[inside, j].sum()),
+                        "texts elsewhere": int(x[~inside, j].sum()),
+                    }
+                )
     return pd.DataFrame(rows)
 
 

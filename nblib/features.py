@@ -5,6 +5,7 @@
 - word2vec vectors trained with gensim on texts only (unsupervised), averaged per text;
 - integer sequences for the LSTM, with an embedding matrix initialised from word2vec.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -44,8 +45,9 @@ def bag_vectorizer(kind: BagKind, min_df: int = 2, max_features: int | None = 20
     raise ValueError(f"kind must be 'onehot', 'tf' or 'tfidf', not {kind!r}")
 
 
-def char_ngram_tfidf(ngram_range: tuple[int, int] = (1, 3), min_df: int = 2,
-                     max_features: int | None = 200_000) -> TfidfVectorizer:
+def char_ngram_tfidf(
+    ngram_range: tuple[int, int] = (1, 3), min_df: int = 2, max_features: int | None = 200_000
+) -> TfidfVectorizer:
     """TF-IDF of character n-grams of the raw text (the usual strong linear baseline for Chinese).
 
     Args:
@@ -56,8 +58,9 @@ def char_ngram_tfidf(ngram_range: tuple[int, int] = (1, 3), min_df: int = 2,
     Returns:
         An unfitted vectorizer (sublinear term frequency) whose input is raw texts.
     """
-    return TfidfVectorizer(analyzer="char", ngram_range=ngram_range, min_df=min_df, max_features=max_features,
-                           sublinear_tf=True)
+    return TfidfVectorizer(
+        analyzer="char", ngram_range=ngram_range, min_df=min_df, max_features=max_features, sublinear_tf=True
+    )
 
 
 def _stable_hash(token: str) -> int:
@@ -65,8 +68,14 @@ def _stable_hash(token: str) -> int:
     return int.from_bytes(hashlib.md5(token.encode()).digest()[:4], "little")
 
 
-def train_word2vec(token_lists: Sequence[list[str]], dim: int = 100, window: int = 5, min_count: int = 2,
-                   epochs: int = 10, seed: int = 42) -> KeyedVectors:
+def train_word2vec(
+    token_lists: Sequence[list[str]],
+    dim: int = 100,
+    window: int = 5,
+    min_count: int = 2,
+    epochs: int = 10,
+    seed: int = 42,
+) -> KeyedVectors:
     """Skip-gram word2vec on texts alone (no labels); single worker so that it is reproducible.
 
     Args:
@@ -80,8 +89,17 @@ def train_word2vec(token_lists: Sequence[list[str]], dim: int = 100, window: int
     Returns:
         The trained word vectors.
     """
-    model = Word2Vec(sentences=list(token_lists), vector_size=dim, window=window, min_count=min_count, sg=1,
-                     epochs=epochs, seed=seed, workers=1, hashfxn=_stable_hash)
+    model = Word2Vec(
+        sentences=list(token_lists),
+        vector_size=dim,
+        window=window,
+        min_count=min_count,
+        sg=1,
+        epochs=epochs,
+        seed=seed,
+        workers=1,
+        hashfxn=_stable_hash,
+    )
     return model.wv
 
 
@@ -149,8 +167,9 @@ class Vocab:
         return matrix, len(known) / max(1, len(self) - 2)
 
 
-def preview(x: np.ndarray | sp.spmatrix, columns: Sequence[str], texts: Sequence[str], rows: Sequence[int],
-            top: int = 6) -> pd.DataFrame:
+def preview(
+    x: np.ndarray | sp.spmatrix, columns: Sequence[str], texts: Sequence[str], rows: Sequence[int], top: int = 6
+) -> pd.DataFrame:
     """What a feature matrix holds for a few texts: the text, its number of non-zero features, the largest ones.
 
     Args:
@@ -167,6 +186,11 @@ def preview(x: np.ndarray | sp.spmatrix, columns: Sequence[str], texts: Sequence
     for i in rows:
         row = np.asarray(x[i].todense()).ravel() if sp.issparse(x) else np.asarray(x[i])
         largest = [j for j in np.argsort(-row, kind="stable")[:top] if row[j] != 0]
-        out.append({"text": texts[i], "non-zero": int((row != 0).sum()),
-                    "largest": ", ".join(f"{columns[j]} {row[j]:.2f}" for j in largest)})
+        out.append(
+            {
+                "text": texts[i],
+                "non-zero": int((row != 0).sum()),
+                "largest": ", ".join(f"{columns[j]} {row[j]:.2f}" for j in largest),
+            }
+        )
     return pd.DataFrame(out, index=pd.Index(rows, name="row of data.df"))

@@ -4,6 +4,7 @@ Folds are stratified by label with a fixed seed, and identical texts always shar
 both train and test would inflate every score). Inside each fold's training part a validation part is set
 aside for model selection; the test fold is only predicted, once.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,10 @@ def make_folds(data: LabelledData, n_splits: int = 5, seed: int = 42) -> np.ndar
     small = per_class[per_class < n_splits]
     if len(small):
         detail = ", ".join(f"{data.label_names[i]!r}: {n}" for i, n in small.items())
-        raise DataError(f"Class(es) with fewer distinct texts than folds ({n_splits}): {detail}. "
-                        f"Use fewer folds (n_folds), add examples, or merge these classes in the sheet.")
+        raise DataError(
+            f"Class(es) with fewer distinct texts than folds ({n_splits}): {detail}. "
+            f"Use fewer folds (n_folds), add examples, or merge these classes in the sheet."
+        )
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     folds = np.empty(len(groups), dtype=int)
     for k, (_, test) in enumerate(splitter.split(groups, data.labels, groups)):
@@ -77,8 +80,10 @@ def load_folds(path: str | Path, data: LabelledData) -> np.ndarray:
     meta = json.loads(path.with_suffix(".json").read_text())
     table = pd.read_csv(path, dtype={"text": str}, keep_default_na=False)
     if meta["fingerprint"] != data.fingerprint() or table["text"].tolist() != data.texts:
-        raise DataError(f"The folds in {path} were made for different data ({meta['data']}, {meta['n']} texts). "
-                        f"Delete the file to make new folds.")
+        raise DataError(
+            f"The folds in {path} were made for different data ({meta['data']}, {meta['n']} texts). "
+            f"Delete the file to make new folds."
+        )
     return table["fold"].to_numpy()
 
 
@@ -115,7 +120,9 @@ class FoldSplit:
     seed: int
 
 
-def validation_split(train: np.ndarray, data: LabelledData, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def validation_split(
+    train: np.ndarray, data: LabelledData, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Split training indices into a fitting and a validation part, stratified, identical texts kept together.
 
     The validation part is for model selection only; it never touches the test fold.

@@ -1,8 +1,9 @@
 """Classification metrics per fold and across folds, and the validation scores that select an epoch
 (thin wrappers over sklearn.metrics)."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -59,10 +60,13 @@ def per_class_over_folds(per_fold: pd.DataFrame, label_names: Sequence[str]) -> 
     Returns:
         One row per class, columns ``precision``, ``recall``, ``f1`` (rounded to 3 digits).
     """
-    return pd.DataFrame({
-        metric: [per_fold[f"{metric}_{k}"].mean() for k in range(len(label_names))]
-        for metric in ("precision", "recall", "f1")
-    }, index=pd.Index(label_names, name="class")).round(3)
+    return pd.DataFrame(
+        {
+            metric: [per_fold[f"{metric}_{k}"].mean() for k in range(len(label_names))]
+            for metric in ("precision", "recall", "f1")
+        },
+        index=pd.Index(label_names, name="class"),
+    ).round(3)
 
 
 def per_class_long(per_fold: dict[str, pd.DataFrame], label_names: Sequence[str]) -> pd.DataFrame:
@@ -75,8 +79,10 @@ def per_class_long(per_fold: dict[str, pd.DataFrame], label_names: Sequence[str]
     Returns:
         Columns ``class``, ``precision``, ``recall``, ``f1``, ``model``.
     """
-    return pd.concat([per_class_over_folds(m, label_names).reset_index().assign(model=name)
-                      for name, m in per_fold.items()], ignore_index=True)
+    return pd.concat(
+        [per_class_over_folds(m, label_names).reset_index().assign(model=name) for name, m in per_fold.items()],
+        ignore_index=True,
+    )
 
 
 def summarize(per_fold: pd.DataFrame, columns: Sequence[str] = HEADLINE) -> pd.Series:
@@ -99,7 +105,9 @@ def mean_std_table(per_fold: dict[str, pd.DataFrame], columns: Sequence[str] = H
     rows = {}
     for name, m in per_fold.items():
         s = summarize(m, columns)
-        rows[name] = {c: f"{s[f'{c} mean']:.3f} ± {s[f'{c} std']:.3f}" for c in columns} | {"_sort": s[f"{columns[0]} mean"]}
+        rows[name] = {c: f"{s[f'{c} mean']:.3f} ± {s[f'{c} std']:.3f}" for c in columns} | {
+            "_sort": s[f"{columns[0]} mean"]
+        }
     table = pd.DataFrame(rows).T.sort_values("_sort", ascending=False).drop(columns="_sort")
     table.index.name = "model"
     return table
@@ -129,9 +137,11 @@ def validation_scores(gold: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     labels = list(range(probs.shape[1]))
     pred = probs.argmax(1)
     gold_prob = np.clip(probs[np.arange(len(gold)), gold], 1e-12, None)
-    return {"val_loss": float(-np.log(gold_prob).mean()),
-            "val_accuracy": float(accuracy_score(gold, pred)),
-            "val_macro_f1": float(f1_score(gold, pred, labels=labels, average="macro", zero_division=0))}
+    return {
+        "val_loss": float(-np.log(gold_prob).mean()),
+        "val_accuracy": float(accuracy_score(gold, pred)),
+        "val_macro_f1": float(f1_score(gold, pred, labels=labels, average="macro", zero_division=0)),
+    }
 
 
 def improves(scores: dict[str, float], best: dict[str, float] | None, select_on: SelectOn) -> bool:

@@ -1,4 +1,5 @@
 """Figures for a paper: one style, Chinese glyphs that render, saved under stable names."""
+
 from __future__ import annotations
 
 import logging
@@ -23,8 +24,15 @@ def setup_style() -> str:
     font_manager.fontManager.addfont(path)
     name = font_manager.FontProperties(fname=path).get_name()
     sns.set_theme(context="paper", style="whitegrid", font=name, font_scale=1.2)
-    plt.rcParams.update({"axes.unicode_minus": False, "figure.dpi": 100, "savefig.dpi": 300,
-                         "savefig.bbox": "tight", "pdf.fonttype": 42})
+    plt.rcParams.update(
+        {
+            "axes.unicode_minus": False,
+            "figure.dpi": 100,
+            "savefig.dpi": 300,
+            "savefig.bbox": "tight",
+            "pdf.fonttype": 42,
+        }
+    )
     return name
 
 
@@ -92,7 +100,7 @@ def top_terms(terms: pd.DataFrame, unit_label: str, title: str | None = None, ma
     ncols = min(len(classes), max_columns)
     nrows = -(-len(classes) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols, 3.8 * nrows), squeeze=False)
-    for ax in axes.flat[len(classes):]:
+    for ax in axes.flat[len(classes) :]:
         ax.set_visible(False)
     for ax, cls in zip(axes.flat, classes, strict=False):  # the grid may have more panels than classes
         part = terms[terms["class"] == cls]
@@ -103,8 +111,9 @@ def top_terms(terms: pd.DataFrame, unit_label: str, title: str | None = None, ma
     return fig
 
 
-def length_comparison(groups: dict[str, Sequence[int]], unit: str = "characters",
-                      title: str = "Labelled vs. unlabelled text length") -> plt.Figure:
+def length_comparison(
+    groups: dict[str, Sequence[int]], unit: str = "characters", title: str = "Labelled vs. unlabelled text length"
+) -> plt.Figure:
     """Overlaid length histograms (density, so that groups of different size compare).
 
     Args:
@@ -115,8 +124,16 @@ def length_comparison(groups: dict[str, Sequence[int]], unit: str = "characters"
     long = pd.concat([pd.DataFrame({"length": v, "set": k}) for k, v in groups.items()], ignore_index=True)
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     upper = max(1, int(np.percentile(long["length"], 99)))
-    sns.histplot(data=long, x="length", hue="set", stat="density", common_norm=False, element="step",
-                 bins=np.linspace(0, upper, 40), ax=ax)
+    sns.histplot(
+        data=long,
+        x="length",
+        hue="set",
+        stat="density",
+        common_norm=False,
+        element="step",
+        bins=np.linspace(0, upper, 40),
+        ax=ax,
+    )
     ax.set(xlabel=f"Length ({unit}, up to the 99th percentile)", ylabel="Density", title=title)
     return fig
 
@@ -125,8 +142,12 @@ def _tick_names(label_names: Sequence[str], max_len: int = 8) -> list[str]:
     return [n if len(n) <= max_len else n[: max_len - 1] + "…" for n in label_names]
 
 
-def confusion_matrices(cms: np.ndarray | Sequence[np.ndarray], label_names: Sequence[str], title: str,
-                       row_titles: Sequence[str] | None = None) -> plt.Figure:
+def confusion_matrices(
+    cms: np.ndarray | Sequence[np.ndarray],
+    label_names: Sequence[str],
+    title: str,
+    row_titles: Sequence[str] | None = None,
+) -> plt.Figure:
     """Counts and row-normalised (recall per gold class) confusion matrices side by side, one row per matrix.
 
     Args:
@@ -144,8 +165,19 @@ def confusion_matrices(cms: np.ndarray | Sequence[np.ndarray], label_names: Sequ
         rows = cm.sum(axis=1, keepdims=True)
         norm = np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0)
         for ax, mat, fmt, sub in [(axes[r, 0], cm, "d", "counts"), (axes[r, 1], norm, ".2f", "row-normalised")]:
-            sns.heatmap(mat, annot=True, fmt=fmt, cmap="Blues", cbar=False, square=True, ax=ax,
-                        xticklabels=names, yticklabels=names, vmin=0, vmax=None if fmt == "d" else 1)
+            sns.heatmap(
+                mat,
+                annot=True,
+                fmt=fmt,
+                cmap="Blues",
+                cbar=False,
+                square=True,
+                ax=ax,
+                xticklabels=names,
+                yticklabels=names,
+                vmin=0,
+                vmax=None if fmt == "d" else 1,
+            )
             prefix = f"{row_titles[r]}: " if row_titles else ""
             ax.set(xlabel="Predicted", ylabel="Gold", title=prefix + sub)
             ax.tick_params(axis="x", rotation=45 if k > 4 else 0)
@@ -154,8 +186,11 @@ def confusion_matrices(cms: np.ndarray | Sequence[np.ndarray], label_names: Sequ
     return fig
 
 
-def model_comparison(per_fold: dict[str, pd.DataFrame], columns: Sequence[str] = ("accuracy", "macro_f1"),
-                     title: str = "Cross-validated scores (mean ± sd over folds)") -> plt.Figure:
+def model_comparison(
+    per_fold: dict[str, pd.DataFrame],
+    columns: Sequence[str] = ("accuracy", "macro_f1"),
+    title: str = "Cross-validated scores (mean ± sd over folds)",
+) -> plt.Figure:
     """Grouped bars of each model's mean score with error bars of the standard deviation across folds.
 
     Args:
@@ -164,7 +199,8 @@ def model_comparison(per_fold: dict[str, pd.DataFrame], columns: Sequence[str] =
         title: the figure title.
     """
     long = pd.concat([m[list(columns)].assign(model=name) for name, m in per_fold.items()]).melt(
-        id_vars="model", var_name="metric", value_name="score")
+        id_vars="model", var_name="metric", value_name="score"
+    )
     order = long[long["metric"] == columns[0]].groupby("model")["score"].mean().sort_values(ascending=False).index
     fig, ax = plt.subplots(figsize=(max(6.4, 0.9 * len(order) + 2), 4))
     sns.barplot(data=long, x="model", y="score", hue="metric", order=order, errorbar="sd", capsize=0.1, ax=ax)
@@ -213,8 +249,9 @@ def learning_curves(history: pd.DataFrame, title: str, best_epochs: dict[int, in
         best_epochs: the epoch kept in each fold, marked by a dashed line (default: not marked).
     """
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    long = history.melt(id_vars=["fold", "epoch"], value_vars=["train_loss", "val_loss"], var_name="split",
-                        value_name="loss")
+    long = history.melt(
+        id_vars=["fold", "epoch"], value_vars=["train_loss", "val_loss"], var_name="split", value_name="loss"
+    )
     sns.lineplot(data=long, x="epoch", y="loss", hue="split", units="fold", estimator=None, alpha=0.7, ax=axes[0])
     sns.lineplot(data=history, x="epoch", y="val_macro_f1", hue="fold", palette="tab10", marker="o", ax=axes[1])
     axes[0].set(title="Loss", ylabel="Cross-entropy")

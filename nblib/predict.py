@@ -5,14 +5,15 @@
 Texts are batched in length order (least padding) with a progress bar, on GPU when there is one.
 Empty texts are kept in place with no prediction; nothing is dropped.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,8 +25,9 @@ from . import bert
 from .sheets import DataError, Params, clean_text, read_sheet, write_table, writer_kind
 
 log = logging.getLogger(__name__)
-NOTEBOOK_PARAMS = Params(columns="input_col=", sheet="input_sheet=", header_row="input_header_row=",
-                         encoding="input_encoding=")  # how 05_predict names predict_file's parameters
+NOTEBOOK_PARAMS = Params(
+    columns="input_col=", sheet="input_sheet=", header_row="input_header_row=", encoding="input_encoding="
+)  # how 05_predict names predict_file's parameters
 CLI_PARAMS = Params(columns="--column ", sheet="--sheet ", header_row="--header-row ", encoding="--encoding ")
 
 
@@ -47,18 +49,28 @@ def load_model(model_dir: str | Path):
         raise bert.ModelNotAvailableError(
             f"{model_dir} is the results folder of a run, not a saved model: pass {final} (trained on all texts)"
             + ("" if (final / "config.json").exists() else ", once the run has trained it,")
-            + f" or {model_dir / 'fold_models'}/fold_<k>.")
+            + f" or {model_dir / 'fold_models'}/fold_<k>."
+        )
     config = model_dir / "config.json"
     if not config.exists() or "model_type" not in json.loads(config.read_text()):
         raise bert.ModelNotAvailableError(
             f"No saved model in {model_dir} (no model's config.json). Pass the 'final' folder or a "
-            f"'fold_models/fold_<k>' folder written by 03_bert_cv, e.g. results/<study>/models/<run>/final.")
+            f"'fold_models/fold_<k>' folder written by 03_bert_cv, e.g. results/<study>/models/<run>/final."
+        )
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
     return model, bert.load_tokenizer(str(model_dir))
 
 
-def predict_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 64, max_len: int = 128,
-                  device: str = "auto", progress: bool = True, truncation: str = "head") -> pd.DataFrame:
+def predict_texts(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    batch_size: int = 64,
+    max_len: int = 128,
+    device: str = "auto",
+    progress: bool = True,
+    truncation: str = "head",
+) -> pd.DataFrame:
     """Predicted label id and name, every class probability, and whether the text was cut, one row per text.
 
     Args:
@@ -85,8 +97,12 @@ def predict_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 64, 
         truncated[present] = ds.truncated
         loader = accelerator.prepare(bert.eval_loader(ds, bert.make_collator(tokenizer, accelerator), batch_size))
         model = accelerator.prepare(model)
-        probs[present] = bert.softmax(bert.evaluate(model, loader, accelerator, desc="predicting" if progress else None))
-    out = pd.DataFrame({"pred_id": pd.array([int(p.argmax()) if not np.isnan(p[0]) else None for p in probs], dtype="Int64")})
+        probs[present] = bert.softmax(
+            bert.evaluate(model, loader, accelerator, desc="predicting" if progress else None)
+        )
+    out = pd.DataFrame(
+        {"pred_id": pd.array([int(p.argmax()) if not np.isnan(p[0]) else None for p in probs], dtype="Int64")}
+    )
     out["pred_label"] = [names[i] if i is not pd.NA else "" for i in out["pred_id"]]
     for j, name in enumerate(names):
         out[f"prob_{name}"] = probs[:, j]
@@ -96,10 +112,21 @@ def predict_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 64, 
     return out
 
 
-def predict_file(model_dir: str | Path, in_path: str | Path, out_path: str | Path, column: str = "Sentence",
-                 sheet: str | int | None = None, batch_size: int = 64, max_len: int = 128, device: str = "auto",
-                 overwrite: bool = False, header_row: int = 1, encoding: str | None = None,
-                 truncation: str = "head", params: Params = NOTEBOOK_PARAMS) -> pd.DataFrame:
+def predict_file(
+    model_dir: str | Path,
+    in_path: str | Path,
+    out_path: str | Path,
+    column: str = "Sentence",
+    sheet: str | int | None = None,
+    batch_size: int = 64,
+    max_len: int = 128,
+    device: str = "auto",
+    overwrite: bool = False,
+    header_row: int = 1,
+    encoding: str | None = None,
+    truncation: str = "head",
+    params: Params = NOTEBOOK_PARAMS,
+) -> pd.DataFrame:
     """Read a sheet, predict its ``column``, write the sheet with the predictions appended.
 
     Args:
@@ -122,8 +149,9 @@ def predict_file(model_dir: str | Path, in_path: str | Path, out_path: str | Pat
     """
     out_path = Path(out_path)
     if out_path.exists() and not overwrite:
-        raise FileExistsError(f"{out_path} exists; choose another output file, or pass overwrite=True "
-                              f"(--overwrite on the command line).")
+        raise FileExistsError(
+            f"{out_path} exists; choose another output file, or pass overwrite=True (--overwrite on the command line)."
+        )
     writer_kind(out_path)
     model, tokenizer = load_model(model_dir)
     table = read_sheet(in_path, [column], sheet, header_row, encoding, params)
@@ -131,14 +159,28 @@ def predict_file(model_dir: str | Path, in_path: str | Path, out_path: str | Pat
         log.warning("%s: %d row(s) %s — %s", Path(in_path).name, len(rows), problem, action)
     clash = [c for c in predict_texts(model, tokenizer, [], progress=False).columns if c in table.df.columns]
     if clash:
-        raise DataError(f"{Path(in_path).name} already has column(s) {clash} (a sheet of earlier predictions?): "
-                        f"rename or remove them, so that the new predictions do not mix with them.")
-    predictions = predict_texts(model, tokenizer, ["" if pd.isna(v) else str(v) for v in table.df[column]],
-                                batch_size, max_len, device, truncation=truncation)
+        raise DataError(
+            f"{Path(in_path).name} already has column(s) {clash} (a sheet of earlier predictions?): "
+            f"rename or remove them, so that the new predictions do not mix with them."
+        )
+    predictions = predict_texts(
+        model,
+        tokenizer,
+        ["" if pd.isna(v) else str(v) for v in table.df[column]],
+        batch_size,
+        max_len,
+        device,
+        truncation=truncation,
+    )
     result = pd.concat([table.df.reset_index(drop=True), predictions], axis=1)
     write_table(result, out_path)
-    log.info("Wrote %d predictions to %s (%d texts cut at max_len=%d).", len(result), out_path,
-             int(result["truncated"].sum()), max_len)
+    log.info(
+        "Wrote %d predictions to %s (%d texts cut at max_len=%d).",
+        len(result),
+        out_path,
+        int(result["truncated"].sum()),
+        max_len,
+    )
     return result
 
 
@@ -154,16 +196,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--encoding", default=None, help="encoding of a CSV/TSV input (default: detected)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-len", type=int, default=128)
-    ap.add_argument("--truncation", default="head", choices=bert.TRUNCATIONS,
-                    help="what a text longer than --max-len keeps: its start, or its start and end")
+    ap.add_argument(
+        "--truncation",
+        default="head",
+        choices=bert.TRUNCATIONS,
+        help="what a text longer than --max-len keeps: its start, or its start and end",
+    )
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        result = predict_file(args.model_dir, args.input, args.output, args.column, args.sheet, args.batch_size,
-                              args.max_len, args.device, args.overwrite, args.header_row, args.encoding,
-                              args.truncation, CLI_PARAMS)
+        result = predict_file(
+            args.model_dir,
+            args.input,
+            args.output,
+            args.column,
+            args.sheet,
+            args.batch_size,
+            args.max_len,
+            args.device,
+            args.overwrite,
+            args.header_row,
+            args.encoding,
+            args.truncation,
+            CLI_PARAMS,
+        )
     except (DataError, FileNotFoundError, FileExistsError, bert.ModelNotAvailableError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

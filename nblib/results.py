@@ -35,6 +35,7 @@ A run never silently overwrites: opening an existing model folder with the same 
 While a run writes to a model folder it holds ``run.lock`` there (see :class:`RunLock`): a second run on
 the same folder is refused with the process and host that hold it.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -47,10 +48,11 @@ import secrets
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
@@ -62,8 +64,19 @@ if TYPE_CHECKING:
     from .study import Study
 
 log = logging.getLogger(__name__)
-PACKAGES = ["nblib", "torch", "transformers", "accelerate", "tokenizers", "scikit-learn", "gensim", "jieba",
-            "numpy", "pandas", "scipy"]
+PACKAGES = [
+    "nblib",
+    "torch",
+    "transformers",
+    "accelerate",
+    "tokenizers",
+    "scikit-learn",
+    "gensim",
+    "jieba",
+    "numpy",
+    "pandas",
+    "scipy",
+]
 
 
 class ResultsExistError(RuntimeError):
@@ -156,8 +169,12 @@ class RunLock:
                         return
                     if not self._stale(other):
                         raise ResultsLockedError(self._message(other)) from None
-                    log.warning("%s: taking over the lock of process %s on %s, which is gone.", self.path.parent,
-                                other.get("pid"), other.get("host"))
+                    log.warning(
+                        "%s: taking over the lock of process %s on %s, which is gone.",
+                        self.path.parent,
+                        other.get("pid"),
+                        other.get("host"),
+                    )
                     self.path.unlink(missing_ok=True)
                     continue
                 atexit.register(self.release)
@@ -194,11 +211,13 @@ class RunLock:
         return False
 
     def _message(self, other: dict) -> str:
-        return (f"{self.path.parent} is in use by another run: process {other.get('pid')} on host "
-                f"{other.get('host')}, since {other.get('since')}. Wait for it to finish or stop it; two runs on one "
-                f"folder would train the same folds. If that process is an idle Jupyter kernel whose run was "
-                f"interrupted, restart that kernel; if it no longer exists (e.g. killed on another machine), "
-                f"delete {self.path}.")
+        return (
+            f"{self.path.parent} is in use by another run: process {other.get('pid')} on host "
+            f"{other.get('host')}, since {other.get('since')}. Wait for it to finish or stop it; two runs on one "
+            f"folder would train the same folds. If that process is an idle Jupyter kernel whose run was "
+            f"interrupted, restart that kernel; if it no longer exists (e.g. killed on another machine), "
+            f"delete {self.path}."
+        )
 
 
 def environment() -> dict:
@@ -212,8 +231,12 @@ def environment() -> dict:
         except metadata.PackageNotFoundError:
             versions[pkg] = None
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).parent).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         commit = None
     return {
@@ -274,7 +297,7 @@ class RunFolder:
 
     def __init__(self, path: str | Path):
         """Args:
-            path: the model folder.
+        path: the model folder.
         """
         self.path = Path(path)
         self.name = self.path.name
@@ -350,19 +373,31 @@ class ModelRun(RunFolder):
         """
         super().__init__(study.path / "models" / name)
         self.data, self.folds = study.data, np.asarray(study.folds)
-        self.config = _json_roundtrip({
-            "model": name, **config, "seed": study.settings.seed, "n_folds": int(self.folds.max()) + 1,
-            "folds_sha": fold_hash(self.folds), "data": Path(self.data.source).name,
-            "data_fingerprint": self.data.fingerprint(), "label_names": self.data.label_names,
-        })
+        self.config = _json_roundtrip(
+            {
+                "model": name,
+                **config,
+                "seed": study.settings.seed,
+                "n_folds": int(self.folds.max()) + 1,
+                "folds_sha": fold_hash(self.folds),
+                "data": Path(self.data.source).name,
+                "data_fingerprint": self.data.fingerprint(),
+                "label_names": self.data.label_names,
+            }
+        )
         if self.config_file.exists():
             old = json.loads(self.config_file.read_text())
             if old != self.config:
-                diff = {k: (old.get(k), self.config.get(k)) for k in set(old) | set(self.config) if old.get(k) != self.config.get(k)}
+                diff = {
+                    k: (old.get(k), self.config.get(k))
+                    for k in set(old) | set(self.config)
+                    if old.get(k) != self.config.get(k)
+                }
                 raise ResultsExistError(
                     f"{self.path} holds results of '{name}' run with other settings {diff} (old, new). "
                     f"To resume it, set the differing settings back to the old values; to keep both, move that "
-                    f"folder away (baselines of 02) or give this run another run_name (BERT runs of 03).")
+                    f"folder away (baselines of 02) or give this run another run_name (BERT runs of 03)."
+                )
             log.info("%s: resuming; folds already done: %s", name, self.done_folds())
         self.lock = None
         if not write:
@@ -377,7 +412,9 @@ class ModelRun(RunFolder):
         """Write this process's environment (versions, platform, devices) as a new file in ``environment/``."""
         folder = self.path / "environment"
         folder.mkdir(parents=True, exist_ok=True)
-        session = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{platform.node()}-{os.getpid()}-{secrets.token_hex(3)}.json"
+        session = (
+            folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{platform.node()}-{os.getpid()}-{secrets.token_hex(3)}.json"
+        )
         session.write_text(json.dumps(environment(), indent=2, ensure_ascii=False))
         return session
 
@@ -389,8 +426,14 @@ class ModelRun(RunFolder):
         """Folds without saved results, in order."""
         return [k for k in range(self.n_folds) if not self.fold_done(k)]
 
-    def save_fold(self, k: int, test_index: np.ndarray, probs: np.ndarray, extra: dict | None = None,
-                  history: pd.DataFrame | None = None) -> dict:
+    def save_fold(
+        self,
+        k: int,
+        test_index: np.ndarray,
+        probs: np.ndarray,
+        extra: dict | None = None,
+        history: pd.DataFrame | None = None,
+    ) -> dict:
         """Save the out-of-fold probabilities of fold ``k`` and its metrics.
 
         Args:
@@ -406,8 +449,16 @@ class ModelRun(RunFolder):
         probs = np.asarray(probs, dtype=float)
         gold = self.data.labels[test_index]
         pred = probs.argmax(1)
-        table = pd.DataFrame({"index": test_index, "row": self.data.df["row"].to_numpy()[test_index], "fold": k,
-                              "text": self.data.df["text"].to_numpy()[test_index], "gold": gold, "pred": pred})
+        table = pd.DataFrame(
+            {
+                "index": test_index,
+                "row": self.data.df["row"].to_numpy()[test_index],
+                "fold": k,
+                "text": self.data.df["text"].to_numpy()[test_index],
+                "gold": gold,
+                "pred": pred,
+            }
+        )
         table = pd.concat([table, pd.DataFrame(probs, columns=[f"prob_{j}" for j in range(probs.shape[1])])], axis=1)
         if history is not None:
             _write_atomic(self._fold_file(k, "_history.csv"), lambda p: history.assign(fold=k).to_csv(p, index=False))
@@ -455,8 +506,11 @@ def read_folds(path: str | Path, folds: Iterable[int]) -> ModelResults:
         folds: the folds to read.
     """
     run, folds = RunFolder(path), list(folds)
-    predictions = pd.concat([pd.read_csv(run._fold_file(k, ".csv"), keep_default_na=False, dtype={"text": str})
-                             for k in folds]).sort_values("index").reset_index(drop=True)
+    predictions = (
+        pd.concat([pd.read_csv(run._fold_file(k, ".csv"), keep_default_na=False, dtype={"text": str}) for k in folds])
+        .sort_values("index")
+        .reset_index(drop=True)
+    )
     metrics = pd.DataFrame([json.loads(run._fold_file(k, ".json").read_text()) for k in folds])
     histories = [pd.read_csv(p) for k in folds if (p := run._fold_file(k, "_history.csv")).exists()]
     history = pd.concat(histories, ignore_index=True) if histories else None
@@ -480,6 +534,10 @@ def load_run(path: str | Path) -> ModelResults:
     """
     path = Path(path)
     history = pd.read_csv(path / "history.csv") if (path / "history.csv").exists() else None
-    return ModelResults(path.name, json.loads((path / "config.json").read_text()),
-                        pd.read_csv(path / "predictions.csv", keep_default_na=False, dtype={"text": str}),
-                        pd.read_csv(path / "metrics.csv"), history)
+    return ModelResults(
+        path.name,
+        json.loads((path / "config.json").read_text()),
+        pd.read_csv(path / "predictions.csv", keep_default_na=False, dtype={"text": str}),
+        pd.read_csv(path / "metrics.csv"),
+        history,
+    )

@@ -5,10 +5,12 @@ A notebook builds its settings from its ``parameters`` cell with :func:`from_par
 run's *identity* (the settings a resumed run must share with the results it finds) is marked on the
 field: every field is, except those declared with :func:`runtime` (hardware, what gets saved).
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
-from typing import Any, Literal, Mapping, TypeVar
+from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
 SelectOn = Literal["val_macro_f1", "val_loss"]
@@ -54,8 +56,9 @@ def defaults(cls: type) -> dict[str, Any]:
     Args:
         cls: a settings dataclass.
     """
-    return {name: f.default if f.default is not MISSING else f.default_factory()
-            for name, f in flat_fields(cls).items()}
+    return {
+        name: f.default if f.default is not MISSING else f.default_factory() for name, f in flat_fields(cls).items()
+    }
 
 
 def from_params(cls: type[T], params: Mapping[str, Any]) -> T:
@@ -111,23 +114,23 @@ def identity(settings: Any) -> dict[str, Any]:
 class ModelSelection:
     """How every model of the study (baselines and BERT alike) picks its epoch inside a fold."""
 
-    val_fraction: float = 0.1                 # share of the training folds set aside for validation
-    select_on: SelectOn = "val_macro_f1"     # keep the epoch with the best validation macro-F1 (or lowest loss)
+    val_fraction: float = 0.1  # share of the training folds set aside for validation
+    select_on: SelectOn = "val_macro_f1"  # keep the epoch with the best validation macro-F1 (or lowest loss)
 
 
 @dataclass
 class StudySettings:
     """The data and folds a study is about: the same parameters in every notebook."""
 
-    data_path: str = "../data/demo_labelled.xlsx"              # .xlsx, .csv or .tsv
+    data_path: str = "../data/demo_labelled.xlsx"  # .xlsx, .csv or .tsv
     text_col: str = "Sentence"
     label_col: str = "Label"
-    sheet: str | int | None = None                             # sheet name or index in an .xlsx (None: the first)
-    header_row: int = 1                                        # the sheet row that holds the column names
-    encoding: str | None = None                                # of a .csv/.tsv (None: detected)
-    label_table: str | dict | None = None                      # {label: name}, or a file with Label/Name/Description
+    sheet: str | int | None = None  # sheet name or index in an .xlsx (None: the first)
+    header_row: int = 1  # the sheet row that holds the column names
+    encoding: str | None = None  # of a .csv/.tsv (None: detected)
+    label_table: str | dict | None = None  # {label: name}, or a file with Label/Name/Description
     unlabelled_path: str | None = "../data/demo_unlabelled.xlsx"  # the unlabelled pool, or None
     unlabelled_text_col: str = "Sentence"
     n_folds: int = 5
-    seed: int = 42                                             # folds, validation splits and training
+    seed: int = 42  # folds, validation splits and training
     results_dir: str = "../results"

@@ -26,6 +26,7 @@ Writing
       Excel and LibreOffice take as "this is text" and :func:`read_sheet` removes again. The trade-off:
       other programs (``pandas.read_csv``, R) see the apostrophe. For people, prefer .xlsx.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -35,9 +36,9 @@ import logging
 import re
 import zipfile
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
@@ -53,8 +54,12 @@ _OOXML_ESCAPED = re.compile(r"_x([0-9A-Fa-f]{4})_")
 _OOXML_TO_ESCAPE = re.compile(r"[\x00-\x08\x0b-\x1f]|_(?=x[0-9A-Fa-f]{4}_)")
 _QUOTED_FIELD = re.compile(r'"((?:[^"]|"")*)"', re.S)
 BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
-ENCODING_NAMES = {"utf-8": "UTF-8", "utf-8-sig": "UTF-8 with BOM", "utf-16": "UTF-16 (Excel's Unicode text)",
-                  "gb18030": "GB18030/GBK (detected)"}
+ENCODING_NAMES = {
+    "utf-8": "UTF-8",
+    "utf-8-sig": "UTF-8 with BOM",
+    "utf-16": "UTF-16 (Excel's Unicode text)",
+    "gb18030": "GB18030/GBK (detected)",
+}
 
 
 class DataError(ValueError):
@@ -103,8 +108,15 @@ def cell_text(value: object) -> str:
 
 # --- reading ------------------------------------------------------------------------------------------
 
-def read_sheet(path: str | Path, columns: Sequence[str] = (), sheet: str | int | None = None, header_row: int = 1,
-               encoding: str | None = None, params: Params = Params()) -> Sheet:
+
+def read_sheet(
+    path: str | Path,
+    columns: Sequence[str] = (),
+    sheet: str | int | None = None,
+    header_row: int = 1,
+    encoding: str | None = None,
+    params: Params = Params(),
+) -> Sheet:
     """Read an .xlsx/.csv/.tsv file as raw cells and check that it holds ``columns``.
 
     Args:
@@ -124,7 +136,9 @@ def read_sheet(path: str | Path, columns: Sequence[str] = (), sheet: str | int |
     """
     path = Path(path)
     if not path.exists():
-        near = sorted(p.name for p in path.parent.glob("*") if p.suffix.lower() in READERS) if path.parent.is_dir() else []
+        near = (
+            sorted(p.name for p in path.parent.glob("*") if p.suffix.lower() in READERS) if path.parent.is_dir() else []
+        )
         hint = f" Files in {path.parent}: {', '.join(near)}." if near else ""
         raise FileNotFoundError(f"Data file not found: {path.resolve()}.{hint}")
     kind = READERS.get(path.suffix.lower())
@@ -152,12 +166,21 @@ def _excel_rows(path: Path, data: bytes, sheet: str | int | None, params: Params
     import openpyxl
 
     if not data.startswith(b"PK"):
-        what = ("an old Excel 97-2003 .xls workbook" if data.startswith(b"\xd0\xcf\x11\xe0")
-                else "text (a CSV or TSV renamed?)" if _looks_like_text(data) else "not a workbook")
-        raise DataError(f"{path.name} is not an .xlsx workbook: its content is {what}. Open it in Excel or WPS and "
-                        f"save it as 'Excel Workbook (.xlsx)', or give it the suffix of what it is (.csv, .tsv).")
-    damaged = (f"{path.name} cannot be read as an .xlsx workbook: it is damaged or truncated (an interrupted copy or "
-               f"download?). Copy it again, or open it in Excel or WPS and save it again as .xlsx.")
+        what = (
+            "an old Excel 97-2003 .xls workbook"
+            if data.startswith(b"\xd0\xcf\x11\xe0")
+            else "text (a CSV or TSV renamed?)"
+            if _looks_like_text(data)
+            else "not a workbook"
+        )
+        raise DataError(
+            f"{path.name} is not an .xlsx workbook: its content is {what}. Open it in Excel or WPS and "
+            f"save it as 'Excel Workbook (.xlsx)', or give it the suffix of what it is (.csv, .tsv)."
+        )
+    damaged = (
+        f"{path.name} cannot be read as an .xlsx workbook: it is damaged or truncated (an interrupted copy or "
+        f"download?). Copy it again, or open it in Excel or WPS and save it again as .xlsx."
+    )
     try:
         wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
     except (zipfile.BadZipFile, KeyError, OSError, EOFError, SyntaxError, ValueError, TypeError) as e:
@@ -169,10 +192,14 @@ def _excel_rows(path: Path, data: bytes, sheet: str | int | None, params: Params
         elif sheet in names:
             ws = wb[sheet]
         else:
-            raise DataError(f"{path.name} has no sheet {sheet!r}; its sheets are {names}. "
-                            f"Pass {params.sheet}<name or 0-based index>.")
+            raise DataError(
+                f"{path.name} has no sheet {sheet!r}; its sheets are {names}. "
+                f"Pass {params.sheet}<name or 0-based index>."
+            )
         ws.reset_dimensions()  # some writers record wrong dimensions, which read-only mode trusts
-        return [[_unescape_ooxml(v) if isinstance(v, str) else v for v in row] for row in ws.iter_rows(values_only=True)]
+        return [
+            [_unescape_ooxml(v) if isinstance(v, str) else v for v in row] for row in ws.iter_rows(values_only=True)
+        ]
     except (zipfile.BadZipFile, KeyError, OSError, EOFError, SyntaxError) as e:
         raise DataError(f"{damaged} ({type(e).__name__}: {e})") from None
     finally:
@@ -198,13 +225,18 @@ def _decode(data: bytes, encoding: str | None, path: Path, params: Params) -> tu
         except UnicodeDecodeError:
             continue
         except LookupError:
-            raise DataError(f"{params.encoding}{encoding!r} is not an encoding Python knows (try 'gb18030', "
-                            f"'utf-16' or 'big5').") from None
+            raise DataError(
+                f"{params.encoding}{encoding!r} is not an encoding Python knows (try 'gb18030', 'utf-16' or 'big5')."
+            ) from None
     if encoding:
-        raise DataError(f"{path.name} cannot be read as {encoding}. Leave {params.encoding} out to detect the "
-                        f"encoding, or name the right one.")
-    raise DataError(f"{path.name}: its text encoding is none of UTF-8, UTF-16 or GB18030/GBK. Pass "
-                    f"{params.encoding}'<encoding>' (e.g. 'big5'), or save the sheet as .xlsx or 'CSV UTF-8'.")
+        raise DataError(
+            f"{path.name} cannot be read as {encoding}. Leave {params.encoding} out to detect the "
+            f"encoding, or name the right one."
+        )
+    raise DataError(
+        f"{path.name}: its text encoding is none of UTF-8, UTF-16 or GB18030/GBK. Pass "
+        f"{params.encoding}'<encoding>' (e.g. 'big5'), or save the sheet as .xlsx or 'CSV UTF-8'."
+    )
 
 
 def _tab_separated(text: str) -> bool:
@@ -224,14 +256,21 @@ def _csv_rows(text: str, out: Sheet) -> list[list]:
                 spans.append((len(rows), last_line + 1, reader.line_num))
             last_line = reader.line_num
     except csv.Error as e:
-        raise DataError(f"{out.path.name}, line {reader.line_num}: {e}. A stray double quote? In CSV a text with a \" must "
-                        f"be in quotes, with the \" doubled (Excel writes it so). Fix that line, or save the sheet "
-                        f"as .xlsx.") from None
+        raise DataError(
+            f'{out.path.name}, line {reader.line_num}: {e}. A stray double quote? In CSV a text with a " must '
+            f'be in quotes, with the " doubled (Excel writes it so). Fix that line, or save the sheet '
+            f"as .xlsx."
+        ) from None
     if spans:
         lines = ", ".join(f"{a}-{b}" for _, a, b in spans[:10])
-        out.notes.append((f"one row spans several lines of the file (lines {lines})", [r for r, _, _ in spans],
-                          "kept as one text with line breaks; if these were separate rows, a stray quote merged "
-                          "them: fix it in the file"))
+        out.notes.append(
+            (
+                f"one row spans several lines of the file (lines {lines})",
+                [r for r, _, _ in spans],
+                "kept as one text with line breaks; if these were separate rows, a stray quote merged "
+                "them: fix it in the file",
+            )
+        )
     return _unmark(rows, out)
 
 
@@ -244,8 +283,13 @@ def _tsv_rows(text: str, out: Sheet) -> list[list]:
         if any(quoted):
             unquoted.append(i)
     if unquoted:
-        out.notes.append(('cell in quotes with inner quotes doubled ("…", as Excel and pandas write TSV)',
-                          unquoted, "outer quotes removed, inner quotes undoubled"))
+        out.notes.append(
+            (
+                'cell in quotes with inner quotes doubled ("…", as Excel and pandas write TSV)',
+                unquoted,
+                "outer quotes removed, inner quotes undoubled",
+            )
+        )
     return _unmark(rows, out)
 
 
@@ -253,8 +297,13 @@ def _unmark(rows: list[list[str]], out: Sheet) -> list[list[str | None]]:
     """Empty cells become None; the apostrophe that :func:`write_table` puts before formula-like text goes."""
     marked = [i for i, row in enumerate(rows, 1) if any(_is_marked(cell) for cell in row)]
     if marked:
-        out.notes.append(("cell starts with the apostrophe that marks = + - @ as text (as nblib writes CSV)",
-                          marked, "apostrophe removed"))
+        out.notes.append(
+            (
+                "cell starts with the apostrophe that marks = + - @ as text (as nblib writes CSV)",
+                marked,
+                "apostrophe removed",
+            )
+        )
     return [[cell[1:] if _is_marked(cell) else cell if cell != "" else None for cell in row] for row in rows]
 
 
@@ -262,12 +311,15 @@ def _is_marked(cell: str) -> bool:
     return cell[:1] == TEXT_MARK and cell[1:2] in MARKED_START
 
 
-def _table(rows: list[list], columns: Sequence[str], header_row: int, path: Path, params: Params,
-           strict_width: bool) -> pd.DataFrame:
+def _table(
+    rows: list[list], columns: Sequence[str], header_row: int, path: Path, params: Params, strict_width: bool
+) -> pd.DataFrame:
     """Rows below ``header_row`` under its names; index = sheet row. Checks names, duplicates and widths."""
     if header_row > len(rows):
-        raise DataError(f"{path.name} has {len(rows)} row(s); there is no header on row {header_row}. "
-                        f"Pass {params.header_row}<row of the column names>.")
+        raise DataError(
+            f"{path.name} has {len(rows)} row(s); there is no header on row {header_row}. "
+            f"Pass {params.header_row}<row of the column names>."
+        )
     rows = [[None if v is None or v == "" else v for v in row] for row in rows]
     names = [None if v is None or cell_text(v) == "" else cell_text(v) for v in rows[header_row - 1]]
     while names and names[-1] is None:
@@ -275,26 +327,34 @@ def _table(rows: list[list], columns: Sequence[str], header_row: int, path: Path
     top = {i: [cell_text(v) for v in row if v is not None] for i, row in enumerate(rows[:TOP_ROWS], 1)}
     missing = [c for c in columns if c not in names]
     if missing:
-        raise DataError(f"{path.name}: column(s) {missing} not found in the header (row {header_row}), which has "
-                        f"columns {[n for n in names if n is not None]}. "
-                        + _header_hint(top, columns, header_row, names, params))
+        raise DataError(
+            f"{path.name}: column(s) {missing} not found in the header (row {header_row}), which has "
+            f"columns {[n for n in names if n is not None]}. " + _header_hint(top, columns, header_row, names, params)
+        )
     dup = sorted(n for n, k in Counter(n for n in names if n is not None).items() if k > 1)
     if dup:
         where = {n: [_column_letter(i) for i, m in enumerate(names) if m == n] for n in dup}
-        raise DataError(f"{path.name}: column name(s) appear more than once in the header (row {header_row}): "
-                        f"{where}. Rename them so that each column has its own name.")
+        raise DataError(
+            f"{path.name}: column name(s) appear more than once in the header (row {header_row}): "
+            f"{where}. Rename them so that each column has its own name."
+        )
     body = rows[header_row:]
     width = max([len(names)] + [_filled_width(r) for r in body])
     if strict_width and width > len(names):
         wide = [header_row + i for i, r in enumerate(body, 1) if _filled_width(r) > len(names)]
         shown = ", ".join(map(str, wide[:10])) + (" …" if len(wide) > 10 else "")
-        raise DataError(f"{path.name}: the header (row {header_row}) has {len(names)} column(s) but row(s) {shown} "
-                        f"have more cells: a separator inside a text that is not in quotes? Put such texts in "
-                        f"quotes (CSV) or save the sheet as .xlsx. " + _header_hint(top, columns, header_row, names, params))
+        raise DataError(
+            f"{path.name}: the header (row {header_row}) has {len(names)} column(s) but row(s) {shown} "
+            f"have more cells: a separator inside a text that is not in quotes? Put such texts in "
+            f"quotes (CSV) or save the sheet as .xlsx. " + _header_hint(top, columns, header_row, names, params)
+        )
     names += [None] * (width - len(names))
-    df = pd.DataFrame([list(r[:width]) + [None] * (width - len(r)) for r in body],
-                      columns=[n if n is not None else f"Unnamed: {i}" for i, n in enumerate(names)],
-                      index=pd.RangeIndex(header_row + 1, header_row + 1 + len(body)), dtype=object)
+    df = pd.DataFrame(
+        [list(r[:width]) + [None] * (width - len(r)) for r in body],
+        columns=[n if n is not None else f"Unnamed: {i}" for i, n in enumerate(names)],
+        index=pd.RangeIndex(header_row + 1, header_row + 1 + len(body)),
+        dtype=object,
+    )
     unnamed_empty = [c for c, n in zip(df.columns, names) if n is None and df[c].isna().all()]
     return df.drop(columns=unnamed_empty).dropna(how="all")
 
@@ -304,8 +364,9 @@ def _filled_width(row: list) -> int:
     return max((i + 1 for i, v in enumerate(row) if v is not None), default=0)
 
 
-def _header_hint(top: dict[int, list[str]], columns: Sequence[str], header_row: int, names: list,
-                 params: Params) -> str:
+def _header_hint(
+    top: dict[int, list[str]], columns: Sequence[str], header_row: int, names: list, params: Params
+) -> str:
     """Advice on the header row: the row that holds the wanted columns, or a title row, or the column parameters."""
     found = next((i for i, cells in top.items() if i != header_row and columns and set(columns) <= set(cells)), None)
     if found is not None:
@@ -313,8 +374,10 @@ def _header_hint(top: dict[int, list[str]], columns: Sequence[str], header_row: 
     named = sum(n is not None for n in names)
     widest_below = max([len(cells) for i, cells in top.items() if i > header_row], default=0)
     if named < widest_below and named <= widest_below / 2:
-        return (f"Row {header_row} looks like a title, not the column names: pass {params.header_row}<row of the "
-                f"column names>.")
+        return (
+            f"Row {header_row} looks like a title, not the column names: pass {params.header_row}<row of the "
+            f"column names>."
+        )
     return f"Pass {params.columns} to name the right columns, or {params.header_row}<row> if the header is elsewhere."
 
 
@@ -325,6 +388,7 @@ def _column_letter(i: int) -> str:
 
 
 # --- writing ------------------------------------------------------------------------------------------
+
 
 def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     """Write ``df`` (its columns, not its index) as .xlsx, .csv or .tsv, chosen by the suffix.
@@ -350,8 +414,10 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
         raise DataError(f"Cannot write {path.name}: column name(s) {dup} occur more than once.")
     path.parent.mkdir(parents=True, exist_ok=True)
     header = [str(c) for c in df.columns]
-    rows = [[None if _missing(v) else v.item() if hasattr(v, "item") else v for v in r]
-            for r in df.itertuples(index=False, name=None)]
+    rows = [
+        [None if _missing(v) else v.item() if hasattr(v, "item") else v for v in r]
+        for r in df.itertuples(index=False, name=None)
+    ]
     if kind == "excel":
         _write_xlsx([header] + rows, path)
     else:
@@ -363,8 +429,9 @@ def writer_kind(path: str | Path) -> str:
     """The format :func:`write_table` writes for ``path`` ("excel", "csv" or "tsv"); an unknown suffix is a DataError."""
     kind = WRITERS.get(Path(path).suffix.lower())
     if kind is None:
-        raise DataError(f"Cannot write {Path(path).name}: the suffix must be one of {', '.join(WRITERS)} (it decides "
-                        f"the format).")
+        raise DataError(
+            f"Cannot write {Path(path).name}: the suffix must be one of {', '.join(WRITERS)} (it decides the format)."
+        )
     return kind
 
 
@@ -396,8 +463,10 @@ def _write_delimited(rows: list[list], path: Path, kind: str) -> None:
     if kind == "tsv":
         bad = [i for i, r in enumerate(rows, 1) if any(isinstance(v, str) and re.search(r"[\t\r\n]", v) for v in r)]
         if bad:
-            raise DataError(f"Cannot write {path.name}: row(s) {bad[:10]} hold a tab or line break, which a TSV "
-                            f"cannot hold. Write .xlsx or .csv instead.")
+            raise DataError(
+                f"Cannot write {path.name}: row(s) {bad[:10]} hold a tab or line break, which a TSV "
+                f"cannot hold. Write .xlsx or .csv instead."
+            )
     rows = [["" if v is None else _mark(v) if isinstance(v, str) else v for v in r] for r in rows]
     with path.open("w", encoding="utf-8-sig", newline="") as f:
         if kind == "csv":

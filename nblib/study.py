@@ -1,11 +1,12 @@
 """The study: one labelled sheet, its folds and its results folder, opened the same way by every notebook.
 
-    study = open_study("../data/my_sheet.xlsx", text_col="评论", n_folds=5)
-    study.data, study.folds          # the checked sheet and the fold of every text
-    study.split(0, val_fraction=0.1) # fold 0's train / validation / test indices
-    study.runs()                     # every finished model on these folds, by name
-    study.comparison()               # their mean ± sd table (also written to comparison.csv)
+study = open_study("../data/my_sheet.xlsx", text_col="评论", n_folds=5)
+study.data, study.folds          # the checked sheet and the fold of every text
+study.split(0, val_fraction=0.1) # fold 0's train / validation / test indices
+study.runs()                     # every finished model on these folds, by name
+study.comparison()               # their mean ± sd table (also written to comparison.csv)
 """
+
 from __future__ import annotations
 
 import logging
@@ -97,8 +98,10 @@ class Study:
         """
         runs = self.runs()
         if name not in runs:
-            raise KeyError(f"No finished model '{name}' in {self.path / 'models'}; finished: {sorted(runs)}. "
-                           f"Run 02_baselines / 03_bert_cv first, or check the name.")
+            raise KeyError(
+                f"No finished model '{name}' in {self.path / 'models'}; finished: {sorted(runs)}. "
+                f"Run 02_baselines / 03_bert_cv first, or check the name."
+            )
         return runs[name]
 
     def unfinished_runs(self) -> dict[str, str]:
@@ -107,7 +110,9 @@ class Study:
         for path in results.run_paths(self.path):
             run = RunFolder(path)
             if not run.is_finished():
-                out[run.name] = f"only folds {run.done_folds()} of {self.n_folds} are done; rerun its notebook to finish it"
+                out[run.name] = (
+                    f"only folds {run.done_folds()} of {self.n_folds} are done; rerun its notebook to finish it"
+                )
             elif results.load_run(path).config.get("folds_sha") != sha:
                 out[run.name] = "it was run on other folds"
         return out
@@ -121,8 +126,10 @@ class Study:
         finals = [RunFolder(p).final_dir for p in results.run_paths(self.path) if name in (None, p.name)]
         finals = sorted((f for f in finals if (f / "model.safetensors").exists()), key=lambda f: f.stat().st_mtime)
         if not finals:
-            raise FileNotFoundError(f"No final model {'of ' + name + ' ' if name else ''}under {self.path / 'models'}; "
-                                    f"run 03_bert_cv with train_final=True first, or pass model_dir.")
+            raise FileNotFoundError(
+                f"No final model {'of ' + name + ' ' if name else ''}under {self.path / 'models'}; "
+                f"run 03_bert_cv with train_final=True first, or pass model_dir."
+            )
         return finals[-1]
 
     def comparison(self) -> pd.DataFrame:
@@ -145,8 +152,15 @@ def open_study(data_path: str | Path | StudySettings, **settings: Any) -> Study:
         The :class:`Study`.
     """
     s = data_path if isinstance(data_path, StudySettings) else StudySettings(data_path=str(data_path), **settings)
-    data = load_labelled(s.data_path, text_col=s.text_col, label_col=s.label_col, sheet=s.sheet,
-                         label_table=s.label_table, header_row=s.header_row, encoding=s.encoding)
+    data = load_labelled(
+        s.data_path,
+        text_col=s.text_col,
+        label_col=s.label_col,
+        sheet=s.sheet,
+        label_table=s.label_table,
+        header_row=s.header_row,
+        encoding=s.encoding,
+    )
     path = results.study_path(s.results_dir, data)
     folds = load_or_make_folds(data, results.folds_file(path, s.n_folds, s.seed), s.n_folds, s.seed)
     return Study(s, data, folds, path)

@@ -1,4 +1,5 @@
 """Splitting Chinese text into units: characters or jieba words."""
+
 from __future__ import annotations
 
 import logging

@@ -1,11 +1,11 @@
 """Shared fixtures: small sheets written on the fly, tiny studies, the benchmark data, notebook runs."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from helpers import NOTEBOOKS, SHARED, write_tiny_sheet
 
 
@@ -71,8 +71,9 @@ def run_notebook(tmp_path):
 
     def run(name: str, **parameters) -> nbformat.NotebookNode:
         out = tmp_path / f"executed_{name}"
-        papermill.execute_notebook(str(NOTEBOOKS / name), str(out), parameters=parameters,
-                                   cwd=str(NOTEBOOKS), progress_bar=False)
+        papermill.execute_notebook(
+            str(NOTEBOOKS / name), str(out), parameters=parameters, cwd=str(NOTEBOOKS), progress_bar=False
+        )
         return nbformat.read(out, as_version=4)
 
     return run

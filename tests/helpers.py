@@ -1,4 +1,5 @@
 """Paths and small helpers shared by the tests (fixtures live in conftest.py)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,8 +21,11 @@ def write_tiny_sheet(folder: Path, n_per_class: int = 12, name: str = "tiny.csv"
     import numpy as np
 
     rng = np.random.default_rng(0)
-    rows = [(c, "".join(rng.choice(ws, 3)) + f"第{i}条" + "好" * (i % 4))
-            for c, ws in TINY_WORDS.items() for i in range(n_per_class)]
+    rows = [
+        (c, "".join(rng.choice(ws, 3)) + f"第{i}条" + "好" * (i % 4))
+        for c, ws in TINY_WORDS.items()
+        for i in range(n_per_class)
+    ]
     Path(folder).mkdir(parents=True, exist_ok=True)
     path = Path(folder) / name
     pd.DataFrame(rows, columns=["Label", "Sentence"]).to_csv(path, index=False)

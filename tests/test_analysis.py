@@ -1,4 +1,5 @@
 """The paired statistics of 04_error_analysis: the bootstrap resamples the same texts for every model."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,10 +11,23 @@ from nblib.results import ModelResults
 
 def results_of(name: str, gold: np.ndarray, pred: np.ndarray) -> ModelResults:
     probs = np.eye(3)[pred] * 0.8 + 0.2 / 3
-    table = pd.DataFrame({"index": range(len(gold)), "row": np.arange(len(gold)) + 2, "fold": 0,
-                          "text": [f"t{i}" for i in range(len(gold))], "gold": gold, "pred": pred})
-    return ModelResults(name, {}, pd.concat([table, pd.DataFrame(probs, columns=["prob_0", "prob_1", "prob_2"])], axis=1),
-                        pd.DataFrame(), None)
+    table = pd.DataFrame(
+        {
+            "index": range(len(gold)),
+            "row": np.arange(len(gold)) + 2,
+            "fold": 0,
+            "text": [f"t{i}" for i in range(len(gold))],
+            "gold": gold,
+            "pred": pred,
+        }
+    )
+    return ModelResults(
+        name,
+        {},
+        pd.concat([table, pd.DataFrame(probs, columns=["prob_0", "prob_1", "prob_2"])], axis=1),
+        pd.DataFrame(),
+        None,
+    )
 
 
 def test_bootstrap_resamples_the_same_texts_for_every_model():

@@ -1,4 +1,5 @@
 """Feature builders, baseline models on tiny inputs, the CV loop and the results format."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,8 @@ import torch
 from nblib import baselines, features, results
 from nblib.text import tokenize, tokenize_all
 
-
 # --- text units and features ---------------------------------------------------------------------
+
 
 def test_tokenize_chars_and_words():
     assert tokenize("只此 青绿！", "char") == ["只", "此", "青", "绿", "！"]
@@ -41,8 +42,15 @@ def test_char_ngrams():
 
 def test_word2vec_is_reproducible_and_averages():
     corpus = tokenize_all(["只此青绿的舞美绝了", "国家宝藏的文物好美", "只此青绿的灯光绝了"] * 20, "word")
-    a, b = features.train_word2vec(corpus, dim=16, min_count=1, epochs=3), features.train_word2vec(corpus, dim=16, min_count=1, epochs=3)
-    assert np.allclose(a["绝"], b["绝"]) if "绝" in a.key_to_index else np.allclose(a[a.index_to_key[0]], b[b.index_to_key[0]])
+    a, b = (
+        features.train_word2vec(corpus, dim=16, min_count=1, epochs=3),
+        features.train_word2vec(corpus, dim=16, min_count=1, epochs=3),
+    )
+    assert (
+        np.allclose(a["绝"], b["绝"])
+        if "绝" in a.key_to_index
+        else np.allclose(a[a.index_to_key[0]], b[b.index_to_key[0]])
+    )
     x = features.mean_vectors([corpus[0], ["从未见过"]], a)
     assert x.shape == (2, 16) and np.allclose(x[1], 0) and not np.allclose(x[0], 0)
     assert np.allclose(x[0], a[[t for t in corpus[0] if t in a.key_to_index]].mean(0))
@@ -59,6 +67,7 @@ def test_vocab_encoding_and_embedding_init():
 
 
 # --- models ---------------------------------------------------------------------------------------
+
 
 def test_sparse_and_dense_mlp_agree():
     torch.manual_seed(0)
@@ -92,9 +101,17 @@ def test_models_fit_a_separable_set(kind):
     torch.manual_seed(0)
     idx = rng.permutation(120)
     train, val = idx[:90], idx[90:]
-    model, history, best = baselines.train_early_stopping(model, loader(train, True), loader(val, False), y[val],
-                                                          epochs=30, lr=0.01, weight_decay=0.0, patience=5,
-                                                          select_on="val_macro_f1")
+    model, history, best = baselines.train_early_stopping(
+        model,
+        loader(train, True),
+        loader(val, False),
+        y[val],
+        epochs=30,
+        lr=0.01,
+        weight_decay=0.0,
+        patience=5,
+        select_on="val_macro_f1",
+    )
     assert history["val_accuracy"].max() == 1.0
     ranked = history.sort_values(["val_macro_f1", "val_loss"], ascending=[False, True], kind="stable")
     assert best == ranked["epoch"].iloc[0]  # best macro-F1, ties to the lower loss
@@ -104,16 +121,20 @@ def test_models_fit_a_separable_set(kind):
 
 # --- the CV loop and the results format ------------------------------------------------------------
 
-@pytest.mark.parametrize("select_on, kept, patience, epochs_run", [("val_macro_f1", 3, 5, 4), ("val_loss", 1, 5, 4),
-                                                                    ("val_loss", 1, 2, 3)])
+
+@pytest.mark.parametrize(
+    "select_on, kept, patience, epochs_run", [("val_macro_f1", 3, 5, 4), ("val_loss", 1, 5, 4), ("val_loss", 1, 2, 3)]
+)
 def test_early_stopping_keeps_the_epoch_the_selection_rule_picks(monkeypatch, select_on, kept, patience, epochs_run):
     """Validation loss is lowest after epoch 1, macro-F1 highest after epoch 3 (tied at 4): each rule keeps its own."""
     y_val = np.array([0, 1, 0, 1])
     confident_right = np.array([[0.99, 0.01], [0.01, 0.99], [0.01, 0.99], [0.01, 0.99]])
-    scripted = [np.array([[0.6, 0.4]] * 4),   # macro-F1 0.33, loss 0.71
-                np.array([[0.9, 0.1]] * 4),   # macro-F1 0.33, loss 1.20
-                confident_right,              # macro-F1 0.73, loss 1.16
-                confident_right]
+    scripted = [
+        np.array([[0.6, 0.4]] * 4),  # macro-F1 0.33, loss 0.71
+        np.array([[0.9, 0.1]] * 4),  # macro-F1 0.33, loss 1.20
+        confident_right,  # macro-F1 0.73, loss 1.16
+        confident_right,
+    ]
     weights = []  # the model's weights after each epoch, to see which epoch was restored
 
     def fake_predict(model, batches):
@@ -124,24 +145,47 @@ def test_early_stopping_keeps_the_epoch_the_selection_rule_picks(monkeypatch, se
     torch.manual_seed(0)
     x = np.eye(2, dtype=np.float32).repeat(4, axis=0)
     train = baselines.matrix_loader(x, np.array([0, 0, 0, 0, 1, 1, 1, 1]), 4, shuffle=True)
-    model, history, best = baselines.train_early_stopping(baselines.MLP(2, 4, 2, 0.0), train, None, y_val, epochs=4,
-                                                          lr=0.1, weight_decay=0.0, patience=patience,
-                                                          select_on=select_on)
+    model, history, best = baselines.train_early_stopping(
+        baselines.MLP(2, 4, 2, 0.0),
+        train,
+        None,
+        y_val,
+        epochs=4,
+        lr=0.1,
+        weight_decay=0.0,
+        patience=patience,
+        select_on=select_on,
+    )
     assert best == kept and len(history) == epochs_run
     assert history["val_macro_f1"].round(2).tolist()[:3] == [0.33, 0.33, 0.73]
     assert torch.equal(model.hidden.weight, weights[kept - 1])
     assert not torch.equal(weights[0], weights[2])
 
 
-NAMES = {"lr_tfidf_char": ("lr_tfidf_char", False), "mlp_tf": ("mlp_tf_char", True),
-         "mlp_word2vec": ("mlp_word2vec_char", True), "lstm_random": ("lstm_random_char", True)}
+NAMES = {
+    "lr_tfidf_char": ("lr_tfidf_char", False),
+    "mlp_tf": ("mlp_tf_char", True),
+    "mlp_word2vec": ("mlp_word2vec_char", True),
+    "lstm_random": ("lstm_random_char", True),
+}
 
 
 @pytest.mark.parametrize("name", list(NAMES))
 def test_each_baseline_writes_the_results_format(tiny_study, name):
     study = tiny_study()
-    cfg = baselines.BaselineConfig(unit="char", min_df=1, epochs=15, patience=15, lr=0.01, w2v_dim=16, w2v_min_count=1,
-                                   w2v_epochs=50, w2v_window=2, mlp_hidden=32, lstm_hidden=16)
+    cfg = baselines.BaselineConfig(
+        unit="char",
+        min_df=1,
+        epochs=15,
+        patience=15,
+        lr=0.01,
+        w2v_dim=16,
+        w2v_min_count=1,
+        w2v_epochs=50,
+        w2v_window=2,
+        mlp_hidden=32,
+        lstm_hidden=16,
+    )
     res = baselines.BaselineSuite(study, cfg).run(name)
     folder_name, neural = NAMES[name]
     assert res.name == folder_name
@@ -186,7 +230,11 @@ def test_study_lists_finished_models_of_its_folds(tiny_study):
     assert tiny_study(seed=1).runs() == {}  # same data, other folds
     assert list(tiny_study(seed=1).unfinished_runs()) == ["lr_tfidf_char"]
     table = study.comparison()
-    assert table.index.tolist() == ["lr_tfidf_char"] and table.columns.tolist() == ["accuracy", "macro_f1", "weighted_f1"]
+    assert table.index.tolist() == ["lr_tfidf_char"] and table.columns.tolist() == [
+        "accuracy",
+        "macro_f1",
+        "weighted_f1",
+    ]
     assert (study.path / "comparison.csv").exists()
 
 

@@ -1,4 +1,5 @@
 """Fine-tuning on tiny random encoders built from the data: each defect of the original code has a test."""
+
 from __future__ import annotations
 
 import contextlib
@@ -20,9 +21,9 @@ import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from helpers import DEMO_LABELLED, ROOT, write_tiny_sheet
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertModel
 
-from helpers import DEMO_LABELLED, ROOT, write_tiny_sheet
 from nblib import bert, bert_cv
 from nblib.data import LabelledData, load_labelled
 from nblib.results import ResultsExistError
@@ -46,6 +47,7 @@ def with_params(cfg: bert_cv.FineTuneConfig, **params) -> bert_cv.FineTuneConfig
 def cross_validate(cfg: bert_cv.FineTuneConfig):
     """What 03_bert_cv does: open the study, then every fold and the final model."""
     return bert_cv.FineTuneJob(cfg, open_study(cfg.study)).cross_validate()
+
 
 TEXTS = ["只此青绿的舞美绝了", "在看CCTV1典籍里的中国", "三刷🉑️👍", "徐霞客游记一包纸巾😭不够用"]
 
@@ -118,7 +120,9 @@ def test_new_head_can_get_its_own_learning_rate(tiny_encoder):
     names = {id(p): n for n, p in model.named_parameters()}
     assert {names[id(p)] for g in groups if g.get("lr") == 1e-3 for p in g["params"]} == new
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
-    assert len(bert.param_groups(model, 0.01, new)) == 2 and all("lr" not in g for g in bert.param_groups(model, 0.01, new))
+    assert len(bert.param_groups(model, 0.01, new)) == 2 and all(
+        "lr" not in g for g in bert.param_groups(model, 0.01, new)
+    )
 
 
 def test_checksum_ignores_a_pooler_the_checkpoint_lacks(tmp_path, tiny_encoder):
@@ -141,9 +145,18 @@ def test_fine_tuning_learns_a_separable_set(tmp_path, write_sheet):
     tok = AutoTokenizer.from_pretrained(enc)
     ds = bert.Encoded(tok, d.texts, 32, d.labels)
     idx = np.random.default_rng(0).permutation(len(d.texts))
-    res = bert.fine_tune(enc, d.label_names, ds.subset(idx[:45]), ds.subset(idx[45:52]), ds.subset(idx[52:]),
-                         bert.TrainSettings(epochs=6, batch_size=8, lr=3e-3, warmup_ratio=0.1), Accelerator(cpu=True),
-                         tok, seed=0, select_on="val_macro_f1")
+    res = bert.fine_tune(
+        enc,
+        d.label_names,
+        ds.subset(idx[:45]),
+        ds.subset(idx[45:52]),
+        ds.subset(idx[52:]),
+        bert.TrainSettings(epochs=6, batch_size=8, lr=3e-3, warmup_ratio=0.1),
+        Accelerator(cpu=True),
+        tok,
+        seed=0,
+        select_on="val_macro_f1",
+    )
     assert res.history["train_loss"].iloc[-1] < res.history["train_loss"].iloc[0]
     assert (res.test_probs.argmax(1) == d.labels[idx[52:]]).mean() >= 0.75
     ranked = res.history.sort_values(["val_macro_f1", "val_loss"], ascending=[False, True], kind="stable")
@@ -156,18 +169,40 @@ def test_frozen_word_embeddings_stay_fixed_while_the_encoder_learns(tmp_path, wr
     tok = AutoTokenizer.from_pretrained(enc)
     ds = bert.Encoded(tok, d.texts, 32, d.labels)
     before = bert.load_classifier(enc, d.label_names)
-    res = bert.fine_tune(enc, d.label_names, ds, None, None, bert.TrainSettings(epochs=1, batch_size=8, lr=1e-3,
-                         freeze_embeddings=True), Accelerator(cpu=True), tok, seed=0, select_on="val_macro_f1")
+    res = bert.fine_tune(
+        enc,
+        d.label_names,
+        ds,
+        None,
+        None,
+        bert.TrainSettings(epochs=1, batch_size=8, lr=1e-3, freeze_embeddings=True),
+        Accelerator(cpu=True),
+        tok,
+        seed=0,
+        select_on="val_macro_f1",
+    )
     after = res.model
     assert torch.equal(after.get_input_embeddings().weight, before.get_input_embeddings().weight)
-    assert not torch.allclose(after.bert.encoder.layer[0].output.dense.weight, before.bert.encoder.layer[0].output.dense.weight)
+    assert not torch.allclose(
+        after.bert.encoder.layer[0].output.dense.weight, before.bert.encoder.layer[0].output.dense.weight
+    )
     assert after.get_input_embeddings().weight.requires_grad is False
 
 
 def small_config(tmp_path, write_sheet, **kw) -> bert_cv.FineTuneConfig:
     path = write_tiny_sheet(tmp_path, 8)
-    return make_config(data_path=str(path), results_dir=str(tmp_path / "res"), model=bert.TINY_RANDOM, n_folds=3,
-                       epochs=2, batch_size=8, lr=1e-3, max_len=32, device="cpu", **kw)
+    return make_config(
+        data_path=str(path),
+        results_dir=str(tmp_path / "res"),
+        model=bert.TINY_RANDOM,
+        n_folds=3,
+        epochs=2,
+        batch_size=8,
+        lr=1e-3,
+        max_len=32,
+        device="cpu",
+        **kw,
+    )
 
 
 def test_cross_validation_fresh_model_per_fold_save_reload_and_resume(tmp_path, write_sheet):
@@ -179,8 +214,10 @@ def test_cross_validation_fresh_model_per_fold_save_reload_and_resume(tmp_path, 
     source = next((tmp_path / "res").glob("tiny-*/encoders/tiny-random"))
     pretrained = bert.encoder_checksum(bert.load_classifier(str(source), ["a", "b", "c"]))
     assert np.allclose(res.metrics["encoder_checksum"], pretrained)
-    trained = [bert.encoder_checksum(AutoModelForSequenceClassification.from_pretrained(folder / "fold_models" / f"fold_{k}"))
-               for k in range(3)]
+    trained = [
+        bert.encoder_checksum(AutoModelForSequenceClassification.from_pretrained(folder / "fold_models" / f"fold_{k}"))
+        for k in range(3)
+    ]
     assert len(set(np.round(trained, 6))) == 3 and pretrained not in trained
     # checkpoints: safetensors with tokenizer and label names, reloading into a plain model gives the saved predictions
     fold1 = folder / "fold_models" / "fold_1"
@@ -221,9 +258,17 @@ def test_interrupted_run_resumes_the_missing_fold(tmp_path, write_sheet):
 @pytest.mark.parametrize("parallel", ["ddp", "folds"])
 def test_two_cpu_processes_give_the_same_results_format(tmp_path, write_sheet, parallel):
     single = cross_validate(small_config(tmp_path / "one", write_sheet, train_final=False, save_fold_models=False))
-    two = cross_validate(small_config(tmp_path / "two", write_sheet, num_processes=2, parallel=parallel,
-                                              train_final=parallel == "ddp", save_fold_models=False,
-                                              freeze_embeddings=parallel == "ddp"))  # DDP skips frozen weights
+    two = cross_validate(
+        small_config(
+            tmp_path / "two",
+            write_sheet,
+            num_processes=2,
+            parallel=parallel,
+            train_final=parallel == "ddp",
+            save_fold_models=False,
+            freeze_embeddings=parallel == "ddp",
+        )
+    )  # DDP skips frozen weights
     assert two.predictions.columns.tolist() == single.predictions.columns.tolist()
     assert (two.predictions[["index", "fold", "gold"]] == single.predictions[["index", "fold", "gold"]]).all().all()
     assert two.metrics.columns.tolist() == single.metrics.columns.tolist() and len(two.metrics) == 3
@@ -251,6 +296,7 @@ def test_out_of_memory_retries_with_accumulation_then_advises(tmp_path, write_sh
 
 # --- GPU and multi-process paths, checked on the CPU: mocked devices, CPU bf16 autocast, real subprocesses ---
 
+
 def fake_gpus(monkeypatch, capability: tuple[int, int], count: int = 2) -> None:
     """Make torch report ``count`` CUDA GPUs of this compute capability."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -259,7 +305,9 @@ def fake_gpus(monkeypatch, capability: tuple[int, int], count: int = 2) -> None:
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # true with emulation even on a V100
 
 
-@pytest.mark.parametrize("capability, precision", [((7, 0), "fp16"), ((7, 5), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")])
+@pytest.mark.parametrize(
+    "capability, precision", [((7, 0), "fp16"), ((7, 5), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")]
+)
 def test_auto_precision_follows_the_compute_capability(monkeypatch, capability, precision):
     fake_gpus(monkeypatch, capability)
     assert make_config(data_path="x.csv").resolved_precision() == precision
@@ -275,7 +323,9 @@ def tf32_switches():
 
 
 @pytest.mark.parametrize("precision, mixed, tf32", [("auto", "fp16", True), ("fp32", "no", False)])
-def test_precision_is_decided_on_the_ranks_gpu_after_the_device_is_set(monkeypatch, tf32_switches, precision, mixed, tf32):
+def test_precision_is_decided_on_the_ranks_gpu_after_the_device_is_set(
+    monkeypatch, tf32_switches, precision, mixed, tf32
+):
     events = []
 
     class RankState:  # accelerate's PartialState under torchrun: sets this rank's GPU
@@ -323,8 +373,15 @@ def fold_inputs(tmp_path, write_sheet) -> dict:
     tok = AutoTokenizer.from_pretrained(enc)
     ds = bert.Encoded(tok, d.texts, 32, d.labels)
     rows = np.random.default_rng(0).permutation(len(d.texts))
-    return dict(source=enc, label_names=d.label_names, tokenizer=tok, train=ds.subset(rows[:12]), val=None,
-                test=ds.subset(rows[12:]), select_on="val_macro_f1")
+    return dict(
+        source=enc,
+        label_names=d.label_names,
+        tokenizer=tok,
+        train=ds.subset(rows[:12]),
+        val=None,
+        test=ds.subset(rows[12:]),
+        select_on="val_macro_f1",
+    )
 
 
 def run_out_of_memory(module, args):
@@ -376,7 +433,8 @@ def test_a_fold_retried_after_out_of_memory_is_reseeded(tmp_path, write_sheet, m
 
 
 def test_a_batch_halved_after_out_of_memory_stays_halved_and_each_try_gets_a_fresh_accelerator(
-        tmp_path, write_sheet, monkeypatch):
+    tmp_path, write_sheet, monkeypatch
+):
     tries = []
 
     def fake_fine_tune(settings, accelerator, test, **kw):
@@ -392,17 +450,21 @@ def test_a_batch_halved_after_out_of_memory_stays_halved_and_each_try_gets_a_fre
 
 
 @pytest.mark.parametrize("init_scale, steps", [(float("inf"), 0), (1.0, 3)])
-def test_the_schedule_does_not_advance_on_steps_the_loss_scaler_skipped(tmp_path, write_sheet, monkeypatch,
-                                                                        init_scale, steps):
+def test_the_schedule_does_not_advance_on_steps_the_loss_scaler_skipped(
+    tmp_path, write_sheet, monkeypatch, init_scale, steps
+):
     kw = fold_inputs(tmp_path, write_sheet)
     schedulers = []
     real = bert.get_linear_schedule_with_warmup
-    monkeypatch.setattr(bert, "get_linear_schedule_with_warmup", lambda *a: schedulers.append(real(*a)) or schedulers[-1])
+    monkeypatch.setattr(
+        bert, "get_linear_schedule_with_warmup", lambda *a: schedulers.append(real(*a)) or schedulers[-1]
+    )
     accelerator = Accelerator(cpu=True)
     # fp16 loss scaling as on a GPU (accelerate makes it only there); an infinite scale overflows every step
     accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
-    res = bert.fine_tune(settings=bert.TrainSettings(epochs=1, batch_size=4, lr=1e-3), accelerator=accelerator,
-                         seed=0, **kw)
+    res = bert.fine_tune(
+        settings=bert.TrainSettings(epochs=1, batch_size=4, lr=1e-3), accelerator=accelerator, seed=0, **kw
+    )
     assert schedulers[0].last_epoch == steps  # 3 optimizer steps, as many scheduler steps as were taken
     assert (bert.encoder_checksum(res.model) == res.encoder_checksum) == (steps == 0)
 
@@ -410,8 +472,12 @@ def test_the_schedule_does_not_advance_on_steps_the_loss_scaler_skipped(tmp_path
 def test_a_batch_that_does_not_divide_evenly_is_an_error(tmp_path, write_sheet, monkeypatch):
     kw = fold_inputs(tmp_path, write_sheet)
     with pytest.raises(ValueError, match="batch_size 8 is not a multiple of processes × grad_accum"):
-        bert.fine_tune(settings=bert.TrainSettings(epochs=1, batch_size=8, grad_accum=3),
-                       accelerator=Accelerator(cpu=True), seed=0, **kw)
+        bert.fine_tune(
+            settings=bert.TrainSettings(epochs=1, batch_size=8, grad_accum=3),
+            accelerator=Accelerator(cpu=True),
+            seed=0,
+            **kw,
+        )
     monkeypatch.setattr(bert_cv, "_launch_torchrun", lambda *a, **k: pytest.fail("training started"))
     with pytest.raises(ValueError, match="multiple of processes × grad_accum \\(3 × 1"):
         cross_validate(small_config(tmp_path, write_sheet, num_processes=3, parallel="ddp"))
@@ -432,8 +498,10 @@ for i in range(1500):
 
 def test_atomic_writes_of_one_file_from_two_processes(tmp_path):
     target = tmp_path / "config.json"
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(target), who], stderr=subprocess.PIPE, text=True)
-             for who in "ab"]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(target), who], stderr=subprocess.PIPE, text=True)
+        for who in "ab"
+    ]
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errors
     assert target.read_text() in ("a" * 1000, "b" * 1000)
@@ -484,7 +552,9 @@ def test_fold_workers_do_not_outlive_an_interrupted_or_killed_parent(tmp_path):
             workers[how] = [int(f.read_text()) for f in files]
             os.kill(parent.pid, how)
         for how, pids in workers.items():
-            assert wait_until(lambda: not any(map(running, pids)), 30), f"workers outlived a parent stopped by {how.name}"
+            assert wait_until(lambda: not any(map(running, pids)), 30), (
+                f"workers outlived a parent stopped by {how.name}"
+            )
         assert parents[signal.SIGINT].poll() is None  # stopped by the parent's clean-up, not by its death
     finally:
         for pid in [p for pids in workers.values() for p in pids if running(p)] + [p.pid for p in parents.values()]:
@@ -503,7 +573,10 @@ def test_write_launch_makes_paths_absolute_and_trains_nothing(tmp_path, write_sh
     launch = from_params(bert_cv.FineTuneConfig, json.loads(path.read_text()))
     root = tmp_path.resolve()
     assert (launch.study.data_path, launch.study.results_dir, launch.model) == (
-        str(root / "tiny.csv"), str(root / "res"), str(root / "models" / "enc"))
+        str(root / "tiny.csv"),
+        str(root / "res"),
+        str(root / "models" / "enc"),
+    )
     assert path.parent.name == "bert_enc" and sorted(f.name for f in path.parent.iterdir()) == ["launch.json"]
 
 
@@ -533,8 +606,21 @@ def test_throughput_benchmark_runs_two_precisions_in_one_process(tiny_encoder, c
     spec.loader.exec_module(benchmark)
     Accelerator(cpu=True)  # an Accelerator made earlier in this process
     for precision in ("fp32", "bf16"):  # CPU bf16 autocast stands in for a GPU's mixed precision
-        benchmark.main(["--cpu", "--model", tiny_encoder, "--precision", precision, "--steps", "2", "--batch-size", "4",
-                        "--data", str(DEMO_LABELLED)])
+        benchmark.main(
+            [
+                "--cpu",
+                "--model",
+                tiny_encoder,
+                "--precision",
+                precision,
+                "--steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--data",
+                str(DEMO_LABELLED),
+            ]
+        )
     out = capsys.readouterr().out
     assert "nblib precision: fp32" in out and "nblib precision: bf16" in out
     assert len(re.findall(r"original\s+[\d.]+ texts/s\n\s+nblib\s+[\d.]+ texts/s\s+[\d.]+x the original", out)) == 2

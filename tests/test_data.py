@@ -1,16 +1,17 @@
 """nblib.data: loading, every kind of bad input, label mapping."""
+
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
-
 from helpers import DEMO_LABELLED, DEMO_UNLABELLED, balanced, sheet
+
 from nblib import data as nbdata
 from nblib.data import DataError
 
-
 # --- reading -----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["s.xlsx", "s.csv", "s.tsv"])
 def test_reads_each_format(write_sheet, name):
@@ -57,6 +58,7 @@ def test_unknown_sheet_name(write_sheet):
 
 # --- cleaning ----------------------------------------------------------------------------------
 
+
 def test_empty_and_whitespace_texts_are_dropped_and_reported(write_sheet):
     d = nbdata.load_labelled(write_sheet(sheet(["好", None, "", "   \t", "\ufeff", "棒"], [0, 1, 0, 1, 0, 1])))
     assert d.texts == ["好", "棒"]
@@ -91,6 +93,7 @@ def test_nothing_left_is_an_error(write_sheet):
 
 
 # --- labels ------------------------------------------------------------------------------------
+
 
 def test_string_labels_map_to_sorted_ids(write_sheet):
     d = nbdata.load_labelled(write_sheet(sheet(["a", "b", "c", "d"], ["文物", "节目", "文物", " 无关 "])))
@@ -142,6 +145,7 @@ def test_conflicting_labels_dropped_or_refused(write_sheet):
 
 
 # --- unlabelled pool and the bundled demo data ------------------------------------------------
+
 
 def test_unlabelled_pool(write_sheet):
     pool = nbdata.load_unlabelled(write_sheet(pd.DataFrame({"Sentence": ["好", None, " 棒 ", 3]})))

@@ -1,4 +1,5 @@
 """Every public function and method of nblib has a docstring naming each parameter, and full type hints."""
+
 from __future__ import annotations
 
 import importlib
@@ -9,8 +10,17 @@ from functools import cached_property
 from types import ModuleType
 
 # The modules checked; extend as more modules are documented.
-MODULES = ["nblib.eda", "nblib.plots", "nblib.text", "nblib.features", "nblib.analysis", "nblib.metrics",
-           "nblib.folds", "nblib.settings", "nblib.study"]
+MODULES = [
+    "nblib.eda",
+    "nblib.plots",
+    "nblib.text",
+    "nblib.features",
+    "nblib.analysis",
+    "nblib.metrics",
+    "nblib.folds",
+    "nblib.settings",
+    "nblib.study",
+]
 
 
 def _is_generated(func: Callable) -> bool:

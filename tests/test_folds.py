@@ -1,14 +1,15 @@
 """nblib.folds: stratified, reproducible, duplicates together, saved and checked; train/validation/test splits."""
+
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import balanced, sheet
 
 from nblib import data as nbdata
 from nblib import folds, results
 from nblib.data import DataError
-from helpers import balanced, sheet
 
 
 def test_folds_are_stratified_and_reproducible(write_sheet):

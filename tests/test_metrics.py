@@ -1,4 +1,5 @@
 """nblib.metrics and nblib.eda pinned by hand-computed values."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,7 +16,12 @@ def test_per_class_scores_by_hand():
     pred = ["a", "a", "b", "c", "a", "b", "c"]
     ids = {"a": 0, "b": 1, "c": 2}
     table = metrics.per_class_scores([ids[g] for g in gold], [ids[p] for p in pred], ["a", "b", "c"])
-    assert table.index.tolist() == ["a", "b", "c"] and table.columns.tolist() == ["precision", "recall", "f1", "support"]
+    assert table.index.tolist() == ["a", "b", "c"] and table.columns.tolist() == [
+        "precision",
+        "recall",
+        "f1",
+        "support",
+    ]
     assert table.loc["a", "precision"] == pytest.approx(2 / 3) and table.loc["a", "recall"] == pytest.approx(1 / 2)
     assert table.loc["a", "f1"] == pytest.approx(2 * (2 / 3) * (1 / 2) / (2 / 3 + 1 / 2))
     assert table.loc["b", "precision"] == pytest.approx(1 / 2) and table.loc["b", "recall"] == pytest.approx(1 / 2)
@@ -34,18 +40,30 @@ def test_fold_metrics_by_hand():
 
 
 def test_per_class_over_folds_averages_each_metric():
-    per_fold = pd.DataFrame({"precision_0": [1.0, 0.5], "recall_0": [0.2, 0.4], "f1_0": [0.3, 0.5],
-                             "precision_1": [0.0, 1.0], "recall_1": [1.0, 1.0], "f1_1": [0.0, 1.0]})
+    per_fold = pd.DataFrame(
+        {
+            "precision_0": [1.0, 0.5],
+            "recall_0": [0.2, 0.4],
+            "f1_0": [0.3, 0.5],
+            "precision_1": [0.0, 1.0],
+            "recall_1": [1.0, 1.0],
+            "f1_1": [0.0, 1.0],
+        }
+    )
     table = metrics.per_class_over_folds(per_fold, ["x", "y"])
-    assert table.to_dict("index") == {"x": {"precision": 0.75, "recall": 0.3, "f1": 0.4},
-                                      "y": {"precision": 0.5, "recall": 1.0, "f1": 0.5}}
+    assert table.to_dict("index") == {
+        "x": {"precision": 0.75, "recall": 0.3, "f1": 0.4},
+        "y": {"precision": 0.5, "recall": 1.0, "f1": 0.5},
+    }
     long = metrics.per_class_long({"m": per_fold}, ["x", "y"])
     assert long.columns.tolist() == ["class", "precision", "recall", "f1", "model"] and long["model"].eq("m").all()
 
 
 def test_mean_std_table_sorts_by_the_first_metric():
-    per_fold = {"weak": pd.DataFrame({"accuracy": [0.5, 0.7], "macro_f1": [0.4, 0.4], "weighted_f1": [0.5, 0.5]}),
-                "strong": pd.DataFrame({"accuracy": [0.9, 0.9], "macro_f1": [0.8, 0.9], "weighted_f1": [0.9, 0.9]})}
+    per_fold = {
+        "weak": pd.DataFrame({"accuracy": [0.5, 0.7], "macro_f1": [0.4, 0.4], "weighted_f1": [0.5, 0.5]}),
+        "strong": pd.DataFrame({"accuracy": [0.9, 0.9], "macro_f1": [0.8, 0.9], "weighted_f1": [0.9, 0.9]}),
+    }
     table = metrics.mean_std_table(per_fold)
     assert table.index.tolist() == ["strong", "weak"]
     assert table.loc["weak", "accuracy"] == "0.600 ± 0.141" and table.loc["strong", "macro_f1"] == "0.850 ± 0.071"

@@ -1,17 +1,23 @@
 """Notebooks driven by papermill parameters alone: the benchmark sheet, other columns, string labels."""
+
 from __future__ import annotations
 
 import json
 
 import pandas as pd
-
 from helpers import cell_text
 
 
 def test_baselines_notebook_on_the_benchmark_sheet(tmp_path, run_notebook, shared_labelled):
     res = tmp_path / "res"
-    nb = run_notebook("02_baselines.ipynb", data_path=str(shared_labelled), unlabelled_path=None,
-                      models=["lr_tfidf_char"], fig_dir=str(tmp_path / "figs"), results_dir=str(res))
+    nb = run_notebook(
+        "02_baselines.ipynb",
+        data_path=str(shared_labelled),
+        unlabelled_path=None,
+        models=["lr_tfidf_char"],
+        fig_dir=str(tmp_path / "figs"),
+        results_dir=str(res),
+    )
     (metrics,) = res.glob("labelled_8665-*/models/lr_tfidf_char/metrics.csv")  # LR has no epochs: no selection rule
     m = pd.read_csv(metrics)
     assert len(m) == 5
@@ -24,12 +30,27 @@ def test_baselines_notebook_on_the_benchmark_sheet(tmp_path, run_notebook, share
 def test_bert_notebook_takes_its_parameters(tmp_path, run_notebook, tiny_data):
     d = tiny_data(n_per_class=8)
     path = tmp_path / "mine.csv"
-    pd.DataFrame({"文本": d.df["text"], "类别": d.df["label"].map({0: "节目", 1: "文物", 2: "文化"})}).to_csv(path, index=False)
+    pd.DataFrame({"文本": d.df["text"], "类别": d.df["label"].map({0: "节目", 1: "文物", 2: "文化"})}).to_csv(
+        path, index=False
+    )
     res = tmp_path / "res"
-    run_notebook("03_bert_cv.ipynb", data_path=str(path), text_col="文本", label_col="类别", model="tiny-random",
-                 run_name="smoke", n_folds=3, epochs=1, max_len=32, batch_size=8, train_final=False, device="cpu",
-                 freeze_embeddings=True,
-                 fig_dir=str(tmp_path / "figs"), results_dir=str(res))
+    run_notebook(
+        "03_bert_cv.ipynb",
+        data_path=str(path),
+        text_col="文本",
+        label_col="类别",
+        model="tiny-random",
+        run_name="smoke",
+        n_folds=3,
+        epochs=1,
+        max_len=32,
+        batch_size=8,
+        train_final=False,
+        device="cpu",
+        freeze_embeddings=True,
+        fig_dir=str(tmp_path / "figs"),
+        results_dir=str(res),
+    )
     (folder,) = res.glob("mine-*/models/smoke")
     config = json.loads((folder / "config.json").read_text())
     assert config["epochs"] == 1 and config["n_folds"] == 3 and config["label_names"] == ["文化", "文物", "节目"]

@@ -1,4 +1,5 @@
 """The prediction command line and the error-analysis statistics."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,8 +24,17 @@ def saved_model(tmp_path_factory):
 def test_cli_labels_a_sheet_and_keeps_empty_rows(tmp_path, saved_model, capsys):
     texts = ["只此青绿的舞美绝了", None, "🧐🧐", "   ", "三刷🉑️👍", 123]
     pd.DataFrame({"评论": texts, "id": range(6)}).to_excel(tmp_path / "in.xlsx", index=False)
-    code = predict.main([str(saved_model), str(tmp_path / "in.xlsx"), str(tmp_path / "out.xlsx"), "--column", "评论",
-                         "--batch-size", "2"])
+    code = predict.main(
+        [
+            str(saved_model),
+            str(tmp_path / "in.xlsx"),
+            str(tmp_path / "out.xlsx"),
+            "--column",
+            "评论",
+            "--batch-size",
+            "2",
+        ]
+    )
     assert code == 0
     out = pd.read_excel(tmp_path / "out.xlsx")
     assert out["id"].tolist() == list(range(6))  # every row kept, in order
@@ -40,7 +50,9 @@ def test_batching_and_order_do_not_change_predictions(saved_model):
     model, tok = predict.load_model(saved_model)
     texts = ["文物", "只此青绿的舞美绝了真的绝了", "三刷", "CCTV1 文物"]
     one = predict.predict_texts(model, tok, texts, batch_size=1, progress=False)
-    many = predict.predict_texts(model, tok, texts[::-1], batch_size=4, progress=False).iloc[::-1].reset_index(drop=True)
+    many = (
+        predict.predict_texts(model, tok, texts[::-1], batch_size=4, progress=False).iloc[::-1].reset_index(drop=True)
+    )
     assert np.allclose(one.filter(like="prob_").to_numpy(), many.filter(like="prob_").to_numpy(), atol=1e-5)
 
 
@@ -48,7 +60,9 @@ def test_cli_bad_input(tmp_path, saved_model, capsys):
     pd.DataFrame({"Sentence": ["好"]}).to_excel(tmp_path / "in.xlsx", index=False)
     assert predict.main([str(tmp_path / "nope"), str(tmp_path / "in.xlsx"), str(tmp_path / "o.xlsx")]) == 2
     assert "No saved model" in capsys.readouterr().err
-    assert predict.main([str(saved_model), str(tmp_path / "in.xlsx"), str(tmp_path / "o.xlsx"), "--column", "text"]) == 2
+    assert (
+        predict.main([str(saved_model), str(tmp_path / "in.xlsx"), str(tmp_path / "o.xlsx"), "--column", "text"]) == 2
+    )
     assert "['text'] not found" in capsys.readouterr().err
     assert predict.main([str(saved_model), str(tmp_path / "missing.xlsx"), str(tmp_path / "o.xlsx")]) == 2
     assert "not found" in capsys.readouterr().err
@@ -58,7 +72,9 @@ def test_cli_bad_input(tmp_path, saved_model, capsys):
 
 def test_cli_errors_name_its_flags(tmp_path, saved_model, capsys):
     pd.DataFrame({"Sentence": ["好"]}).to_excel(tmp_path / "in.xlsx", index=False)
-    assert predict.main([str(saved_model), str(tmp_path / "in.xlsx"), str(tmp_path / "o.xlsx"), "--column", "text"]) == 2
+    assert (
+        predict.main([str(saved_model), str(tmp_path / "in.xlsx"), str(tmp_path / "o.xlsx"), "--column", "text"]) == 2
+    )
     err = capsys.readouterr().err
     assert "--column" in err and "text_col" not in err
     assert predict.main([str(saved_model), str(tmp_path / "in.xlsx"), str(tmp_path / "o.xlsx"), "--sheet", "x"]) == 2
@@ -90,11 +106,15 @@ def test_a_run_folder_is_refused_with_its_final_model_named(tmp_path, saved_mode
 
 @pytest.mark.parametrize("suffix", [".xlsx", ".csv"])
 def test_predictions_keep_formula_like_texts_as_text_and_mark_truncated_ones(tmp_path, saved_model, suffix):
-    texts = ["=HYPERLINK(\"http://x\",\"点\")", "+1 文物", "-_-", "@CCTV1", "NA", "文物" * 40, "三刷"]
+    texts = ['=HYPERLINK("http://x","点")', "+1 文物", "-_-", "@CCTV1", "NA", "文物" * 40, "三刷"]
     pd.DataFrame({"Sentence": texts}).to_csv(tmp_path / "in.csv", index=False)
     out = tmp_path / f"out{suffix}"
-    assert predict.main([str(saved_model), str(tmp_path / "in.csv"), str(out), "--max-len", "32",
-                         "--truncation", "head+tail"]) == 0
+    assert (
+        predict.main(
+            [str(saved_model), str(tmp_path / "in.csv"), str(out), "--max-len", "32", "--truncation", "head+tail"]
+        )
+        == 0
+    )
     back = read_sheet(out, ["Sentence", "truncated"]).df
     assert back["Sentence"].tolist() == texts  # byte for byte, no formula, no NA guessing
     assert [str(v) for v in back["truncated"]] == ["False"] * 5 + ["True", "False"]
@@ -110,8 +130,16 @@ def test_predictions_do_not_mix_with_earlier_ones(tmp_path, saved_model):
 def fake(name, gold, pred, conf=0.9, k=3):
     probs = np.full((len(gold), k), (1 - conf) / (k - 1))
     probs[np.arange(len(gold)), pred] = conf
-    table = pd.DataFrame({"index": range(len(gold)), "row": np.arange(len(gold)) + 2, "fold": 0,
-                          "text": [f"t{i}" * (i % 7 + 1) for i in range(len(gold))], "gold": gold, "pred": pred})
+    table = pd.DataFrame(
+        {
+            "index": range(len(gold)),
+            "row": np.arange(len(gold)) + 2,
+            "fold": 0,
+            "text": [f"t{i}" * (i % 7 + 1) for i in range(len(gold))],
+            "gold": gold,
+            "pred": pred,
+        }
+    )
     table = pd.concat([table, pd.DataFrame(probs, columns=[f"prob_{j}" for j in range(k)])], axis=1)
     return ModelResults(name, {}, table, pd.DataFrame(), None)
 
@@ -124,7 +152,7 @@ def test_mcnemar_and_bootstrap():
     bad = fake("bad", gold, bad_pred)
     row = analysis.mcnemar(good, bad)
     assert row["only good right"] == 15 and row["only this model right"] == 0
-    assert row["p-value (exact McNemar)"] == pytest.approx(2 * 0.5 ** 15)
+    assert row["p-value (exact McNemar)"] == pytest.approx(2 * 0.5**15)
     assert analysis.mcnemar(good, good)["p-value (exact McNemar)"] == 1.0
     ci = analysis.bootstrap_ci({"good": good, "bad": bad}, n_boot=200)
     assert ci.loc["good", "accuracy CI"] == "[1.000, 1.000]"
@@ -138,8 +166,9 @@ def test_label_noise_candidates_need_every_model_to_agree():
     b = fake("b", gold, np.array([1, 1, 2, 0, 1, 1]))
     noise = analysis.label_noise_candidates({"a": a, "b": b}, ["x", "y", "z"], min_confidence=0.7)
     assert noise["row"].tolist() == [2] and noise.loc[0, "predicted"] == "y" and noise.loc[0, "gold"] == "x"
-    assert analysis.label_noise_candidates({"a": fake("a", gold, np.array([1, 1, 2, 0, 1, 0]), conf=0.5),
-                                            "b": b}, ["x", "y", "z"], 0.7).empty
+    assert analysis.label_noise_candidates(
+        {"a": fake("a", gold, np.array([1, 1, 2, 0, 1, 0]), conf=0.5), "b": b}, ["x", "y", "z"], 0.7
+    ).empty
     pairs = analysis.confused_pairs(a, ["x", "y", "z"])
     assert set(zip(pairs["gold"], pairs["predicted"])) == {("x", "y"), ("z", "x")}
     by_len = analysis.accuracy_by_length({"a": a})

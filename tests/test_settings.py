@@ -1,4 +1,5 @@
 """Settings declared once: notebooks' parameters cells match the settings classes, identity marked on fields."""
+
 from __future__ import annotations
 
 import ast
@@ -6,16 +7,21 @@ import json
 from dataclasses import dataclass, field
 
 import pytest
-
 from helpers import NOTEBOOKS
+
 from nblib import settings
 from nblib.baselines import BaselineConfig
 from nblib.bert_cv import FineTuneConfig
 from nblib.settings import ModelSelection, StudySettings
 
 # the settings each notebook builds from its parameters cell
-NOTEBOOK_SETTINGS = {"01_eda": [StudySettings], "02_baselines": [StudySettings, BaselineConfig],
-                     "03_bert_cv": [FineTuneConfig], "04_error_analysis": [StudySettings], "05_predict": [StudySettings]}
+NOTEBOOK_SETTINGS = {
+    "01_eda": [StudySettings],
+    "02_baselines": [StudySettings, BaselineConfig],
+    "03_bert_cv": [FineTuneConfig],
+    "04_error_analysis": [StudySettings],
+    "05_predict": [StudySettings],
+}
 
 
 def notebook(name: str) -> dict:
@@ -38,7 +44,9 @@ def test_parameters_are_the_settings_with_their_defaults(name):
     for cls in NOTEBOOK_SETTINGS[name]:
         for setting, default in settings.defaults(cls).items():
             assert setting in params, f"{name}: {cls.__name__}.{setting} cannot be set from the notebook"
-            assert params[setting] == default, f"{name}: {setting} = {params[setting]!r}, {cls.__name__} says {default!r}"
+            assert params[setting] == default, (
+                f"{name}: {setting} = {params[setting]!r}, {cls.__name__} says {default!r}"
+            )
 
 
 @pytest.mark.parametrize("name", sorted(NOTEBOOK_SETTINGS))

@@ -1,4 +1,5 @@
 """nblib.sheets and the checks built on it: spreadsheets as users have them, each case with its own small file."""
+
 from __future__ import annotations
 
 import json
@@ -13,18 +14,41 @@ import numpy as np
 import openpyxl
 import pandas as pd
 import pytest
-
 from helpers import ROOT
+
 from nblib import data as nbdata
 from nblib import results
 from nblib.data import DataError
 from nblib.sheets import read_sheet, write_table
 
 TEXTS = ["只此青绿的舞美绝了", "文物修复师太厉害了", "三刷🉑️👍", "CCTV1 好看", "民族精神", "舞蹈好美"]
-TRICKY = ['=HYPERLINK("http://x.cn","点我")', "=cmd|' /C calc'!A0", "+86 138 0000", "-_-||", "@央视 好看",
-          "\t前面是制表符", "\r前面是回车", "'=已有撇号", "''两个撇号", "'普通撇号", '"好看"极了', '"整句在引号里"',
-          '他说""好""', "NA", "null", "None", "nan", "N/A", "#N/A", "第一行\r\n第二行", "_x000D_ 字面", "控\x0b制",
-          "逗号,在这", "  前后空格  ", ""]
+TRICKY = [
+    '=HYPERLINK("http://x.cn","点我")',
+    "=cmd|' /C calc'!A0",
+    "+86 138 0000",
+    "-_-||",
+    "@央视 好看",
+    "\t前面是制表符",
+    "\r前面是回车",
+    "'=已有撇号",
+    "''两个撇号",
+    "'普通撇号",
+    '"好看"极了',
+    '"整句在引号里"',
+    '他说""好""',
+    "NA",
+    "null",
+    "None",
+    "nan",
+    "N/A",
+    "#N/A",
+    "第一行\r\n第二行",
+    "_x000D_ 字面",
+    "控\x0b制",
+    "逗号,在这",
+    "  前后空格  ",
+    "",
+]
 
 
 def csv_bytes(lines: list[str], encoding: str = "utf-8") -> bytes:
@@ -37,11 +61,19 @@ def labelled_lines(sep: str = ",", texts: list[str] = TEXTS) -> list[str]:
 
 # --- encodings ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("encoding, name, shown", [
-    ("gb18030", "s.csv", "GB18030/GBK (detected)"), ("gbk", "s.csv", "GB18030/GBK (detected)"),
-    ("utf-8-sig", "s.csv", None), ("utf-8", "s.csv", None), ("utf-16", "s.txt", "UTF-16 (Excel's Unicode text)"),
-    ("utf-16", "s.tsv", "UTF-16 (Excel's Unicode text)"), ("utf-16", "s.csv", "UTF-16 (Excel's Unicode text)"),
-])
+
+@pytest.mark.parametrize(
+    "encoding, name, shown",
+    [
+        ("gb18030", "s.csv", "GB18030/GBK (detected)"),
+        ("gbk", "s.csv", "GB18030/GBK (detected)"),
+        ("utf-8-sig", "s.csv", None),
+        ("utf-8", "s.csv", None),
+        ("utf-16", "s.txt", "UTF-16 (Excel's Unicode text)"),
+        ("utf-16", "s.tsv", "UTF-16 (Excel's Unicode text)"),
+        ("utf-16", "s.csv", "UTF-16 (Excel's Unicode text)"),
+    ],
+)
 def test_encodings_are_detected_and_reported(tmp_path, encoding, name, shown):
     sep = "\t" if encoding == "utf-16" else ","  # Excel's "Unicode text": tab-separated UTF-16LE with BOM
     texts = [t for t in TEXTS if "👍" not in t] if encoding == "gbk" else TEXTS  # GBK has no emoji; GB18030 has
@@ -67,6 +99,7 @@ def test_encoding_can_be_given(tmp_path):
 
 
 # --- quoting ------------------------------------------------------------------------------------------
+
 
 def test_tsv_stray_quote_does_not_merge_lines(tmp_path):
     lines = ["Sentence\tLabel", '"好看\t0', "不错\t1", '"好看"极了\t0', "一般\t1", '他说"太美了\t0', "再看\t1"]
@@ -131,6 +164,7 @@ def test_na_string_labels_are_labels(tmp_path):
 
 # --- header row ---------------------------------------------------------------------------------------
 
+
 def title_workbook(path):
     wb = openpyxl.Workbook()
     ws = wb.active
@@ -174,12 +208,16 @@ def test_header_row_past_the_end(tmp_path):
 
 # --- damaged and mis-named files ----------------------------------------------------------------------
 
+
 def test_truncated_xlsx_is_named_with_what_to_do(tmp_path, write_sheet):
     good = write_sheet(pd.DataFrame({"Sentence": TEXTS, "Label": [0, 1] * 3}))
     bad = tmp_path / "cut.xlsx"
     bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(DataError, match=r"cut\.xlsx cannot be read as an \.xlsx workbook: it is damaged or truncated.*"
-                                        r"Copy it again") as e:
+    with pytest.raises(
+        DataError,
+        match=r"cut\.xlsx cannot be read as an \.xlsx workbook: it is damaged or truncated.*"
+        r"Copy it again",
+    ) as e:
         nbdata.load_labelled(bad)
     assert not isinstance(e.value.__cause__, zipfile.BadZipFile)
 
@@ -213,6 +251,7 @@ def test_unknown_sheet_names_the_parameter(tmp_path):
 
 # --- duplicate columns --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["s.xlsx", "s.csv"])
 def test_duplicate_column_names_are_an_error(tmp_path, name):
     rows = [["Sentence", "Label", "Sentence"]] + [[t, i % 2, "另一列"] for i, t in enumerate(TEXTS)]
@@ -230,6 +269,7 @@ def test_duplicate_column_names_are_an_error(tmp_path, name):
 
 # --- labels -------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["s.xlsx", "s.csv"])
 def test_decimal_labels_among_integers_are_numbers(write_sheet, name):
     df = pd.DataFrame({"Sentence": TEXTS, "Label": [1, 1.5, 2, 1, 1.5, 2]})
@@ -246,6 +286,7 @@ def test_single_class_is_an_error_at_load(write_sheet, labels):
 
 # --- long texts ---------------------------------------------------------------------------------------
 
+
 def test_long_texts_are_counted_in_the_report(write_sheet):
     texts = ["短", "长" * 126, "长" * 127, "好"]
     d = nbdata.load_labelled(write_sheet(pd.DataFrame({"Sentence": texts, "Label": [0, 1, 0, 1]})), max_len=128)
@@ -253,8 +294,11 @@ def test_long_texts_are_counted_in_the_report(write_sheet):
     long = report[report["problem"].str.startswith("text longer than max_len=128")]
     assert long["rows"].tolist() == [1] and long["sheet rows"].tolist() == ["4"]  # 127 chars + [CLS]/[SEP] > 128
     assert "head+tail" in long["action"].iloc[0]
-    assert nbdata.load_labelled(write_sheet(pd.DataFrame({"Sentence": texts, "Label": [0, 1, 0, 1]})),
-                                max_len=None).report.to_frame().empty
+    assert (
+        nbdata.load_labelled(write_sheet(pd.DataFrame({"Sentence": texts, "Label": [0, 1, 0, 1]})), max_len=None)
+        .report.to_frame()
+        .empty
+    )
 
 
 def test_too_long_counts_tokens_with_a_tokenizer(tmp_path):
@@ -288,6 +332,7 @@ def test_head_and_tail_truncation_keeps_both_ends(tmp_path):
 
 # --- writing ------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("suffix", [".xlsx", ".csv"])
 def test_round_trip_keeps_every_text(tmp_path, suffix):
     df = pd.DataFrame({"text": TRICKY, "id": range(len(TRICKY)), "prob": np.linspace(0, 1, len(TRICKY))})
@@ -320,7 +365,7 @@ def test_csv_marks_formula_like_texts_for_spreadsheet_programs(tmp_path):
     path = write_table(pd.DataFrame({"text": ["=1+1", "@SUM(A1)", "普通"]}), tmp_path / "out.csv")
     raw = path.read_bytes()
     assert raw.startswith(b"\xef\xbb\xbf")  # UTF-8 with BOM: Excel shows Chinese
-    assert raw.decode("utf-8-sig").splitlines() == ['"text"', "\"'=1+1\"", "\"'@SUM(A1)\"", '"普通"']
+    assert raw.decode("utf-8-sig").splitlines() == ['"text"', '"\'=1+1"', '"\'@SUM(A1)"', '"普通"']
 
 
 def test_writer_refuses_a_suffix_that_does_not_match(tmp_path):
@@ -334,6 +379,7 @@ def test_writer_refuses_a_suffix_that_does_not_match(tmp_path):
 
 # --- the results-folder lock --------------------------------------------------------------------------
 
+
 @pytest.fixture
 def run_args(tiny_study):
     """ModelRun's arguments: a study, a run name and its config."""
@@ -346,8 +392,11 @@ def lock_of(run_args) -> Path:
 
 def write_lock(path, pid, host=None):
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"pid": pid, "host": host or platform.node(), "token": "someone-else",
-                                "since": "2024-01-01 00:00:00"}))
+    path.write_text(
+        json.dumps(
+            {"pid": pid, "host": host or platform.node(), "token": "someone-else", "since": "2024-01-01 00:00:00"}
+        )
+    )
 
 
 def test_lock_is_taken_and_released(run_args):
@@ -408,5 +457,7 @@ def test_workers_launched_by_the_run_share_its_lock(run_args):
 
 def test_results_exist_message_names_what_to_do(run_args):
     results.ModelRun(*run_args)
-    with pytest.raises(results.ResultsExistError, match="run_name.*BERT.*move that folder away|move that folder away.*run_name"):
+    with pytest.raises(
+        results.ResultsExistError, match="run_name.*BERT.*move that folder away|move that folder away.*run_name"
+    ):
         results.ModelRun(run_args[0], "m", {"x": 2})

@@ -1,4 +1,5 @@
 """nblib.study: one object for the data, folds and results folder that every notebook opens the same way."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -43,7 +44,9 @@ def test_runs_final_models_and_clear_errors(tiny_study):
     (study.path / "models" / "lr_tfidf_char" / "metrics.csv").unlink()
     (study.path / "models" / "lr_tfidf_char" / "folds" / "fold_2.json").unlink()
     assert study.runs() == {}
-    assert study.unfinished_runs() == {"lr_tfidf_char": "only folds [0, 1] of 3 are done; rerun its notebook to finish it"}
+    assert study.unfinished_runs() == {
+        "lr_tfidf_char": "only folds [0, 1] of 3 are done; rerun its notebook to finish it"
+    }
 
 
 def test_saved_model_labels():
