@@ -78,20 +78,41 @@ class BaselineConfig:
 
 
 class MLP(nn.Module):
-    """One hidden layer; accepts dense or sparse (COO) input."""
+    """One hidden layer; accepts dense or sparse (COO) input.
 
-    def __init__(self, in_dim: int, hidden: int, num_labels: int, dropout: float):
+    Args:
+        in_dim: number of input features.
+        hidden: size of the hidden layer.
+        num_labels: number of classes.
+        dropout: dropout probability after the hidden layer.
+    """
+
+    def __init__(self, in_dim: int, hidden: int, num_labels: int, dropout: float) -> None:
         super().__init__()
         self.hidden = nn.Linear(in_dim, hidden)
         self.out = nn.Sequential(nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_labels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch.
+
+        Args:
+            x: the feature matrix, dense or sparse (COO).
+        """
         h = torch.sparse.mm(x, self.hidden.weight.t()) + self.hidden.bias if x.is_sparse else self.hidden(x)
         return self.out(h)
 
 
 class LSTMClassifier(nn.Module):
-    """Embedding → BiLSTM (packed, so padding is ignored) → mean and max pooling over real units → linear."""
+    """Embedding → BiLSTM (packed, so padding is ignored) → mean and max pooling over real units → linear.
+
+    Args:
+        vocab_size: number of unit ids, padding included.
+        emb_dim: embedding size.
+        hidden: LSTM hidden size per direction.
+        num_labels: number of classes.
+        dropout: dropout probability on the embeddings and the pooled output.
+        pretrained: initial embedding weights (``vocab_size`` × ``emb_dim``), or None for random ones.
+    """
 
     def __init__(
         self,
@@ -101,7 +122,7 @@ class LSTMClassifier(nn.Module):
         num_labels: int,
         dropout: float,
         pretrained: np.ndarray | None = None,
-    ):
+    ) -> None:
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, emb_dim, padding_idx=features.PAD)
         if pretrained is not None:
@@ -111,6 +132,12 @@ class LSTMClassifier(nn.Module):
         self.out = nn.Linear(4 * hidden, num_labels)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch.
+
+        Args:
+            ids: padded unit ids, one row per text.
+            lengths: the number of real units of each row.
+        """
         packed = pack_padded_sequence(
             self.dropout(self.embedding(ids)), lengths.cpu(), batch_first=True, enforce_sorted=False
         )
@@ -138,7 +165,15 @@ def _loader(n: int, collate: Callable, batch_size: int, shuffle: bool, seed: int
 def matrix_loader(
     x: np.ndarray | sp.spmatrix, y: np.ndarray, batch_size: int, shuffle: bool = False, seed: int = 0
 ) -> DataLoader:
-    """Batches ((features,), labels) from a dense array or a sparse matrix (sent as sparse tensors)."""
+    """Batches ((features,), labels) from a dense array or a sparse matrix (sent as sparse tensors).
+
+    Args:
+        x: the feature matrix, one row per text.
+        y: label ids, one per row of ``x``.
+        batch_size: rows per batch.
+        shuffle: shuffle the rows.
+        seed: seed of the shuffling.
+    """
     x = x.tocsr() if sp.issparse(x) else np.asarray(x, dtype=np.float32)
 
     def collate(idx: list[int]):
@@ -159,7 +194,15 @@ def matrix_loader(
 def sequence_loader(
     seqs: list[list[int]], y: np.ndarray, batch_size: int, shuffle: bool = False, seed: int = 0
 ) -> DataLoader:
-    """Batches ((ids, lengths), labels), each batch padded only to its own longest text."""
+    """Batches ((ids, lengths), labels), each batch padded only to its own longest text.
+
+    Args:
+        seqs: unit ids of each text.
+        y: label ids, one per text.
+        batch_size: texts per batch.
+        shuffle: shuffle the texts.
+        seed: seed of the shuffling.
+    """
 
     def collate(idx: list[int]):
         ids = pad_sequence([torch.tensor(seqs[i]) for i in idx], batch_first=True, padding_value=features.PAD)
@@ -173,7 +216,12 @@ def sequence_loader(
 
 @torch.no_grad()
 def predict_proba(model: nn.Module, batches: Iterable) -> np.ndarray:
-    """Class probabilities for every batch, in order."""
+    """Class probabilities for every batch, in order.
+
+    Args:
+        model: the trained model.
+        batches: ``((inputs…), labels)`` batches.
+    """
     model.eval()
     return torch.cat([torch.softmax(model(*inputs), -1) for inputs, _ in batches]).numpy()
 

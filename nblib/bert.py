@@ -106,6 +106,15 @@ def build_tiny_encoder(
     """A small randomly initialised BERT with a character vocabulary built from ``texts``.
 
     For tests and smoke runs where no pretrained model is available; its scores say nothing about BERT.
+
+    Args:
+        texts: the texts whose characters make the vocabulary.
+        out_dir: where to save the model and tokenizer.
+        hidden: hidden size.
+        layers: number of transformer layers.
+        heads: attention heads per layer.
+        max_positions: the most tokens per text.
+        seed: seed of the random initialisation.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -128,12 +137,22 @@ def build_tiny_encoder(
 
 
 def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of a pretrained model.
+
+    Args:
+        source: a model name on the Hub or a local folder.
+    """
     return AutoTokenizer.from_pretrained(source)
 
 
 def load_classifier_and_new(source: str, label_names: Sequence[str]) -> tuple[PreTrainedModel, set[str]]:
     """The pretrained encoder with a new classification head (a fresh copy every call), and the names of
-    the parameters the checkpoint did not have (the head; for some checkpoints also the pooler)."""
+    the parameters the checkpoint did not have (the head; for some checkpoints also the pooler).
+
+    Args:
+        source: a model name on the Hub or a local folder.
+        label_names: the class names, in label-id order.
+    """
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized: classifier" notice, expected for every fold
     try:
@@ -150,7 +169,12 @@ def load_classifier_and_new(source: str, label_names: Sequence[str]) -> tuple[Pr
 
 
 def load_classifier(source: str, label_names: Sequence[str]) -> PreTrainedModel:
-    """The pretrained encoder with a new classification head (a fresh copy every call)."""
+    """The pretrained encoder with a new classification head (a fresh copy every call).
+
+    Args:
+        source: a model name on the Hub or a local folder.
+        label_names: the class names, in label-id order.
+    """
     return load_classifier_and_new(source, label_names)[0]
 
 
@@ -178,6 +202,13 @@ class Encoded(torch.utils.data.Dataset):
     A text longer than ``max_len`` tokens ([CLS] and [SEP] included) is cut: ``truncation="head"`` keeps its
     start, ``"head+tail"`` its first and last halves (of the room left), so that a closing verdict survives.
     ``truncated`` marks the cut texts; their number is logged.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        texts: the texts.
+        max_len: the most tokens per text.
+        labels: label ids, one per text (None for unlabelled texts).
+        truncation: ``"head"`` or ``"head+tail"``.
     """
 
     def __init__(
@@ -187,7 +218,7 @@ class Encoded(torch.utils.data.Dataset):
         max_len: int,
         labels: Sequence[int] | None = None,
         truncation: str = "head",
-    ):
+    ) -> None:
         if truncation not in TRUNCATIONS:
             raise ValueError(f"truncation={truncation!r}: choose one of {TRUNCATIONS}.")
         texts = list(texts)
@@ -234,20 +265,38 @@ def _head_and_tail(tokenizer: PreTrainedTokenizerBase, text: str, room: int) -> 
     return (text[: offsets[head - 1][1]] if head > 0 else "") + " " + (text[offsets[-tail][0] :] if tail > 0 else "")
 
 
-def train_loader(ds: Encoded, collator, batch_size: int, seed: int) -> DataLoader:
-    """Shuffled batches of similar length (less padding), padded per batch."""
+def train_loader(ds: Encoded, collator: DataCollatorWithPadding, batch_size: int, seed: int) -> DataLoader:
+    """Shuffled batches of similar length (less padding), padded per batch.
+
+    Args:
+        ds: the encoded training texts.
+        collator: pads each batch (:func:`make_collator`).
+        batch_size: texts per batch.
+        seed: seed of the shuffling.
+    """
     sampler = LengthGroupedSampler(batch_size, lengths=ds.lengths, generator=torch.Generator().manual_seed(seed))
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, collate_fn=collator)
 
 
-def eval_loader(ds: Encoded, collator, batch_size: int) -> DataLoader:
-    """Batches in length order (least padding); ``evaluate`` restores the original order."""
+def eval_loader(ds: Encoded, collator: DataCollatorWithPadding, batch_size: int) -> DataLoader:
+    """Batches in length order (least padding); ``evaluate`` restores the original order.
+
+    Args:
+        ds: the encoded texts.
+        collator: pads each batch (:func:`make_collator`).
+        batch_size: texts per batch.
+    """
     order = np.argsort(ds.lengths, kind="stable").tolist()
     return DataLoader(ds, batch_size=batch_size, sampler=order, collate_fn=collator)
 
 
 def make_collator(tokenizer: PreTrainedTokenizerBase, accelerator: Accelerator) -> DataCollatorWithPadding:
-    """Dynamic padding (to a multiple of 8 on GPU for tensor cores); returns the attention mask."""
+    """Dynamic padding (to a multiple of 8 on GPU for tensor cores); returns the attention mask.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        accelerator: decides the padding multiple by its device.
+    """
     return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if accelerator.device.type == "cuda" else None)
 
 
@@ -255,7 +304,14 @@ def make_collator(tokenizer: PreTrainedTokenizerBase, accelerator: Accelerator) 
 def evaluate(
     model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator, desc: str | None = None
 ) -> np.ndarray:
-    """Logits for every example of ``loader``, in dataset order (gathered across processes)."""
+    """Logits for every example of ``loader``, in dataset order (gathered across processes).
+
+    Args:
+        model: the model (prepared by ``accelerator``).
+        loader: batches from :func:`eval_loader` (or :func:`train_loader`), with ``idx``.
+        accelerator: devices and gathering across processes.
+        desc: the progress bar's label (None: no progress bar).
+    """
     model.eval()
     idx_all, logits_all = [], []
     for batch in tqdm(loader, desc=desc, disable=desc is None or not accelerator.is_local_main_process, leave=False):
@@ -272,6 +328,11 @@ def evaluate(
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, numerically stable.
+
+    Args:
+        logits: one row of logits per example.
+    """
     z = np.exp(logits - logits.max(axis=1, keepdims=True))
     return z / z.sum(axis=1, keepdims=True)
 
@@ -289,7 +350,16 @@ def gpu_precision(device: torch.device | int | None = None) -> str:
 
 
 def per_device_batch(batch_size: int, processes: int, grad_accum: int) -> int:
-    """Texts per device and forward pass, so that one optimizer step sees exactly ``batch_size`` texts."""
+    """Texts per device and forward pass, so that one optimizer step sees exactly ``batch_size`` texts.
+
+    Args:
+        batch_size: texts per optimizer step, over all processes and accumulation steps.
+        processes: number of processes (devices).
+        grad_accum: micro-batches per optimizer step.
+
+    Raises:
+        ValueError: ``batch_size`` is not a multiple of ``processes`` × ``grad_accum``.
+    """
     share = processes * grad_accum
     if batch_size % share:
         raise ValueError(
@@ -319,7 +389,14 @@ def param_groups(
     model: torch.nn.Module, weight_decay: float, new: set[str] = frozenset(), head_lr: float | None = None
 ) -> list[dict]:
     """AdamW groups: weight decay on weight matrices, none on biases and LayerNorm weights (1-d tensors);
-    parameters named in ``new`` get ``head_lr`` when it is given."""
+    parameters named in ``new`` get ``head_lr`` when it is given.
+
+    Args:
+        model: the model.
+        weight_decay: weight decay of the weight matrices.
+        new: names of the parameters the checkpoint did not have.
+        head_lr: learning rate of the ``new`` parameters (None: the optimizer's).
+    """
     groups = []
     for is_new in (False, True):
         for decayed in (True, False):
@@ -349,7 +426,7 @@ def train_epoch(
     model: torch.nn.Module,
     loader: DataLoader,
     optimizer: torch.optim.Optimizer,
-    scheduler,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
     accelerator: Accelerator,
     settings: TrainSettings,
     desc: str = "",
@@ -497,7 +574,13 @@ def show_batch(batch: dict, tokenizer: PreTrainedTokenizerBase, texts: Sequence[
 
 
 def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> Path:
-    """``save_pretrained`` (safetensors) of model, tokenizer and label names: reloads anywhere with Auto* classes."""
+    """``save_pretrained`` (safetensors) of model, tokenizer and label names: reloads anywhere with Auto* classes.
+
+    Args:
+        model: the fine-tuned model.
+        tokenizer: its tokenizer.
+        out_dir: the folder to write.
+    """
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)

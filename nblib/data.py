@@ -41,7 +41,13 @@ class LoadReport:
     encoding: str | None = None
 
     def add(self, problem: str, rows: Sequence[int], action: str) -> None:
-        """Record a problem affecting the given sheet rows (1-based, as Excel numbers them)."""
+        """Record a problem affecting the given sheet rows (1-based, as Excel numbers them).
+
+        Args:
+            problem: what is wrong.
+            rows: the sheet rows affected.
+            action: what was done about it.
+        """
         rows = list(rows)
         if not rows:
             return
@@ -50,7 +56,11 @@ class LoadReport:
         log.warning("%s: %d row(s) %s — %s (sheet rows %s)", self.source, len(rows), problem, action, shown)
 
     def read_from(self, sheet: Sheet) -> None:
-        """Take over what the reader found: its notes, and the encoding (listed when it was a guess or not UTF-8)."""
+        """Take over what the reader found: its notes, and the encoding (listed when it was a guess or not UTF-8).
+
+        Args:
+            sheet: the sheet as read.
+        """
         self.encoding = sheet.encoding
         if sheet.encoding not in (None, "utf-8", "utf-8-sig"):
             self.entries.append(

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 from accelerate import Accelerator
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from . import bert
 from .sheets import DataError, Params, clean_text, read_sheet, write_table, writer_kind
@@ -31,7 +31,7 @@ NOTEBOOK_PARAMS = Params(
 CLI_PARAMS = Params(columns="--column ", sheet="--sheet ", header_row="--header-row ", encoding="--encoding ")
 
 
-def load_model(model_dir: str | Path):
+def load_model(model_dir: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A saved classifier and its tokenizer; a clear error when the folder is not one.
 
     Args:
@@ -62,8 +62,8 @@ def load_model(model_dir: str | Path):
 
 
 def predict_texts(
-    model,
-    tokenizer,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     texts: Sequence[str],
     batch_size: int = 64,
     max_len: int = 128,
@@ -185,7 +185,11 @@ def predict_file(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The command line: ``python -m nblib.predict MODEL_DIR IN OUT --column C``; returns the exit status."""
+    """The command line: ``python -m nblib.predict MODEL_DIR IN OUT --column C``; returns the exit status.
+
+    Args:
+        argv: the arguments (None: ``sys.argv[1:]``).
+    """
     ap = argparse.ArgumentParser(prog="python -m nblib.predict", description="Label texts with a saved model.")
     ap.add_argument("model_dir", help="a folder written by 03_bert_cv (…/final or …/fold_models/fold_<k>)")
     ap.add_argument("input", help=".xlsx, .csv or .tsv")

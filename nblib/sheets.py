@@ -95,12 +95,20 @@ class Sheet:
 
 
 def clean_text(value: object) -> str:
-    """Remove byte-order marks and surrounding whitespace; keep everything else."""
+    """Remove byte-order marks and surrounding whitespace; keep everything else.
+
+    Args:
+        value: a cell value.
+    """
     return str(value).replace("\ufeff", "").strip()
 
 
 def cell_text(value: object) -> str:
-    """A cell as cleaned text; whole numbers that Excel stored as floats lose their '.0'."""
+    """A cell as cleaned text; whole numbers that Excel stored as floats lose their '.0'.
+
+    Args:
+        value: a cell value.
+    """
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return clean_text(value)

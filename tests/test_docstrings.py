@@ -11,6 +11,14 @@ from types import ModuleType
 
 # The modules checked; extend as more modules are documented.
 MODULES = [
+    "nblib.cv",
+    "nblib.results",
+    "nblib.baselines",
+    "nblib.bert",
+    "nblib.bert_cv",
+    "nblib.data",
+    "nblib.sheets",
+    "nblib.predict",
     "nblib.eda",
     "nblib.plots",
     "nblib.text",
