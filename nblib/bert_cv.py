@@ -213,21 +213,15 @@ class FineTuneJob:
             split: the fold.
         """
         e = self.encoded
-        res, self.settings = _fine_tune_retrying(
-            self.config,
+        res, self.settings = self._fine_tune(
             self.settings,
-            source=self.source,
-            label_names=self.study.data.label_names,
-            tokenizer=self.tokenizer,
-            train=e.subset(split.train),
-            val=e.subset(split.val),
-            test=e.subset(split.test),
-            seed=split.seed,
-            select_on=self.config.selection.select_on,
-            desc=f"fold {split.fold}",
+            e.subset(split.train),
+            e.subset(split.val),
+            e.subset(split.test),
+            split.seed,
+            f"fold {split.fold}",
         )
-        main = PartialState().is_main_process
-        if self.config.save_fold_models and main:
+        if self.config.save_fold_models and PartialState().is_main_process:
             bert.save_checkpoint(res.model, self.tokenizer, self.run.fold_model_dir(split.fold))
         extra = {
             "best_epoch": res.best_epoch,
@@ -236,6 +230,30 @@ class FineTuneJob:
             "precision": self.config.resolved_precision(),
         }
         return cv.FoldOutput(res.test_probs, extra, res.history)
+
+    def _fine_tune(
+        self,
+        settings: bert.TrainSettings,
+        train: bert.Encoded,
+        val: bert.Encoded | None,
+        test: bert.Encoded | None,
+        seed: int,
+        desc: str,
+    ) -> tuple[bert.FoldResult, bert.TrainSettings]:
+        """A fresh model of this job's encoder fine-tuned on ``train`` (retried on out-of-memory)."""
+        return _fine_tune_retrying(
+            self.config,
+            settings,
+            source=self.source,
+            label_names=self.study.data.label_names,
+            tokenizer=self.tokenizer,
+            train=train,
+            val=val,
+            test=test,
+            seed=seed,
+            select_on=self.config.selection.select_on,
+            desc=desc,
+        )
 
     def run_folds(self, which: Sequence[int] | None = None) -> None:
         """Train and save folds in this process (under torchrun: all processes together, the main one saves).
@@ -259,18 +277,8 @@ class FineTuneJob:
         """One model on all labelled texts, for the median of the folds' best epochs; saved in ``final/``."""
         best = self.run.best_epochs()
         epochs = int(np.median(best)) if best else self.settings.epochs
-        res, _ = _fine_tune_retrying(
-            self.config,
-            replace(self.settings, epochs=epochs),
-            source=self.source,
-            label_names=self.study.data.label_names,
-            tokenizer=self.tokenizer,
-            train=self.encoded,
-            val=None,
-            test=None,
-            seed=self.study.settings.seed,
-            select_on=self.config.selection.select_on,
-            desc="final",
+        res, _ = self._fine_tune(
+            replace(self.settings, epochs=epochs), self.encoded, None, None, self.study.settings.seed, "final"
         )
         if PartialState().is_main_process:
             out = bert.save_checkpoint(res.model, self.tokenizer, self.run.final_dir)

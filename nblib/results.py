@@ -353,6 +353,10 @@ class RunFolder:
         folds = sorted((self.path / "fold_models").glob("fold_*"), key=lambda p: int(p.name.removeprefix("fold_")))
         return [p for p in [*folds, self.final_dir] if (p / "config.json").exists()]
 
+    def saved_config(self) -> dict:
+        """The ``config.json`` of the run (its settings, seed, folds hash, data fingerprint, label names)."""
+        return json.loads(self.config_file.read_text())
+
     def is_finished(self) -> bool:
         """Whether the combined files of a finished run exist."""
         return (self.path / "metrics.csv").exists()
@@ -514,7 +518,7 @@ def read_folds(path: str | Path, folds: Iterable[int]) -> ModelResults:
     metrics = pd.DataFrame([json.loads(run._fold_file(k, ".json").read_text()) for k in folds])
     histories = [pd.read_csv(p) for k in folds if (p := run._fold_file(k, "_history.csv")).exists()]
     history = pd.concat(histories, ignore_index=True) if histories else None
-    return ModelResults(run.name, json.loads(run.config_file.read_text()), predictions, metrics, history)
+    return ModelResults(run.name, run.saved_config(), predictions, metrics, history)
 
 
 def fold_hash(folds: np.ndarray) -> str:
@@ -536,7 +540,7 @@ def load_run(path: str | Path) -> ModelResults:
     history = pd.read_csv(path / "history.csv") if (path / "history.csv").exists() else None
     return ModelResults(
         path.name,
-        json.loads((path / "config.json").read_text()),
+        RunFolder(path).saved_config(),
         pd.read_csv(path / "predictions.csv", keep_default_na=False, dtype={"text": str}),
         pd.read_csv(path / "metrics.csv"),
         history,

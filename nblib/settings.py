@@ -81,17 +81,24 @@ def from_params(cls: type[T], params: Mapping[str, Any]) -> T:
     return cls(**kwargs)
 
 
+def _flatten(settings: Any, identity_only: bool) -> dict[str, Any]:
+    """The leaf settings by flat name, nested settings expanded; optionally only those of the run's identity."""
+    out = {}
+    for f in fields(settings):
+        if identity_only and not f.metadata.get(_IDENTITY, True):
+            continue
+        value = getattr(settings, f.name)
+        out.update(_flatten(value, identity_only) if _nested(f) else {f.name: value})
+    return out
+
+
 def to_params(settings: Any) -> dict[str, Any]:
     """The flat ``{name: value}`` of every leaf setting (the inverse of :func:`from_params`).
 
     Args:
         settings: a settings dataclass instance.
     """
-    out = {}
-    for f in fields(settings):
-        value = getattr(settings, f.name)
-        out.update(to_params(value) if _nested(f) else {f.name: value})
-    return out
+    return _flatten(settings, identity_only=False)
 
 
 def identity(settings: Any) -> dict[str, Any]:
@@ -100,14 +107,7 @@ def identity(settings: Any) -> dict[str, Any]:
     Args:
         settings: a settings dataclass instance.
     """
-    out = {}
-    for f in fields(settings):
-        value = getattr(settings, f.name)
-        if _nested(f):
-            out.update(identity(value) if f.metadata.get(_IDENTITY, True) else {})
-        elif f.metadata.get(_IDENTITY, True):
-            out[f.name] = value
-    return out
+    return _flatten(settings, identity_only=True)
 
 
 @dataclass

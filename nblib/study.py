@@ -87,8 +87,12 @@ class Study:
     def runs(self) -> dict[str, ModelResults]:
         """Every finished model of this study on these folds, by name."""
         sha = results.fold_hash(self.folds)
-        finished = (results.load_run(p) for p in results.run_paths(self.path) if RunFolder(p).is_finished())
-        return {res.name: res for res in finished if res.config.get("folds_sha") == sha}
+        finished = [RunFolder(p) for p in results.run_paths(self.path)]
+        return {
+            run.name: results.load_run(run.path)
+            for run in finished
+            if run.is_finished() and run.saved_config().get("folds_sha") == sha
+        }
 
     def run(self, name: str) -> ModelResults:
         """The finished model ``name``; an error that lists the finished ones when it is not.
@@ -113,7 +117,7 @@ class Study:
                 out[run.name] = (
                     f"only folds {run.done_folds()} of {self.n_folds} are done; rerun its notebook to finish it"
                 )
-            elif results.load_run(path).config.get("folds_sha") != sha:
+            elif run.saved_config().get("folds_sha") != sha:
                 out[run.name] = "it was run on other folds"
         return out
 
@@ -132,9 +136,14 @@ class Study:
             )
         return finals[-1]
 
-    def comparison(self) -> pd.DataFrame:
-        """Mean ± sd over folds of every finished model, best first; also written to ``comparison.csv``."""
-        table = mean_std_table({name: res.metrics for name, res in self.runs().items()})
+    def comparison(self, runs: dict[str, ModelResults] | None = None) -> pd.DataFrame:
+        """Mean ± sd over folds of every finished model, best first; also written to ``comparison.csv``.
+
+        Args:
+            runs: the finished models, if already read with :meth:`runs` (default: read them).
+        """
+        runs = self.runs() if runs is None else runs
+        table = mean_std_table({name: res.metrics for name, res in runs.items()})
         table.to_csv(results.comparison_file(self.path))
         return table
 
