@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from .data import DataError, LabelledData
+from .sheets import read_table, write_table
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def save_folds(path: str | Path, data: LabelledData, folds: np.ndarray, n_splits
     table = data.df[["row", "label", "text"]].assign(fold=folds)
     meta = {"n_splits": n_splits, "seed": seed, "data": data.source, "fingerprint": data.fingerprint(), "n": len(table)}
     path.with_suffix(".json").write_text(json.dumps(meta, indent=2, ensure_ascii=False))
-    table.to_csv(path, index=False)
+    write_table(table, path)
 
 
 def load_folds(path: str | Path, data: LabelledData) -> np.ndarray:
@@ -78,7 +78,7 @@ def load_folds(path: str | Path, data: LabelledData) -> np.ndarray:
     """
     path = Path(path)
     meta = json.loads(path.with_suffix(".json").read_text())
-    table = pd.read_csv(path, dtype={"text": str}, keep_default_na=False)
+    table = read_table(path)
     if meta["fingerprint"] != data.fingerprint() or table["text"].tolist() != data.texts:
         raise DataError(
             f"The folds in {path} were made for different data ({meta['data']}, {meta['n']} texts). "

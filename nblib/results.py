@@ -59,6 +59,7 @@ import pandas as pd
 
 from .data import LabelledData
 from .metrics import fold_metrics
+from .sheets import read_table, write_table
 
 if TYPE_CHECKING:
     from .study import Study
@@ -261,7 +262,7 @@ def _write_atomic(path: Path, write) -> None:
     The temporary name is unique (several processes may write the same file, e.g. config.json), and it
     is in the same folder, so that the final rename is atomic.
     """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
     os.close(fd)
     try:
         write(Path(tmp))
@@ -465,8 +466,8 @@ class ModelRun(RunFolder):
         )
         table = pd.concat([table, pd.DataFrame(probs, columns=[f"prob_{j}" for j in range(probs.shape[1])])], axis=1)
         if history is not None:
-            _write_atomic(self._fold_file(k, "_history.csv"), lambda p: history.assign(fold=k).to_csv(p, index=False))
-        _write_atomic(self._fold_file(k, ".csv"), lambda p: table.to_csv(p, index=False))
+            _write_atomic(self._fold_file(k, "_history.csv"), lambda p: write_table(history.assign(fold=k), p))
+        _write_atomic(self._fold_file(k, ".csv"), lambda p: write_table(table, p))
         metrics = {"fold": k, **fold_metrics(gold, pred, self.data.num_labels), **(extra or {})}
         # the .json marks the fold as done, so it is written last
         _write_atomic(self._fold_file(k, ".json"), lambda p: p.write_text(json.dumps(metrics, indent=2, default=float)))
@@ -478,10 +479,10 @@ class ModelRun(RunFolder):
         if missing:
             raise RuntimeError(f"{self.name}: folds {missing} have no results yet.")
         res = read_folds(self.path, range(self.n_folds))
-        res.predictions.to_csv(self.path / "predictions.csv", index=False)
-        res.metrics.to_csv(self.path / "metrics.csv", index=False)
+        write_table(res.predictions, self.path / "predictions.csv")
+        write_table(res.metrics, self.path / "metrics.csv")
         if res.history is not None:
-            res.history.to_csv(self.path / "history.csv", index=False)
+            write_table(res.history, self.path / "history.csv")
         if self.lock is not None:
             self.lock.release()
         log.info("%s: results in %s", self.name, self.path)
@@ -511,12 +512,12 @@ def read_folds(path: str | Path, folds: Iterable[int]) -> ModelResults:
     """
     run, folds = RunFolder(path), list(folds)
     predictions = (
-        pd.concat([pd.read_csv(run._fold_file(k, ".csv"), keep_default_na=False, dtype={"text": str}) for k in folds])
+        pd.concat([read_table(run._fold_file(k, ".csv")) for k in folds])
         .sort_values("index")
         .reset_index(drop=True)
     )
     metrics = pd.DataFrame([json.loads(run._fold_file(k, ".json").read_text()) for k in folds])
-    histories = [pd.read_csv(p) for k in folds if (p := run._fold_file(k, "_history.csv")).exists()]
+    histories = [read_table(p) for k in folds if (p := run._fold_file(k, "_history.csv")).exists()]
     history = pd.concat(histories, ignore_index=True) if histories else None
     return ModelResults(run.name, run.saved_config(), predictions, metrics, history)
 
@@ -537,11 +538,11 @@ def load_run(path: str | Path) -> ModelResults:
         path: the model folder (``models/<run>``).
     """
     path = Path(path)
-    history = pd.read_csv(path / "history.csv") if (path / "history.csv").exists() else None
+    history = read_table(path / "history.csv") if (path / "history.csv").exists() else None
     return ModelResults(
         path.name,
         RunFolder(path).saved_config(),
-        pd.read_csv(path / "predictions.csv", keep_default_na=False, dtype={"text": str}),
-        pd.read_csv(path / "metrics.csv"),
+        read_table(path / "predictions.csv"),
+        read_table(path / "metrics.csv"),
         history,
     )

@@ -1,7 +1,9 @@
 """Reading and writing spreadsheets (.xlsx, .csv, .tsv) so that no text is lost, changed or run as a formula.
 
-Every entry point reads through :func:`read_sheet` and every sheet the project writes for people goes through
-:func:`write_table`.
+Every entry point reads through :func:`read_sheet`, and every table the project writes goes through
+:func:`write_table`: sheets for people (predictions, annotator and label-noise sheets) and the machine tables
+under ``results/`` (folds, per-fold and combined predictions, metrics, comparisons), which
+:func:`read_table` reads back with their types.
 
 Reading
     * CSV/TSV encoding: a byte-order mark decides (UTF-8 with BOM, UTF-16 as Excel's "Unicode text"); else
@@ -431,6 +433,28 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     else:
         _write_delimited([header] + rows, path, kind)
     return path
+
+
+def read_table(path: str | Path, text_columns: Sequence[str] = ("text",)) -> pd.DataFrame:
+    """Read back a machine table that :func:`write_table` wrote (results, folds), with its types.
+
+    The cells go through :func:`read_sheet` (so formula-marked texts come back unchanged); ``text_columns``
+    stay text (an empty cell is ""), every other column becomes numeric when all its cells are numbers.
+
+    Args:
+        path: a .csv/.tsv/.xlsx written by :func:`write_table`.
+        text_columns: columns that hold texts, kept as ``str`` whatever they look like.
+    """
+    df = read_sheet(path).df.reset_index(drop=True)
+    for c in df.columns:
+        if c in text_columns:
+            df[c] = df[c].fillna("").astype(str)
+        else:
+            try:
+                df[c] = pd.to_numeric(df[c])
+            except (ValueError, TypeError):
+                pass  # a column of names (e.g. a model's) stays text
+    return df
 
 
 def writer_kind(path: str | Path) -> str:

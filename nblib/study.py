@@ -24,6 +24,7 @@ from .folds import FoldSplit, load_or_make_folds, split_fold
 from .metrics import mean_std_table
 from .results import ModelResults, ModelRun, RunFolder
 from .settings import StudySettings
+from .sheets import write_table
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ class Study:
         """
         runs = self.runs() if runs is None else runs
         table = mean_std_table({name: res.metrics for name, res in runs.items()})
-        table.to_csv(results.comparison_file(self.path))
+        write_table(table.reset_index(), results.comparison_file(self.path))
         return table
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nblib import baselines, results
+from nblib import baselines, results, sheets
 from nblib.settings import StudySettings
 from nblib.study import open_study
 
@@ -53,3 +53,26 @@ def test_saved_model_labels():
     assert results.saved_model_label("results/s/models/bert_x/final") == "bert_x"
     assert results.saved_model_label("results/s/models/bert_x/fold_models/fold_3") == "bert_x_fold_3"
     assert results.saved_model_label("/data/my_model") == "my_model"
+
+
+def test_results_files_keep_formula_like_and_na_texts(tmp_path):
+    """Fold files, folds, predictions and the comparison are written formula-safe and read back unchanged."""
+    starts = ["=HYPERLINK(1)", "+86 文物", "-古籍", "@文化", "NA", "'引号", '"引用"', "null"]
+    words = {0: "舞美灯光", 1: "文物青铜", 2: "文化精神"}
+    rows = [(c, f"{starts[i % len(starts)]}{w}{i}") for c, w in words.items() for i in range(8)]
+    path = tmp_path / "odd.xlsx"
+    sheets.write_table(pd.DataFrame(rows, columns=["Label", "Sentence"]), path)
+    study = open_study(path, n_folds=2, seed=1, results_dir=str(tmp_path / "res"), unlabelled_path=None)
+    assert study.data.texts == [t for _, t in rows]
+    baselines.BaselineSuite(study, baselines.BaselineConfig(unit="char", min_df=1)).run("lr_tfidf_char")
+    res = results.load_run(study.path / "models" / "lr_tfidf_char")
+    assert sorted(res.predictions["text"]) == sorted(t for _, t in rows)
+    assert res.predictions[["gold", "pred"]].dtypes.map(pd.api.types.is_integer_dtype).all()
+    raw = (study.path / "models" / "lr_tfidf_char" / "predictions.csv").read_text(encoding="utf-8-sig")
+    assert '"=HYPERLINK' not in raw and "\"'=HYPERLINK(1)" in raw  # a spreadsheet shows it as text
+    again = open_study(path, n_folds=2, seed=1, results_dir=str(tmp_path / "res"), unlabelled_path=None)
+    assert (again.folds == study.folds).all()
+    table = study.comparison()
+    assert sheets.read_table(results.comparison_file(study.path), text_columns=("model",))["model"].tolist() == list(
+        table.index
+    )
