@@ -512,9 +512,7 @@ def read_folds(path: str | Path, folds: Iterable[int]) -> ModelResults:
     """
     run, folds = RunFolder(path), list(folds)
     predictions = (
-        pd.concat([read_table(run._fold_file(k, ".csv")) for k in folds])
-        .sort_values("index")
-        .reset_index(drop=True)
+        pd.concat([read_table(run._fold_file(k, ".csv")) for k in folds]).sort_values("index").reset_index(drop=True)
     )
     metrics = pd.DataFrame([json.loads(run._fold_file(k, ".json").read_text()) for k in folds])
     histories = [read_table(p) for k in folds if (p := run._fold_file(k, "_history.csv")).exists()]
