@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
+from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
 from .folds import FoldSplit
@@ -47,28 +48,50 @@ def run_folds(
     val_fraction: float,
     which: Sequence[int] | None = None,
     save: bool = True,
+    n_jobs: int = 1,
+    threads: int | None = None,
 ) -> None:
-    """Train and test folds of ``run`` one after another, saving each as it finishes.
+    """Train and test folds of ``run``, saving each as it finishes.
 
     ``fit_predict`` builds a fresh model for each fold, so nothing learnt on one fold reaches another.
-    Each fold is seeded with ``seed + k`` before it starts. Call ``run.finish()`` when every fold is done.
+    Each fold is seeded with ``seed + k`` before it starts. With ``n_jobs`` > 1 the folds run side by side in
+    worker processes (joblib); the results are saved here, in this process. Call ``run.finish()`` when every
+    fold is done.
 
     Args:
         study: the study whose folds are run.
         run: the model folder the folds are saved in.
         fit_predict: trains a fresh model on a fold's train part (selecting on its validation part) and
-            returns the test part's probabilities.
+            returns the test part's probabilities; picklable when ``n_jobs`` > 1.
         val_fraction: share of the training folds used for validation.
         which: the folds to run (default: every fold of ``run`` without results).
         save: False in the processes of a distributed run that do not save (all run the same folds).
+        n_jobs: folds trained at the same time, each in its own process (1: one after another, here).
+        threads: PyTorch threads of each fold (None: leave as is). A fold gives the same numbers whatever
+            ``n_jobs`` is, as long as ``threads`` is the same.
     """
     pending = run.pending_folds() if which is None else list(which)
-    for k in tqdm(pending, desc=run.name, disable=not pending or not save):
-        split = study.split(k, val_fraction)
-        set_seed(split.seed)
-        start = time.perf_counter()
-        out = fit_predict(split)
-        extra = {"seconds": round(time.perf_counter() - start, 2), **out.extra}
+    splits = [study.split(k, val_fraction) for k in pending]
+    n_jobs = max(1, min(n_jobs, len(splits)))
+    if n_jobs == 1:
+        done = (_fit_fold(fit_predict, split, threads) for split in splits)
+    else:
+        done = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
+            delayed(_fit_fold)(fit_predict, split, threads) for split in splits
+        )
+    for split, out, seconds in tqdm(done, desc=run.name, total=len(splits), disable=not splits or not save):
         if save:
-            m = run.save_fold(k, split.test, out.probs, extra, out.history)
-            log.info("%s fold %d: accuracy %.3f, macro-F1 %.3f", run.name, k, m["accuracy"], m["macro_f1"])
+            m = run.save_fold(split.fold, split.test, out.probs, {"seconds": seconds, **out.extra}, out.history)
+            log.info("%s fold %d: accuracy %.3f, macro-F1 %.3f", run.name, split.fold, m["accuracy"], m["macro_f1"])
+
+
+def _fit_fold(
+    fit_predict: Callable[[FoldSplit], FoldOutput], split: FoldSplit, threads: int | None
+) -> tuple[FoldSplit, FoldOutput, float]:
+    """One fold, seeded, with its wall time (in this process or a worker)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    set_seed(split.seed)
+    start = time.perf_counter()
+    out = fit_predict(split)
+    return split, out, round(time.perf_counter() - start, 2)

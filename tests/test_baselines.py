@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -84,6 +85,36 @@ def test_lstm_ignores_padding():
     alone = model(short, torch.tensor([3]))
     in_batch = model(padded, torch.tensor([3, 6]))[:1]
     assert torch.allclose(alone, in_batch, atol=1e-5)
+
+
+def test_lstm_is_a_packed_bidirectional_lstm():
+    """Two one-directional LSTMs on the padded batch compute what nn.LSTM(bidirectional) computes on packed input."""
+    torch.manual_seed(0)
+    model = baselines.LSTMClassifier(10, 8, 6, 3, dropout=0.0).eval()
+    packed_lstm = torch.nn.LSTM(8, 6, batch_first=True, bidirectional=True)
+    for name, p in model.forward_lstm.named_parameters():
+        getattr(packed_lstm, name).data.copy_(p)
+        getattr(packed_lstm, name + "_reverse").data.copy_(getattr(model.backward_lstm, name))
+    x, lengths = torch.randn(3, 7, 8), torch.tensor([7, 2, 4])
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    expected, _ = torch.nn.utils.rnn.pad_packed_sequence(packed_lstm(packed)[0], batch_first=True, total_length=7)
+    got = model.states(x, lengths)
+    for i, n in enumerate(lengths):
+        assert torch.allclose(got[i, :n], expected[i, :n], atol=1e-5)
+
+
+def test_length_ordered_evaluation_batches_come_back_in_text_order():
+    torch.manual_seed(0)
+    model = baselines.LSTMClassifier(12, 8, 6, 3, dropout=0.0).eval()
+    seqs = [[2, 3, 4, 5, 6], [7], [8, 9], [2, 2, 2, 2, 2, 2, 2], [3, 4, 5]]
+    y = np.array([0, 1, 2, 0, 1])
+    loader = baselines.sequence_loader(seqs, y, batch_size=2)
+    assert [len(seqs[i]) for i in loader.sampler] == sorted(len(s) for s in seqs)
+    alone = np.concatenate([torch.softmax(model(torch.tensor([s]), torch.tensor([len(s)])), -1).detach() for s in seqs])
+    assert np.allclose(baselines.predict_proba(model, loader), alone, atol=1e-5)
+    batches = list(baselines.sequence_loader(seqs, y, batch_size=2, shuffle=True, seed=1))
+    assert sorted(len(lengths) for (_, lengths), _ in batches) == [1, 2, 2]
+    assert all(ids.shape[1] == lengths.max() for (ids, lengths), _ in batches)  # each padded to its own longest
 
 
 @pytest.mark.parametrize("kind", ["mlp", "lstm"])
@@ -247,3 +278,15 @@ def test_model_list_takes_what_papermill_passes():
         baselines.model_list("mlp_tf,mlp_bert")
     with pytest.raises(ValueError, match="choose from"):
         baselines.model_list([])
+
+
+@pytest.mark.parametrize("name", ["mlp_tf", "lstm_word2vec"])
+def test_folds_side_by_side_give_the_numbers_of_folds_one_after_another(tiny_study, tmp_path, name):
+    cfg = dict(unit="char", min_df=1, epochs=4, w2v_dim=8, w2v_min_count=1, mlp_hidden=16, lstm_hidden=8)
+    one = baselines.BaselineSuite(tiny_study(), baselines.BaselineConfig(n_jobs=1, **cfg)).run(name)
+    two_study = tiny_study(results_dir=str(tmp_path / "two"))
+    assert baselines.BaselineConfig(n_jobs=2).parallelism(3)[0] == 2
+    two = baselines.BaselineSuite(two_study, baselines.BaselineConfig(n_jobs=2, **cfg)).run(name)
+    assert np.allclose(one.probs, two.probs, atol=1e-5)
+    assert one.metrics.drop(columns="seconds").equals(two.metrics.drop(columns="seconds"))
+    assert baselines.BaselineConfig().parallelism(5) == (min(os.cpu_count(), 5), max(1, os.cpu_count() // 5))

@@ -24,7 +24,7 @@ from accelerate.state import AcceleratorState
 from helpers import DEMO_LABELLED, ROOT, write_tiny_sheet
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertModel
 
-from nblib import bert, bert_cv
+from nblib import bert, bert_cv, results
 from nblib.data import LabelledData, load_labelled
 from nblib.results import ResultsExistError
 from nblib.settings import from_params, to_params
@@ -362,8 +362,31 @@ def test_fold_workers_use_the_gpus_this_process_was_given(tmp_path, monkeypatch,
     workers = [json.loads((tmp_path / f"worker_{i}.json").read_text()) for i in range(2)]
     assert [cmd[cmd.index("--folds") + 1] for cmd, _, _ in started] == ["0,2,4", "1,3"]
     assert {(w["device"], w["precision"]) for w in workers} == {("cuda", "bf16")}  # no silent CPU run, one precision
-    with pytest.raises(ValueError, match="num_processes=3 .*2 are visible"):
-        bert_cv._launch_fold_workers(cfg, tmp_path / "launch.json", [0, 1, 2, 3, 4], 3, tmp_path)
+    # more workers than GPUs: several folds side by side on one GPU, round-robin, CPU threads shared out
+    started.clear()
+    bert_cv._launch_fold_workers(cfg, tmp_path / "launch.json", [0, 1, 2, 3, 4], 3, tmp_path)
+    gpus = visible.split(",")
+    assert [env["CUDA_VISIBLE_DEVICES"] for _, env, _ in started] == [gpus[0], gpus[1], gpus[0]]
+    assert [cmd[cmd.index("--folds") + 1] for cmd, _, _ in started] == ["0,3", "1,4", "2"]
+    assert all(int(env["OMP_NUM_THREADS"]) >= 1 for _, env, _ in started)
+
+
+def test_ddp_needs_a_gpu_per_process_and_the_final_model_uses_one_process_per_gpu(tmp_path, write_sheet, monkeypatch):
+    fake_gpus(monkeypatch, (9, 0), count=1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "H100 (fake)")
+    launched = []
+    monkeypatch.setattr(bert_cv, "_launch_torchrun", lambda *a, **k: launched.append(a))
+    with pytest.raises(ValueError, match="num_processes=2 with parallel='ddp' needs one GPU per process, but 1"):
+        cross_validate(with_params(small_config(tmp_path, write_sheet), device="cuda", num_processes=2, parallel="ddp"))
+    assert not launched
+    # two fold workers share the one GPU; the final model is then trained by one process, not a 2-process DDP
+    cfg = with_params(small_config(tmp_path, write_sheet), device="cuda", num_processes=2, parallel="folds")
+    workers, finals = [], []
+    monkeypatch.setattr(bert_cv, "_launch_fold_workers", lambda *a: workers.append(a[3]))
+    monkeypatch.setattr(bert_cv.FineTuneJob, "train_final", lambda self: finals.append(1))
+    monkeypatch.setattr(results.ModelRun, "finish", lambda self: None)
+    bert_cv.FineTuneJob(cfg, open_study(cfg.study)).cross_validate()
+    assert workers == [2] and finals == [1] and not launched
 
 
 def fold_inputs(tmp_path, write_sheet) -> dict:
