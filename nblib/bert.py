@@ -349,6 +349,17 @@ def gpu_precision(device: torch.device | int | None = None) -> str:
     return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
 
 
+def cpu_precision() -> str:
+    """Mixed precision for CPU training: bf16 autocast where the CPU computes bf16 natively (AVX512-BF16 or AMX,
+    e.g. Intel Xeon from Cooper Lake / Sapphire Rapids, AMD Zen 4), about 1.9x faster steps; fp32 elsewhere,
+    where bf16 is emulated and slower."""
+    native = (
+        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+        or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    )
+    return "bf16" if native else "fp32"
+
+
 def per_device_batch(batch_size: int, processes: int, grad_accum: int) -> int:
     """Texts per device and forward pass, so that one optimizer step sees exactly ``batch_size`` texts.
 
@@ -411,6 +422,22 @@ def param_groups(
                     | ({"lr": head_lr} if is_new else {})
                 )
     return groups
+
+
+def make_optimizer(
+    model: torch.nn.Module, settings: TrainSettings, new: set[str] = frozenset(), fused: bool = True
+) -> torch.optim.AdamW:
+    """``torch.optim.AdamW`` over :func:`param_groups`; fused: one kernel updates every parameter (CPU and CUDA).
+
+    Args:
+        model: the model (trainable parameters only are optimised).
+        settings: ``lr``, ``head_lr`` and ``weight_decay``.
+        new: names of the parameters the checkpoint did not have (they get ``head_lr``).
+        fused: the fused implementation (False: PyTorch's per-tensor loop; for fp16 loss scaling, and comparison).
+    """
+    return torch.optim.AdamW(
+        param_groups(model, settings.weight_decay, new, settings.head_lr), lr=settings.lr, fused=fused
+    )
 
 
 @dataclass
@@ -503,7 +530,9 @@ def fine_tune(
     if settings.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     collator = make_collator(tokenizer, accelerator)
-    optimizer = torch.optim.AdamW(param_groups(model, settings.weight_decay, new, settings.head_lr), lr=settings.lr)
+    # fp16's loss scaler hands inf/NaN steps to a fused optimizer instead of skipping them, and accelerate would
+    # then step the schedule on them: per-tensor AdamW there
+    optimizer = make_optimizer(model, settings, new, fused=accelerator.scaler is None)
     loaders = [train_loader(train, collator, per_device, seed)]
     loaders += [eval_loader(ds, collator, 2 * per_device) for ds in (val, test) if ds is not None]
     model, optimizer, *loaders = accelerator.prepare(model, optimizer, *loaders)

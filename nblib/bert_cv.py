@@ -94,14 +94,15 @@ class FineTuneConfig:
         return self.device == "cpu" or not torch.cuda.is_available()
 
     def resolved_precision(self, device: torch.device | None = None) -> str:
-        """fp32 on CPU unless asked; on GPU bf16 from compute capability 8 (Ampere) on, else fp16 (loss scaling).
+        """On GPU bf16 from compute capability 8 (Ampere) on, else fp16 (loss scaling); on CPU bf16 where the CPU
+        computes it natively, else fp32 (:func:`nblib.bert.cpu_precision`).
 
         Args:
             device: this process's GPU (default: the current device).
         """
         if self.precision != "auto":
             return self.precision
-        return "fp32" if self.use_cpu() else bert.gpu_precision(device)
+        return bert.cpu_precision() if self.use_cpu() else bert.gpu_precision(device)
 
     def processes(self) -> int:
         """The number of processes: ``num_processes``, or every visible GPU (1 on CPU)."""

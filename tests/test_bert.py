@@ -201,7 +201,7 @@ def small_config(tmp_path, write_sheet, **kw) -> bert_cv.FineTuneConfig:
         lr=1e-3,
         max_len=32,
         device="cpu",
-        **kw,
+        **({"precision": "fp32"} | kw),  # the same numbers on every CPU (auto: bf16 where the CPU has it)
     )
 
 
@@ -303,6 +303,16 @@ def fake_gpus(monkeypatch, capability: tuple[int, int], count: int = 2) -> None:
     monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # true with emulation even on a V100
+
+
+@pytest.mark.parametrize(
+    "avx512_bf16, amx, precision", [(False, False, "fp32"), (True, False, "bf16"), (False, True, "bf16")]
+)
+def test_auto_precision_on_cpu_is_bf16_only_where_the_cpu_has_it(monkeypatch, avx512_bf16, amx, precision):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    assert bert.cpu_precision() == precision
+    assert make_config(data_path="x.csv", device="cpu").resolved_precision() == precision
 
 
 @pytest.mark.parametrize(
