@@ -215,23 +215,40 @@ def shares(
 # --- where the truth is known ----------------------------------------------------------------------------
 
 
-def shifted_sample(gold: np.ndarray, up: int, down: int, rng: np.random.Generator, factor: float = 2.0) -> np.ndarray:
-    """Indices of a subsample (without replacement) of ``gold`` whose class ``up`` has ``factor`` times its
-    weight and class ``down`` 1/``factor`` (shares renormalised), as large as the texts of each class allow.
+def shifted_prevalence(counts: np.ndarray, up: int, down: int, factor: float = 2.0) -> np.ndarray:
+    """Class shares of ``counts`` with class ``up`` weighted ``factor`` times and class ``down`` 1/``factor``, renormalised.
+
+    Args:
+        counts: texts per class.
+        up: the class whose weight is multiplied.
+        down: the class whose weight is divided.
+        factor: how much ``up`` gains and ``down`` loses.
+    """
+    weights = np.ones(len(counts))
+    weights[up], weights[down] = factor, 1 / factor
+    return counts * weights / (counts * weights).sum()
+
+
+def shifted_sample(
+    gold: np.ndarray, up: int, down: int, rng: np.random.Generator, factor: float = 2.0, size: float = 0.7
+) -> np.ndarray:
+    """Indices of a random subsample (without replacement) of ``gold`` drawn from the :func:`shifted_prevalence`.
+
+    The class counts are multinomial, as in a pool drawn from a population with those shares; the sample
+    has ``size`` times as many texts as the largest sample with exactly those shares.
 
     Args:
         gold: gold label ids of the texts to sample from.
-        up: the class whose weight is multiplied.
-        down: the class whose weight is divided.
+        up: the class made ``factor`` times as frequent.
+        down: the class made 1/``factor`` as frequent.
         rng: the random generator.
-        factor: how much ``up`` gains and ``down`` loses.
+        factor: the strength of the shift.
+        size: the sample size, as a fraction of the largest possible one (leaves room for the multinomial draw).
     """
-    counts = np.bincount(gold, minlength=max(up, down) + 1).astype(float)
-    weights = np.ones_like(counts)
-    weights[up], weights[down] = factor, 1 / factor
-    target = counts * weights / (counts * weights).sum()
-    n = np.floor(min(counts[c] / target[c] for c in np.flatnonzero(target)))
-    take = np.floor(target * n).astype(int)
+    counts = np.bincount(gold, minlength=max(up, down) + 1)
+    target = shifted_prevalence(counts.astype(float), up, down, factor)
+    n = int(size * min(counts[c] / target[c] for c in np.flatnonzero(target)))
+    take = np.minimum(rng.multinomial(n, target), counts)
     return np.concatenate([rng.choice(np.flatnonzero(gold == c), t, replace=False) for c, t in enumerate(take)])
 
 
@@ -308,7 +325,8 @@ def coverage(
 
     Repeat ``repeats`` times, cycling through the folds as the held-out fold: draw a shifted sample of it
     (as :func:`shift_check`), compute :func:`shares` with intervals from the other folds, and check each
-    class's interval against the sample's true share.
+    class's interval against the shares the sample was drawn from (:func:`shifted_prevalence`): the pool is
+    taken as a sample of a population of texts, whose shares are what the study reports.
 
     Args:
         probs: out-of-fold class probabilities of the labelled texts.
@@ -334,7 +352,7 @@ def coverage(
     for r in range(repeats):
         (tr_p, tr_y), (te_p, te_y), u, d = _held_out(probs, gold, folds, fold_ids[r % len(fold_ids)], up, down)
         idx = shifted_sample(te_y, u, d, rng, factor)
-        truth = np.bincount(te_y[idx], minlength=probs.shape[1]) / len(idx)
+        truth = shifted_prevalence(np.bincount(te_y, minlength=probs.shape[1]).astype(float), u, d, factor)
         names = [str(c) for c in range(probs.shape[1])]
         table = shares(
             tr_p, tr_y, te_p[idx], names, methods=methods, n_boot=n_boot, level=level, seed=int(rng.integers(2**31))
