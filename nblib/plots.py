@@ -305,9 +305,10 @@ def class_shares(table: pd.DataFrame, title: str = "Class shares of the pool (95
             )
         n, small = int(part["texts"].iloc[0]), bool(part["small"].iloc[0])
         name = group or "whole pool"
-        ax.set_title(
-            f"{name} (n = {n}{', too few for an interval' if small else ''})", color="firebrick" if small else None
-        )
+        if small:
+            ax.set_title(f"{name} (n = {n}, too few for an interval)", color="firebrick")
+        else:
+            ax.set_title(f"{name} (n = {n})")
         ax.set_xticks(range(len(classes)), _tick_names(classes))
         ax.set(xlabel="Class", ylabel="Share")
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))

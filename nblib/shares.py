@@ -40,7 +40,7 @@ import pandas as pd
 from quapy.method.aggregative import ACC, CC, EMQ, PACC, PCC, AggregativeQuantifier
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from .results import ModelResults, RunFolder, load_run
+from .results import ModelResults, RunFolder, load_run, run_of_saved_model
 from .sheets import DataError, Params, clean_text, read_sheet, write_table, writer_kind
 
 log = logging.getLogger(__name__)
@@ -370,6 +370,21 @@ def coverage(
     return out
 
 
+def describe_check(check: pd.DataFrame) -> str:
+    """One sentence on a :func:`shift_check`: the mean absolute error of each method, in percentage points.
+
+    Args:
+        check: the table :func:`shift_check` returns.
+    """
+    errors = check.loc["mean", [c for c in check.columns if c.endswith(" error")]]
+    named = ", ".join(f"{c.removesuffix(' error')} {100 * e:.1f}" for c, e in errors.items())
+    best = errors.idxmin().removesuffix(" error")
+    return (
+        f"On a held-out fold resampled to other class shares ({check.attrs['texts']} texts), the mean absolute error "
+        f"per class is, in percentage points: {named}; {best} lands closest to the true shares."
+    )
+
+
 # --- the pool sheet and the run ---------------------------------------------------------------------------
 
 
@@ -381,10 +396,11 @@ def run_results(run_dir: str | Path, names: Names = NOTEBOOK_NAMES) -> ModelResu
         names: how the caller names its parameters, for the messages.
     """
     path = Path(run_dir)
-    if path.name == "final" or path.parent.name == "fold_models":
+    owner = run_of_saved_model(path)
+    if owner != path:
         raise DataError(
-            f"{path} is a saved model; {names.run.strip('= ')} must be its run's results folder "
-            f"({path.parents[0 if path.name == 'final' else 1]}), whose out-of-fold predictions give the error rates."
+            f"{path} is a saved model; {names.run.strip('= ')} must be its run's results folder ({owner}), "
+            f"whose out-of-fold predictions give the error rates."
         )
     if not RunFolder(path).config_file.exists():
         raise FileNotFoundError(

@@ -101,6 +101,8 @@ def test_shift_check_adjusted_estimates_beat_the_count_on_a_shifted_held_out_fol
     for method in ("ACC", "PACC", "EMQ"):
         assert errors[f"{method} error"] < errors["CC error"], errors
     assert table.attrs["texts"] > 100
+    sentence = shares.describe_check(table)
+    assert f"CC {100 * errors['CC error']:.1f}" in sentence and f"({table.attrs['texts']} texts)" in sentence
 
 
 def test_coverage_of_the_intervals_on_repeated_shifted_samples(labelled):
