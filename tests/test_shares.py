@@ -207,3 +207,21 @@ def test_command_line_writes_the_long_table(finished_run, tmp_path, capsys):
     assert "No column '节目' in the predicted sheet" in (err := capsys.readouterr().err) and "Set --group " in err
     assert shares.main([str(run_dir), str(sheet), str(tmp_path / "o.csv"), "--methods", "ABC"]) == 2
     assert "Unknown share method" in capsys.readouterr().err
+
+
+def test_figure_has_one_panel_per_group_and_marks_small_groups(labelled):
+    from nblib import plots
+
+    probs, gold, _ = labelled
+    pool, _ = gaussian_task(100, SHIFTED_PRIOR, np.random.default_rng(6))
+    table = shares.shares(
+        probs, gold, pool, list("abcd"), groups=["A"] * 80 + ["B"] * 20, methods=["CC", "ACC"], n_boot=10
+    )
+    fig = plots.class_shares(table)
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == [
+        "whole pool (n = 100)",
+        "A (n = 80)",
+        "B (n = 20, too few for an interval)",
+    ]
+    assert [t.get_text() for t in panels[0].get_legend().get_texts()] == ["CC", "ACC"]
