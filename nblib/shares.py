@@ -15,7 +15,8 @@ are known). All five estimators are QuaPy's, fed with probabilities computed els
   from the class shares of the labelled texts.
 
 The intervals are percentile bootstrap intervals that resample both the out-of-fold texts (so the error
-rates are re-estimated in every replicate) and the pool. The probabilities are taken as they are given: pass
+rates are re-estimated in every replicate; with the folds known, whole folds are drawn first, so that the
+differences between the fold models count too) and the pool. The probabilities are taken as they are given: pass
 calibrated ones where a model has them. The error rates come from the fold models, while the pool is usually
 labelled by the final model trained on all texts; the final model errs a little less, so the adjustment
 is, if anything, slightly too strong.
@@ -154,6 +155,7 @@ def shares(
     level: float = 0.95,
     seed: int = 0,
     min_group: int = MIN_GROUP,
+    oof_folds: Sequence[int] | None = None,
 ) -> pd.DataFrame:
     """Class shares of the pool (and of each group of it) by each method, with percentile bootstrap intervals.
 
@@ -171,6 +173,9 @@ def shares(
         level: the intervals' confidence level.
         seed: resampling seed.
         min_group: a group with fewer pool texts is marked ``small`` (its interval is unreliable).
+        oof_folds: the fold of each out-of-fold text, or None. Given, each replicate first draws whole folds
+            (with replacement), then texts within them, so that the differences between the fold models'
+            error rates enter the intervals.
 
     Returns:
         One row per group × class × method: ``group`` ("" for the whole pool), ``class`` (name), ``method``,
@@ -193,7 +198,7 @@ def shares(
     rng = np.random.default_rng(seed)
     boot = {name: np.empty((n_boot, len(methods), len(class_names))) for name in members}
     for b in range(n_boot):
-        i = rng.integers(0, len(oof_gold), len(oof_gold))
+        i = _resample(rng, len(oof_gold), oof_folds)
         quantifiers = fit_quantifiers(oof_probs[i], oof_gold[i], methods)
         for name, idx in members.items():
             boot[name][b] = _estimate(quantifiers, pool_probs[rng.choice(idx, len(idx))])
@@ -210,6 +215,15 @@ def shares(
                     [name, str(cls), method, point[name][m, k], low[m, k], high[m, k], len(idx), len(idx) < min_group]
                 )
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _resample(rng: np.random.Generator, n: int, clusters: Sequence[int] | None) -> np.ndarray:
+    """Bootstrap indices of ``n`` items: plain, or clusters drawn with replacement and then items within each."""
+    if clusters is None:
+        return rng.integers(0, n, n)
+    members = [np.flatnonzero(np.asarray(clusters) == c) for c in np.unique(clusters)]
+    drawn = rng.integers(0, len(members), len(members))
+    return np.concatenate([rng.choice(members[c], len(members[c])) for c in drawn])
 
 
 # --- where the truth is known ----------------------------------------------------------------------------
@@ -320,6 +334,7 @@ def coverage(
     factor: float = 2.0,
     methods: Sequence[str] = METHODS,
     seed: int = 0,
+    fold_bootstrap: bool = True,
 ) -> pd.DataFrame:
     """How often the bootstrap intervals contain the true shares of shifted held-out samples.
 
@@ -340,6 +355,8 @@ def coverage(
         factor: the strength of the shift.
         methods: which of :data:`METHODS`.
         seed: sampling seed.
+        fold_bootstrap: draw whole training folds before texts in the bootstrap (``oof_folds`` of :func:`shares`),
+            as :func:`pool_shares` does; False: texts only.
 
     Returns:
         One row per method (index ``method``): ``coverage`` (fraction of class intervals holding the truth),
@@ -355,7 +372,15 @@ def coverage(
         truth = shifted_prevalence(np.bincount(te_y, minlength=probs.shape[1]).astype(float), u, d, factor)
         names = [str(c) for c in range(probs.shape[1])]
         table = shares(
-            tr_p, tr_y, te_p[idx], names, methods=methods, n_boot=n_boot, level=level, seed=int(rng.integers(2**31))
+            tr_p,
+            tr_y,
+            te_p[idx],
+            names,
+            methods=methods,
+            n_boot=n_boot,
+            level=level,
+            seed=int(rng.integers(2**31)),
+            oof_folds=folds[folds != fold_ids[r % len(fold_ids)]] if fold_bootstrap else None,
         )
         table["truth"] = truth[table["class"].astype(int)]
         parts.append(table)
@@ -483,6 +508,9 @@ def pool_shares(
 ) -> pd.DataFrame:
     """:func:`shares` of a checked pool, with the error rates of a run's out-of-fold predictions.
 
+    The bootstrap draws the run's folds before their texts (``oof_folds``), so that the intervals also carry
+    the differences between fold models: the pool is labelled by yet another model (the final one).
+
     Args:
         res: the run's results (``Study.run`` or :func:`run_results`).
         pool: the pool (:func:`pool_from_table`).
@@ -505,6 +533,7 @@ def pool_shares(
         level,
         seed,
         min_group,
+        oof_folds=res.predictions["fold"].to_numpy(),
     )
 
 

@@ -80,6 +80,22 @@ def test_intervals_include_the_uncertainty_of_the_error_rates(labelled):
     assert width[150]["CC"] == pytest.approx(width[4000]["CC"], rel=0.25)
 
 
+def test_drawing_folds_first_carries_the_differences_between_fold_models(labelled):
+    """One fold model much weaker than the others: the intervals widen only when the bootstrap draws folds."""
+    probs, gold, folds = labelled
+    probs = probs.copy()
+    weak, _ = gaussian_task(int((folds == 0).sum()), TRAIN_PRIOR, np.random.default_rng(7), sep=0.5)
+    probs[folds == 0] = weak  # fold 0's model barely separates the classes
+    pool, _ = gaussian_task(1000, SHIFTED_PRIOR, np.random.default_rng(8))
+    width = {
+        name: shares.shares(probs, gold, pool, list("abcd"), methods=["ACC"], n_boot=60, oof_folds=by_fold)
+        .eval("upper - lower")
+        .mean()
+        for name, by_fold in [("texts", None), ("folds", folds)]
+    }
+    assert width["folds"] > 1.5 * width["texts"], width
+
+
 def test_shifted_sample_doubles_one_class_and_halves_another():
     gold = np.repeat([0, 1, 2], [5000, 3000, 2000])
     target = shares.shifted_prevalence(np.bincount(gold).astype(float), up=2, down=0)
