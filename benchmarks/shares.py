@@ -73,8 +73,10 @@ def main() -> None:
     cover = shares.coverage(
         probs, gold, folds, args.repeats, args.n_boot, seed=args.seed, fold_bootstrap=not args.text_bootstrap
     )
+    how = "texts only" if args.text_bootstrap else "folds, then texts"
     print(
-        f"\nCoverage of the 95% intervals, {args.repeats} shifted samples × {len(names)} classes, {args.n_boot} replicates:"
+        f"\nCoverage of the 95% intervals, {args.repeats} shifted samples × {len(names)} classes, "
+        f"{args.n_boot} replicates drawing {how}:"
     )
     print(cover.round(3).to_string())
     print(f"({time.perf_counter() - start:.0f} s)")

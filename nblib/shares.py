@@ -70,13 +70,13 @@ class _Given(ClassifierMixin, BaseEstimator):
         self.n_classes = n_classes
         self.classes_ = np.arange(n_classes)  # fitted already: QuaPy checks for it
 
-    def fit(self, X, y):  # noqa: N803 - QuaPy only checks that it exists
+    def fit(self, X, y):  # nothing to fit: QuaPy only checks that it exists
         return self
 
-    def predict_proba(self, X):  # noqa: N803
+    def predict_proba(self, X):
         return np.asarray(X)
 
-    def predict(self, X):  # noqa: N803
+    def predict(self, X):
         return np.asarray(X).argmax(axis=1)
 
 
