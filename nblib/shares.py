@@ -57,10 +57,11 @@ class Names:
     group: str = "group_col="
     column: str = "input_col="
     run: str = "bert_run="
+    methods: str = "shares_methods="
 
 
 NOTEBOOK_NAMES = Names()  # 05_predict
-CLI_NAMES = Names(group="--group ", column="--column ", run="RUN_DIR ")
+CLI_NAMES = Names(group="--group ", column="--column ", run="RUN_DIR ", methods="--methods ")
 
 
 class _Given(ClassifierMixin, BaseEstimator):
@@ -92,15 +93,21 @@ def _quantifier(method: str, n_classes: int) -> AggregativeQuantifier:
     return make[method]()
 
 
-def check_methods(methods: Sequence[str]) -> list[str]:
-    """The methods, checked against :data:`METHODS` (an unknown one is a :class:`DataError`).
+def check_methods(methods: str | Sequence[str], names: Names | None = None) -> list[str]:
+    """The methods as a list, checked against :data:`METHODS` (an unknown one is a :class:`DataError`).
 
     Args:
-        methods: method names, e.g. ``["CC", "ACC"]``.
+        methods: method names, e.g. ``["CC", "ACC"]``, or one string of them separated by commas.
+        names: how the caller names its parameters, for the message (None: the notebook's).
     """
+    if isinstance(methods, str):
+        methods = [m for m in methods.replace(",", " ").split() if m]
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
-        raise DataError(f"Unknown share method(s) {unknown or '(none given)'}: choose from {', '.join(METHODS)}.")
+        flag = (names or NOTEBOOK_NAMES).methods
+        raise DataError(
+            f"Unknown share method(s) {unknown or '(none given)'}: set {flag}to some of {', '.join(METHODS)}."
+        )
     return list(methods)
 
 
@@ -564,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         if out.exists() and not args.overwrite:
             raise FileExistsError(f"{out} exists; choose another output file, or pass --overwrite.")
         writer_kind(out)
-        check_methods(args.methods)
+        check_methods(args.methods, CLI_NAMES)
         res = run_results(args.run_dir, CLI_NAMES)
         sheet = read_sheet(args.predicted, [args.column], params=Params(columns="--column "))
         pool = pool_from_table(
