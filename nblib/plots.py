@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib import font_manager
+from matplotlib.ticker import PercentFormatter
 
 log = logging.getLogger(__name__)
 FORMATS = ("png", "pdf")
@@ -262,6 +263,56 @@ def learning_curves(history: pd.DataFrame, title: str, best_epochs: dict[int, in
             ax.axvline(epoch, color="grey", linestyle="--", linewidth=1, label="epoch kept")
     if best_epochs:
         axes[1].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def class_shares(table: pd.DataFrame, title: str = "Class shares of the pool (95% bootstrap intervals)") -> plt.Figure:
+    """Estimated class shares with their intervals, one marker per method; one panel per group.
+
+    Args:
+        table: :func:`nblib.shares.shares` output (columns ``group``, ``class``, ``method``, ``share``,
+            ``lower``, ``upper``, ``texts``, ``small``); the whole pool is group "" and groups marked ``small``
+            get a warning in their panel title.
+        title: the figure title.
+    """
+    groups = list(dict.fromkeys(table["group"]))
+    classes, methods = list(dict.fromkeys(table["class"])), list(dict.fromkeys(table["method"]))
+    ncols = min(len(groups), 3)
+    nrows = -(-len(groups) // ncols)
+    width = max(5.0, 0.9 * len(classes) + 2)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, 3.8 * nrows), squeeze=False, sharey=True)
+    for ax in axes.flat[len(groups) :]:
+        ax.set_visible(False)
+    markers, colours = "osD^vP*X", sns.color_palette(n_colors=len(methods))
+    offsets = np.linspace(-0.3, 0.3, len(methods)) if len(methods) > 1 else [0.0]
+    for ax, group in zip(axes.flat, groups, strict=False):
+        part = table[table["group"] == group]
+        for m, method in enumerate(methods):
+            rows = part[part["method"] == method].set_index("class").reindex(classes)
+            x = np.arange(len(classes)) + offsets[m]
+            err = np.vstack([rows["share"] - rows["lower"], rows["upper"] - rows["share"]]).clip(min=0)
+            ax.errorbar(
+                x,
+                rows["share"],
+                yerr=None if np.isnan(err).all() else err,
+                fmt=markers[m % len(markers)],
+                color=colours[m],
+                capsize=2,
+                markersize=5,
+                label=method,
+            )
+        n, small = int(part["texts"].iloc[0]), bool(part["small"].iloc[0])
+        name = group or "whole pool"
+        if small:
+            ax.set_title(f"{name} (n = {n}, too few for an interval)", color="firebrick")
+        else:
+            ax.set_title(f"{name} (n = {n})")
+        ax.set_xticks(range(len(classes)), _tick_names(classes))
+        ax.set(xlabel="Class", ylabel="Share")
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    axes.flat[0].legend(title="method", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -503,6 +503,20 @@ def saved_model_label(model_dir: str | Path) -> str:
     return path.name
 
 
+def run_of_saved_model(model_dir: str | Path) -> Path:
+    """The run folder (``models/<run>``) that holds a saved model; any other folder is returned as it is.
+
+    Args:
+        model_dir: a saved model folder (``<run>/final`` or ``<run>/fold_models/fold_<k>``).
+    """
+    path = Path(model_dir)
+    if path.name == "final":
+        return path.parent
+    if path.parent.name == "fold_models":
+        return path.parents[1]
+    return path
+
+
 def read_folds(path: str | Path, folds: Iterable[int]) -> ModelResults:
     """The per-fold files of the given (finished) folds of one model folder, combined.
 

@@ -1,0 +1,592 @@
+"""Class shares of an unlabelled pool, with 95% intervals that include the uncertainty of the error rates.
+
+    python -m nblib.shares RUN_DIR PREDICTED_SHEET OUT.csv [--group COLUMN] [--methods CC ACC ...]
+
+Counting a classifier's predicted labels (classify and count, CC) is biased whenever its errors are not
+symmetric: a class often predicted as another is under-counted. The adjusted methods correct the count with
+the error rates the same model made out of fold (its cross-validation predictions, where the gold labels
+are known). All five estimators are QuaPy's, fed with probabilities computed elsewhere:
+
+- ``CC``: the share of texts predicted as each class;
+- ``ACC``: CC corrected with the out-of-fold rates P(predicted i | gold j) (Forman 2008);
+- ``PCC``: the mean of the predicted probabilities;
+- ``PACC``: PCC corrected with the out-of-fold mean probabilities per gold class;
+- ``EMQ``: the prior adjustment of Saerens, Latinne and Decaestecker (2002) by expectation maximisation,
+  from the class shares of the labelled texts.
+
+The intervals are percentile bootstrap intervals that resample both the out-of-fold texts (so the error
+rates are re-estimated in every replicate; with the folds known, whole folds are drawn first, so that the
+differences between the fold models count too) and the pool. The probabilities are taken as they are given: pass
+calibrated ones where a model has them. The error rates come from the fold models, while the pool is usually
+labelled by the final model trained on all texts; the final model errs a little less, so the adjustment
+is, if anything, slightly too strong.
+
+:func:`shift_check` and :func:`coverage` test all this where the truth is known: one fold is held out,
+resampled to class shares unlike those of the training folds, and estimated from the other folds' error
+rates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from quapy.method.aggregative import ACC, CC, EMQ, PACC, PCC, AggregativeQuantifier
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from .results import ModelResults, RunFolder, load_run, run_of_saved_model
+from .sheets import DataError, Params, clean_text, read_sheet, write_table, writer_kind
+
+log = logging.getLogger(__name__)
+METHODS = ("CC", "ACC", "PCC", "PACC", "EMQ")
+MIN_GROUP = 30  # groups with fewer pool texts are shown, but flagged as too small for an interval
+COLUMNS = ["group", "class", "method", "share", "lower", "upper", "texts", "small"]
+
+
+@dataclass(frozen=True)
+class Names:
+    """How the calling entry point spells the parameters that the messages of this module name."""
+
+    group: str = "group_col="
+    column: str = "input_col="
+    run: str = "bert_run="
+    methods: str = "shares_methods="
+
+
+NOTEBOOK_NAMES = Names()  # 05_predict
+CLI_NAMES = Names(group="--group ", column="--column ", run="RUN_DIR ", methods="--methods ")
+
+
+class _Given(ClassifierMixin, BaseEstimator):
+    """A stand-in classifier for QuaPy whose inputs are already class probabilities (one row per text)."""
+
+    def __init__(self, n_classes: int):
+        self.n_classes = n_classes
+        self.classes_ = np.arange(n_classes)  # fitted already: QuaPy checks for it
+
+    def fit(self, X, y):  # nothing to fit: QuaPy only checks that it exists
+        return self
+
+    def predict_proba(self, X):
+        return np.asarray(X)
+
+    def predict(self, X):
+        return np.asarray(X).argmax(axis=1)
+
+
+def _quantifier(method: str, n_classes: int) -> AggregativeQuantifier:
+    given = _Given(n_classes)
+    make = {
+        "CC": lambda: CC(given, fit_classifier=False),
+        "ACC": lambda: ACC(given, fit_classifier=False, val_split=None),
+        "PCC": lambda: PCC(given, fit_classifier=False),
+        "PACC": lambda: PACC(given, fit_classifier=False, val_split=None),
+        "EMQ": lambda: EMQ(given, fit_classifier=False),
+    }
+    return make[method]()
+
+
+def check_methods(methods: str | Sequence[str], names: Names | None = None) -> list[str]:
+    """The methods as a list, checked against :data:`METHODS` (an unknown one is a :class:`DataError`).
+
+    Args:
+        methods: method names, e.g. ``["CC", "ACC"]``, or one string of them separated by commas.
+        names: how the caller names its parameters, for the message (None: the notebook's).
+    """
+    if isinstance(methods, str):
+        methods = [m for m in methods.replace(",", " ").split() if m]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        flag = (names or NOTEBOOK_NAMES).methods
+        raise DataError(
+            f"Unknown share method(s) {unknown or '(none given)'}: set {flag}to some of {', '.join(METHODS)}."
+        )
+    return list(methods)
+
+
+def fit_quantifiers(
+    oof_probs: np.ndarray, oof_gold: np.ndarray, methods: Sequence[str] = METHODS
+) -> dict[str, AggregativeQuantifier]:
+    """One fitted QuaPy quantifier per method: error rates (and, for EMQ, the class shares) of the labelled texts.
+
+    Args:
+        oof_probs: out-of-fold class probabilities of the labelled texts, one row per text.
+        oof_gold: their gold label ids 0..K-1.
+        methods: which of :data:`METHODS`.
+    """
+    oof_probs, oof_gold = np.asarray(oof_probs, dtype=float), np.asarray(oof_gold, dtype=int)
+    out = {}
+    for m in check_methods(methods):
+        q = _quantifier(m, oof_probs.shape[1])
+        out[m] = q.fit(oof_probs, oof_gold)
+    return out
+
+
+def _estimate(quantifiers: dict[str, AggregativeQuantifier], pool_probs: np.ndarray) -> np.ndarray:
+    """Methods × classes matrix of estimated shares."""
+    with warnings.catch_warnings():  # EMQ warns when it stops at its iteration limit; its estimate is kept
+        warnings.simplefilter("ignore", UserWarning)
+        return np.stack([np.asarray(q.predict(pool_probs), dtype=float) for q in quantifiers.values()])
+
+
+def estimate(
+    oof_probs: np.ndarray, oof_gold: np.ndarray, pool_probs: np.ndarray, methods: Sequence[str] = METHODS
+) -> pd.DataFrame:
+    """Point estimates of the class shares of a pool, one row per method, one column per class id.
+
+    Args:
+        oof_probs: out-of-fold class probabilities of the labelled texts (``ModelResults.probs``).
+        oof_gold: their gold label ids (``ModelResults.predictions["gold"]``).
+        pool_probs: class probabilities of the pool texts, same classes in the same order.
+        methods: which of :data:`METHODS`.
+    """
+    quantifiers = fit_quantifiers(oof_probs, oof_gold, methods)
+    return pd.DataFrame(_estimate(quantifiers, np.asarray(pool_probs, dtype=float)), index=list(quantifiers))
+
+
+def shares(
+    oof_probs: np.ndarray,
+    oof_gold: np.ndarray,
+    pool_probs: np.ndarray,
+    class_names: Sequence[str],
+    groups: Sequence | None = None,
+    methods: Sequence[str] = METHODS,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    min_group: int = MIN_GROUP,
+    oof_folds: Sequence[int] | None = None,
+) -> pd.DataFrame:
+    """Class shares of the pool (and of each group of it) by each method, with percentile bootstrap intervals.
+
+    Every bootstrap replicate resamples the out-of-fold texts (re-estimating the error rates) and, within each
+    group, the pool texts.
+
+    Args:
+        oof_probs: out-of-fold class probabilities of the labelled texts (``ModelResults.probs``).
+        oof_gold: their gold label ids 0..K-1 (``ModelResults.predictions["gold"]``).
+        pool_probs: class probabilities of the pool texts, same classes in the same order.
+        class_names: the name of each class id.
+        groups: a group for each pool text (e.g. the TV show), or None for the whole pool only.
+        methods: which of :data:`METHODS`.
+        n_boot: bootstrap replicates (0: no intervals, ``lower``/``upper`` left empty).
+        level: the intervals' confidence level.
+        seed: resampling seed.
+        min_group: a group with fewer pool texts is marked ``small`` (its interval is unreliable).
+        oof_folds: the fold of each out-of-fold text, or None. Given, each replicate first draws whole folds
+            (with replacement), then texts within them, so that the differences between the fold models'
+            error rates enter the intervals.
+
+    Returns:
+        One row per group × class × method: ``group`` ("" for the whole pool), ``class`` (name), ``method``,
+        ``share``, ``lower``, ``upper`` (fractions), ``texts`` (pool texts in the group), ``small``.
+    """
+    oof_probs, oof_gold = np.asarray(oof_probs, dtype=float), np.asarray(oof_gold, dtype=int)
+    pool_probs = np.asarray(pool_probs, dtype=float)
+    if pool_probs.shape[1] != oof_probs.shape[1] or len(class_names) != oof_probs.shape[1]:
+        raise DataError(
+            f"The pool has {pool_probs.shape[1]} class probabilities, the out-of-fold results "
+            f"{oof_probs.shape[1]} and the class names {len(class_names)}: they must be the same classes."
+        )
+    methods = check_methods(methods)
+    members = {"": np.arange(len(pool_probs))}
+    if groups is not None:
+        g = pd.Series(list(groups), dtype=object).map(lambda v: "(missing)" if pd.isna(v) else clean_text(v))
+        members |= {str(name): idx.to_numpy() for name, idx in g.groupby(g).groups.items()}
+    fitted = fit_quantifiers(oof_probs, oof_gold, methods)
+    point = {name: _estimate(fitted, pool_probs[idx]) for name, idx in members.items()}
+    rng = np.random.default_rng(seed)
+    boot = {name: np.empty((n_boot, len(methods), len(class_names))) for name in members}
+    for b in range(n_boot):
+        i = _resample(rng, len(oof_gold), oof_folds)
+        quantifiers = fit_quantifiers(oof_probs[i], oof_gold[i], methods)
+        for name, idx in members.items():
+            boot[name][b] = _estimate(quantifiers, pool_probs[rng.choice(idx, len(idx))])
+    alpha = (1 - level) / 2
+    rows = []
+    for name, idx in members.items():
+        low, high = (
+            np.quantile(boot[name], q, axis=0) if n_boot else np.full_like(point[name], np.nan)
+            for q in (alpha, 1 - alpha)
+        )
+        for m, method in enumerate(methods):
+            for k, cls in enumerate(class_names):
+                rows.append(
+                    [name, str(cls), method, point[name][m, k], low[m, k], high[m, k], len(idx), len(idx) < min_group]
+                )
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _resample(rng: np.random.Generator, n: int, clusters: Sequence[int] | None) -> np.ndarray:
+    """Bootstrap indices of ``n`` items: plain, or clusters drawn with replacement and then items within each."""
+    if clusters is None:
+        return rng.integers(0, n, n)
+    members = [np.flatnonzero(np.asarray(clusters) == c) for c in np.unique(clusters)]
+    drawn = rng.integers(0, len(members), len(members))
+    return np.concatenate([rng.choice(members[c], len(members[c])) for c in drawn])
+
+
+# --- where the truth is known ----------------------------------------------------------------------------
+
+
+def shifted_prevalence(counts: np.ndarray, up: int, down: int, factor: float = 2.0) -> np.ndarray:
+    """Class shares of ``counts`` with class ``up`` weighted ``factor`` times and class ``down`` 1/``factor``, renormalised.
+
+    Args:
+        counts: texts per class.
+        up: the class whose weight is multiplied.
+        down: the class whose weight is divided.
+        factor: how much ``up`` gains and ``down`` loses.
+    """
+    weights = np.ones(len(counts))
+    weights[up], weights[down] = factor, 1 / factor
+    return counts * weights / (counts * weights).sum()
+
+
+def shifted_sample(
+    gold: np.ndarray, up: int, down: int, rng: np.random.Generator, factor: float = 2.0, size: float = 0.7
+) -> np.ndarray:
+    """Indices of a random subsample (without replacement) of ``gold`` drawn from the :func:`shifted_prevalence`.
+
+    The class counts are multinomial, as in a pool drawn from a population with those shares; the sample
+    has ``size`` times as many texts as the largest sample with exactly those shares.
+
+    Args:
+        gold: gold label ids of the texts to sample from.
+        up: the class made ``factor`` times as frequent.
+        down: the class made 1/``factor`` as frequent.
+        rng: the random generator.
+        factor: the strength of the shift.
+        size: the sample size, as a fraction of the largest possible one (leaves room for the multinomial draw).
+    """
+    counts = np.bincount(gold, minlength=max(up, down) + 1)
+    target = shifted_prevalence(counts.astype(float), up, down, factor)
+    n = int(size * min(counts[c] / target[c] for c in np.flatnonzero(target)))
+    take = np.minimum(rng.multinomial(n, target), counts)
+    return np.concatenate([rng.choice(np.flatnonzero(gold == c), t, replace=False) for c, t in enumerate(take)])
+
+
+def _held_out(probs: np.ndarray, gold: np.ndarray, folds: np.ndarray, test_fold: int, up: int | None, down: int | None):
+    """Training and held-out parts of the out-of-fold results, and the default classes to shift."""
+    train, test = folds != test_fold, folds == test_fold
+    counts = np.bincount(gold[train], minlength=probs.shape[1])
+    up = int(np.argmin(counts)) if up is None else up
+    down = int(np.argmax(counts)) if down is None else down
+    return (probs[train], gold[train]), (probs[test], gold[test]), up, down
+
+
+def shift_check(
+    probs: np.ndarray,
+    gold: np.ndarray,
+    folds: np.ndarray,
+    class_names: Sequence[str],
+    test_fold: int = 0,
+    up: int | None = None,
+    down: int | None = None,
+    factor: float = 2.0,
+    methods: Sequence[str] = METHODS,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Hold out one fold, shift its class shares, and estimate them from the other folds' error rates.
+
+    Args:
+        probs: out-of-fold class probabilities of the labelled texts.
+        gold: their gold label ids.
+        folds: the fold of each text.
+        class_names: the name of each class id.
+        test_fold: the fold held out.
+        up: the class made ``factor`` times as frequent (None: the rarest in the training folds).
+        down: the class made 1/``factor`` as frequent (None: the most frequent).
+        factor: the strength of the shift.
+        methods: which of :data:`METHODS`.
+        seed: sampling seed.
+
+    Returns:
+        One row per class and a last row ``mean`` (mean over classes): ``training share``, ``true share`` (of
+        the shifted held-out sample), then per method its estimate and ``<method> error`` (absolute error),
+        all fractions; ``attrs["texts"]`` is the size of the shifted sample.
+    """
+    probs, gold, folds = np.asarray(probs, dtype=float), np.asarray(gold, dtype=int), np.asarray(folds)
+    (tr_p, tr_y), (te_p, te_y), up, down = _held_out(probs, gold, folds, test_fold, up, down)
+    idx = shifted_sample(te_y, up, down, np.random.default_rng(seed), factor)
+    k = probs.shape[1]
+    truth = np.bincount(te_y[idx], minlength=k) / len(idx)
+    est = estimate(tr_p, tr_y, te_p[idx], methods)
+    table = pd.DataFrame({"training share": np.bincount(tr_y, minlength=k) / len(tr_y), "true share": truth})
+    for m in est.index:
+        table[m] = est.loc[m].to_numpy()
+        table[f"{m} error"] = np.abs(table[m] - truth)
+    table.index = pd.Index([str(c) for c in class_names], name="class")
+    table.loc["mean"] = table.mean()
+    table.attrs["texts"] = len(idx)
+    return table
+
+
+def coverage(
+    probs: np.ndarray,
+    gold: np.ndarray,
+    folds: np.ndarray,
+    repeats: int = 20,
+    n_boot: int = 200,
+    level: float = 0.95,
+    up: int | None = None,
+    down: int | None = None,
+    factor: float = 2.0,
+    methods: Sequence[str] = METHODS,
+    seed: int = 0,
+    fold_bootstrap: bool = True,
+) -> pd.DataFrame:
+    """How often the bootstrap intervals contain the true shares of shifted held-out samples.
+
+    Repeat ``repeats`` times, cycling through the folds as the held-out fold: draw a shifted sample of it
+    (as :func:`shift_check`), compute :func:`shares` with intervals from the other folds, and check each
+    class's interval against the shares the sample was drawn from (:func:`shifted_prevalence`): the pool is
+    taken as a sample of a population of texts, whose shares are what the study reports.
+
+    Args:
+        probs: out-of-fold class probabilities of the labelled texts.
+        gold: their gold label ids.
+        folds: the fold of each text.
+        repeats: shifted samples drawn.
+        n_boot: bootstrap replicates per sample.
+        level: the intervals' confidence level.
+        up: the class made more frequent (None: the rarest in the training folds).
+        down: the class made less frequent (None: the most frequent).
+        factor: the strength of the shift.
+        methods: which of :data:`METHODS`.
+        seed: sampling seed.
+        fold_bootstrap: draw whole training folds before texts in the bootstrap (``oof_folds`` of :func:`shares`),
+            as :func:`pool_shares` does; False: texts only.
+
+    Returns:
+        One row per method (index ``method``): ``coverage`` (fraction of class intervals holding the truth),
+        ``mean abs error`` (over classes and samples), ``mean width`` of the intervals, ``samples``.
+    """
+    probs, gold, folds = np.asarray(probs, dtype=float), np.asarray(gold, dtype=int), np.asarray(folds)
+    rng = np.random.default_rng(seed)
+    fold_ids = np.unique(folds)
+    parts = []
+    for r in range(repeats):
+        (tr_p, tr_y), (te_p, te_y), u, d = _held_out(probs, gold, folds, fold_ids[r % len(fold_ids)], up, down)
+        idx = shifted_sample(te_y, u, d, rng, factor)
+        truth = shifted_prevalence(np.bincount(te_y, minlength=probs.shape[1]).astype(float), u, d, factor)
+        names = [str(c) for c in range(probs.shape[1])]
+        table = shares(
+            tr_p,
+            tr_y,
+            te_p[idx],
+            names,
+            methods=methods,
+            n_boot=n_boot,
+            level=level,
+            seed=int(rng.integers(2**31)),
+            oof_folds=folds[folds != fold_ids[r % len(fold_ids)]] if fold_bootstrap else None,
+        )
+        table["truth"] = truth[table["class"].astype(int)]
+        parts.append(table)
+    long = pd.concat(parts, ignore_index=True)
+    long["covered"] = (long["lower"] <= long["truth"]) & (long["truth"] <= long["upper"])
+    long["abs error"] = (long["share"] - long["truth"]).abs()
+    long["width"] = long["upper"] - long["lower"]
+    out = long.groupby("method", sort=False).agg(
+        coverage=("covered", "mean"), **{"mean abs error": ("abs error", "mean"), "mean width": ("width", "mean")}
+    )
+    out["samples"] = repeats
+    return out
+
+
+def describe_check(check: pd.DataFrame) -> str:
+    """One sentence on a :func:`shift_check`: the mean absolute error of each method, in percentage points.
+
+    Args:
+        check: the table :func:`shift_check` returns.
+    """
+    errors = check.loc["mean", [c for c in check.columns if c.endswith(" error")]]
+    named = ", ".join(f"{c.removesuffix(' error')} {100 * e:.1f}" for c, e in errors.items())
+    best = errors.idxmin().removesuffix(" error")
+    return (
+        f"On a held-out fold resampled to other class shares ({check.attrs['texts']} texts), the mean absolute error "
+        f"per class is, in percentage points: {named}; {best} lands closest to the true shares."
+    )
+
+
+# --- the pool sheet and the run ---------------------------------------------------------------------------
+
+
+def run_results(run_dir: str | Path, names: Names = NOTEBOOK_NAMES) -> ModelResults:
+    """The out-of-fold results of a finished run, or a :class:`DataError` that says what to run first.
+
+    Args:
+        run_dir: the run's results folder (``results/<study>/models/<run>``).
+        names: how the caller names its parameters, for the messages.
+    """
+    path = Path(run_dir)
+    owner = run_of_saved_model(path)
+    if owner != path:
+        raise DataError(
+            f"{path} is a saved model; {names.run.strip('= ')} must be its run's results folder ({owner}), "
+            f"whose out-of-fold predictions give the error rates."
+        )
+    if not RunFolder(path).config_file.exists():
+        raise FileNotFoundError(
+            f"No run results in {path} (no config.json): pass a folder results/<study>/models/<run>."
+        )
+    run = RunFolder(path)
+    if not (run.is_finished() and (path / "predictions.csv").exists()):
+        raise DataError(
+            f"{path} has no out-of-fold predictions yet (folds done: {run.done_folds()}): run 03_bert_cv "
+            f"(or 02_baselines for a baseline) to the end first; the error rates come from those predictions."
+        )
+    return load_run(path)
+
+
+@dataclass
+class Pool:
+    """The pool texts whose shares are estimated: their probabilities, groups and what was left out."""
+
+    probs: np.ndarray
+    groups: np.ndarray | None
+    repeated: int  # texts that repeat a labelled text (left out)
+    empty: int  # rows without a prediction (left out)
+
+
+def pool_from_table(
+    table: pd.DataFrame,
+    class_names: Sequence[str],
+    labelled_texts: Sequence[str],
+    text_col: str,
+    group_col: str | None = None,
+    names: Names = NOTEBOOK_NAMES,
+) -> Pool:
+    """The probabilities (and groups) of a predicted sheet, checked against the run's classes.
+
+    Rows without probabilities (empty texts) and texts that repeat a labelled text are left out and counted.
+
+    Args:
+        table: the sheet as :mod:`nblib.predict` writes it: the input columns and one ``prob_<class name>``
+            column per class.
+        class_names: the run's class names, in label-id order.
+        labelled_texts: the texts of the labelled sheet (``ModelResults.predictions["text"]``).
+        text_col: the text column.
+        group_col: a column that groups the texts, or None.
+        names: how the caller names its parameters, for the messages.
+    """
+    wanted = [f"prob_{c}" for c in class_names]
+    found = [str(c) for c in table.columns if str(c).startswith("prob_")]
+    if sorted(found) != sorted(wanted):
+        raise DataError(
+            f"The sheet's class columns {found} do not match the run's classes, which need {wanted}: "
+            f"label the sheet with a model of the same classes (python -m nblib.predict)."
+        )
+    for col, flag in [(text_col, names.column), (group_col, names.group)]:
+        if col is not None and col not in table.columns:
+            raise DataError(
+                f"No column '{col}' in the predicted sheet; its columns: {[str(c) for c in table.columns]}. "
+                f"Set {flag}<one of them>."
+            )
+    probs = table[wanted].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    present = ~np.isnan(probs).any(axis=1)
+    labelled = {clean_text(t) for t in labelled_texts}
+    repeated = present & table[text_col].map(lambda t: not pd.isna(t) and clean_text(t) in labelled).to_numpy()
+    if repeated.any():
+        log.warning(
+            "%d pool text(s) repeat labelled texts: left out of the shares (they are not unseen).", int(repeated.sum())
+        )
+    keep = present & ~repeated
+    groups = table[group_col].to_numpy(dtype=object)[keep] if group_col else None
+    return Pool(probs[keep], groups, int(repeated.sum()), int((~present).sum()))
+
+
+def pool_shares(
+    res: ModelResults,
+    pool: Pool,
+    methods: Sequence[str] = METHODS,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    min_group: int = MIN_GROUP,
+) -> pd.DataFrame:
+    """:func:`shares` of a checked pool, with the error rates of a run's out-of-fold predictions.
+
+    The bootstrap draws the run's folds before their texts (``oof_folds``), so that the intervals also carry
+    the differences between fold models: the pool is labelled by yet another model (the final one).
+
+    Args:
+        res: the run's results (``Study.run`` or :func:`run_results`).
+        pool: the pool (:func:`pool_from_table`).
+        methods: which of :data:`METHODS`.
+        n_boot: bootstrap replicates.
+        level: the intervals' confidence level.
+        seed: resampling seed.
+        min_group: groups with fewer texts are marked ``small``.
+    """
+    if len(pool.probs) == 0:
+        raise DataError("No pool texts left to estimate shares from (all empty, or all repeat labelled texts).")
+    return shares(
+        res.probs,
+        res.predictions["gold"].to_numpy(),
+        pool.probs,
+        res.config["label_names"],
+        pool.groups,
+        methods,
+        n_boot,
+        level,
+        seed,
+        min_group,
+        oof_folds=res.predictions["fold"].to_numpy(),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line: ``python -m nblib.shares RUN_DIR PREDICTED_SHEET OUT``; returns the exit status.
+
+    Args:
+        argv: the arguments (None: ``sys.argv[1:]``).
+    """
+    ap = argparse.ArgumentParser(
+        prog="python -m nblib.shares", description="Class shares of a predicted sheet, with bootstrap intervals."
+    )
+    ap.add_argument(
+        "run_dir", help="the run's results folder, results/<study>/models/<run> (its out-of-fold predictions)"
+    )
+    ap.add_argument("predicted", help="a sheet with one prob_<class> column per class, as nblib.predict writes it")
+    ap.add_argument("output", help=".csv, .tsv or .xlsx to write (the suffix decides the format)")
+    ap.add_argument("--column", default="Sentence", help="the text column of the sheet (default: Sentence)")
+    ap.add_argument("--group", default=None, help="a column that groups the texts (shares per group)")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), help=f"of {' '.join(METHODS)} (default: all)")
+    ap.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default: 1000)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--overwrite", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        out = Path(args.output)
+        if out.exists() and not args.overwrite:
+            raise FileExistsError(f"{out} exists; choose another output file, or pass --overwrite.")
+        writer_kind(out)
+        check_methods(args.methods, CLI_NAMES)
+        res = run_results(args.run_dir, CLI_NAMES)
+        sheet = read_sheet(args.predicted, [args.column], params=Params(columns="--column "))
+        pool = pool_from_table(
+            sheet.df, res.config["label_names"], res.predictions["text"], args.column, args.group, CLI_NAMES
+        )
+        table = pool_shares(res, pool, args.methods, args.n_boot, seed=args.seed)
+    except (DataError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    write_table(table, out)
+    print(f"{len(pool.probs)} pool texts ({pool.repeated} repeating labelled texts and {pool.empty} empty left out).")
+    whole = table[table["group"] == ""].pivot(index="class", columns="method", values="share")
+    print(whole[list(args.methods)].round(3).to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Tables for machines and for the paper (nblib.tables): CSV, LaTeX (booktabs) and Markdown from one call."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from nblib import tables
+from nblib.results import ModelResults
+from nblib.sheets import read_table
+
+
+def fake_run(name: str, gold: np.ndarray, pred: np.ndarray) -> ModelResults:
+    """Out-of-fold results of a made-up model with these predictions."""
+    n = len(gold)
+    folds = np.arange(n) % 5
+    right = pred == gold
+    metrics = pd.DataFrame(
+        [
+            {"fold": k, "accuracy": right[folds == k].mean(), "macro_f1": right[folds == k].mean() - 0.01}
+            | {f"f1_{c}": right[(folds == k) & (gold == c)].mean() for c in range(3)}
+            for k in range(5)
+        ]
+    )
+    probs = np.eye(3)[pred] * 0.7 + 0.1
+    predictions = pd.DataFrame({"index": range(n), "fold": folds, "gold": gold, "pred": pred})
+    predictions[["prob_0", "prob_1", "prob_2"]] = probs
+    return ModelResults(name, {}, predictions, metrics, None)
+
+
+def runs():
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 3, 500)
+    best = np.where(rng.random(500) < 0.9, gold, (gold + 1) % 3)
+    close = best.copy()
+    close[np.flatnonzero(best == gold)[:3]] = (gold[np.flatnonzero(best == gold)[:3]] + 2) % 3  # 3 more errors
+    weak = np.where(rng.random(500) < 0.6, gold, (gold + 1) % 3)
+    return {name: fake_run(name, gold, pred) for name, pred in [("weak_model", weak), ("best", best), ("close", close)]}
+
+
+def test_save_table_writes_csv_latex_and_markdown(tmp_path):
+    table = pd.DataFrame({"model": ["a_b", "c"], "score": ["**0.9 ± 0.1**", "0.5 ± 0.2"], "p": [1.3e-8, 0.25]})
+    paths = tables.save_table(table.set_index("model"), tmp_path, "t", note="50% of all & more")
+    assert [p.name for p in paths] == ["t.csv", "t.tex", "t.md"]
+    csv = read_table(paths[0], text_columns=("model", "score"))
+    assert csv["score"].tolist() == ["0.9 ± 0.1", "0.5 ± 0.2"]  # the bold mark stays out of the CSV
+    assert csv["p"].tolist() == [1.3e-8, 0.25]
+    tex = paths[1].read_text()
+    for part in (r"\toprule", r"\midrule", r"\bottomrule", r"a\_b", r"\textbf{0.9 $\pm$ 0.1}", "1.30e-08", "0.250"):
+        assert part in tex, part
+    assert r"50\% of all \& more" in tex
+    md = paths[2].read_text().splitlines()
+    assert md[:3] == ["| model | score | p |", "|---|---|---|", "| a_b | **0.9 ± 0.1** | 1.30e-08 |"]
+    assert md[-1] == "50% of all & more"
+
+
+def test_model_comparison_bold_best_and_dagger_where_mcnemar_is_significant():
+    table = tables.model_comparison(runs(), columns=["accuracy", "macro_f1"])
+    assert list(table.index) == ["best", "close", "weak_model†"]  # best first; only the weak one differs
+    assert table.loc["best", "accuracy"].startswith("**") and not table.loc["close", "accuracy"].startswith("**")
+    assert table.loc["best", "p (McNemar vs. best)"] == ""
+    assert float(table.loc["close", "p (McNemar vs. best)"]) > 0.05
+    assert float(table.loc["weak_model†", "p (McNemar vs. best)"]) < 1e-6
+    r = runs()["best"].metrics["accuracy"]
+    assert table.loc["best", "accuracy"] == f"**{r.mean():.3f} ± {r.std():.3f}**"
+    assert "McNemar" in table.attrs["note"] and "best" in table.attrs["note"]
+
+
+def test_per_class_marks_the_best_model_per_class():
+    table = tables.per_class(runs(), ["舞美", "文物", "文化"])
+    assert list(table.index) == ["舞美", "文物", "文化"] and list(table.columns) == ["weak_model", "best", "close"]
+    bold = table.map(lambda c: c.startswith("**"))
+    assert bold.sum(axis=1).ge(1).all() and not bold["weak_model"].any()
+
+
+def test_class_shares_formats_share_and_interval_in_percent_and_marks_small_groups(tmp_path):
+    long = pd.DataFrame(
+        {
+            "group": ["", "", "A", "A"],
+            "class": ["x", "x", "x", "x"],
+            "method": ["CC", "ACC", "CC", "ACC"],
+            "share": [0.312, 0.3, 0.5, 0.45],
+            "lower": [0.29, 0.25, 0.2, 0.1],
+            "upper": [0.335, 0.35, 0.8, 0.9],
+            "texts": [400, 400, 12, 12],
+            "small": [False, False, True, True],
+        }
+    )
+    table = tables.class_shares(long)
+    assert list(table.columns) == ["CC (%)", "ACC (%)"]
+    assert table.loc[("whole pool (n = 400)", "x"), "CC (%)"] == "31.2 [29.0, 33.5]"
+    assert table.loc[("A (n = 12, too few)", "x"), "ACC (%)"] == "45.0 [10.0, 90.0]"
+    md = tables.save_table(table, tmp_path, "shares")[2].read_text()
+    assert "| whole pool (n = 400) | x | 31.2 [29.0, 33.5] | 30.0 [25.0, 35.0] |" in md
