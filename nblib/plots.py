@@ -265,3 +265,34 @@ def learning_curves(history: pd.DataFrame, title: str, best_epochs: dict[int, in
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def active_learning_curves(
+    curve: pd.DataFrame, saved: pd.DataFrame | None = None, title: str = "Simulated annotation: macro-F1 vs. labels"
+) -> plt.Figure:
+    """Macro-F1 on the held-out part against the number of labelled texts, one line (mean ± sd) per strategy.
+
+    Args:
+        curve: ``nblib.active_learning.simulate_learning_curve`` (columns strategy, seed, labels, macro_f1).
+        saved: ``nblib.active_learning.labels_saved``: the reference's final macro-F1 is drawn as a dashed
+            line, and where each strategy reaches it is marked (default: not drawn).
+        title: the figure title.
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    sns.lineplot(data=curve, x="labels", y="macro_f1", hue="strategy", errorbar="sd", marker="o", ax=ax)
+    if saved is not None:
+        ax.axhline(saved["target"].iloc[0], color="grey", linestyle="--", linewidth=1)
+        reached = saved.dropna(subset=["labels_to_target"])
+        ax.scatter(reached["labels_to_target"], reached["target"], color="black", marker="x", zorder=3)
+        for strategy, row in reached[reached["labels_saved"] > 0].iterrows():
+            ax.annotate(
+                f"{strategy}: {row['labels_to_target']:.0f} labels ({row['labels_saved']:.0%} fewer)",
+                (row["labels_to_target"], row["target"]),
+                xytext=(0, -14 * (1 + list(reached.index).index(strategy))),
+                textcoords="offset points",
+                fontsize=8,
+                ha="left",
+            )
+    ax.set(xlabel="Labelled texts", ylabel="Macro-F1 (held-out part)", title=title)
+    ax.legend(title="")
+    return fig

@@ -424,7 +424,9 @@ def write_table(df: pd.DataFrame, path: str | Path, more_sheets: Mapping[str, pd
     kind = writer_kind(path)
     more_sheets = dict(more_sheets or {})
     if more_sheets and kind != "excel":
-        raise DataError(f"Cannot write sheets {list(more_sheets)} into {path.name}: only an .xlsx holds several sheets.")
+        raise DataError(
+            f"Cannot write sheets {list(more_sheets)} into {path.name}: only an .xlsx holds several sheets."
+        )
     tables = [(None, df), *more_sheets.items()]  # None: openpyxl's default name for the first sheet
     for _, table in tables:
         dup = sorted({str(c) for c in table.columns if list(table.columns).count(c) > 1})
