@@ -131,7 +131,7 @@ def rank_for_labelling(
     vectors = features.char_ngram_tfidf(min_df=1).fit_transform(cleaned.iloc[candidates]) if len(candidates) else None
     if len(candidates) > 1:
         keep = _not_near_duplicates(vectors, near_duplicate)
-        log.info("%d near-duplicate candidates dropped (cosine ≥ %.2f).", int((~keep).sum()), near_duplicate)
+        log.debug("%d near-duplicate candidates dropped (cosine ≥ %.2f).", int((~keep).sum()), near_duplicate)
         candidates, vectors = candidates[keep], vectors[keep]
     picked = candidates if len(candidates) <= n else _most_uncertain_per_cluster(candidates, vectors, n, seed)
     return pd.DataFrame(

@@ -275,24 +275,22 @@ def active_learning_curves(
     Args:
         curve: ``nblib.active_learning.simulate_learning_curve`` (columns strategy, seed, labels, macro_f1).
         saved: ``nblib.active_learning.labels_saved``: the reference's final macro-F1 is drawn as a dashed
-            line, and where each strategy reaches it is marked (default: not drawn).
+            line, where each strategy reaches it is marked, and the share of labels saved is in the legend
+            (default: none of these).
         title: the figure title.
     """
+    names = {s: s for s in curve["strategy"].unique()}
+    if saved is not None:
+        names |= {
+            s: f"{s} ({row['labels_saved']:.0%} fewer labels)" for s, row in saved.iterrows() if row["labels_saved"] > 0
+        }
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    sns.lineplot(data=curve, x="labels", y="macro_f1", hue="strategy", errorbar="sd", marker="o", ax=ax)
+    data = curve.assign(strategy=curve["strategy"].map(names))
+    sns.lineplot(data=data, x="labels", y="macro_f1", hue="strategy", errorbar="sd", marker="o", ax=ax)
     if saved is not None:
         ax.axhline(saved["target"].iloc[0], color="grey", linestyle="--", linewidth=1)
         reached = saved.dropna(subset=["labels_to_target"])
         ax.scatter(reached["labels_to_target"], reached["target"], color="black", marker="x", zorder=3)
-        for strategy, row in reached[reached["labels_saved"] > 0].iterrows():
-            ax.annotate(
-                f"{strategy}: {row['labels_to_target']:.0f} labels ({row['labels_saved']:.0%} fewer)",
-                (row["labels_to_target"], row["target"]),
-                xytext=(0, -14 * (1 + list(reached.index).index(strategy))),
-                textcoords="offset points",
-                fontsize=8,
-                ha="left",
-            )
     ax.set(xlabel="Labelled texts", ylabel="Macro-F1 (held-out part)", title=title)
-    ax.legend(title="")
+    ax.legend(title="", loc="lower right", fontsize=9)
     return fig
