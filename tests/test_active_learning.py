@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from nblib import active_learning as al
+from nblib import plots
 from nblib.data import DataError, load_labelled
 from nblib.sheets import read_sheet
 
@@ -141,6 +142,10 @@ def test_simulation_returns_a_curve_per_strategy_and_seed(tiny_data):
     saved = al.labels_saved(curve)
     assert saved.index.tolist() == list(al.STRATEGIES)
     assert saved.loc["random", "labels_to_target"] <= 32
+    fig = plots.active_learning_curves(curve, saved)
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert len(legend) == 3 and all(t.split(" (")[0] in al.STRATEGIES for t in legend)
+    assert fig.axes[0].lines[-1].get_ydata()[0] == pytest.approx(saved["target"].iloc[0])  # the target line
     with pytest.raises(DataError, match=r"12 \+ 7 × 10 = 82 .* there are 67 .*lower al_start, al_rounds or al_batch"):
         al.simulate_learning_curve(
             data.texts, data.labels, al.ActiveLearningSettings(al_start=12, al_batch=10, al_rounds=7)
