@@ -267,7 +267,8 @@ def simulate_learning_curve(
         for strategy in strategies:
             chosen = list(start)
             for _ in range(s.al_rounds + 1):
-                clf = LogisticRegression(C=lr_C, solver="saga", max_iter=1000).fit(x[chosen], labels[chosen])
+                clf = LogisticRegression(C=lr_C, solver="saga", max_iter=1000, random_state=seed + r)
+                clf = clf.fit(x[chosen], labels[chosen])
                 f1 = f1_score(labels[test], clf.predict(x[test]), labels=range(k), average="macro", zero_division=0)
                 rows.append({"strategy": strategy, "seed": seed + r, "labels": len(chosen), "macro_f1": f1})
                 if len(chosen) < needed:

@@ -139,6 +139,7 @@ def test_simulation_returns_a_curve_per_strategy_and_seed(tiny_data):
     for _, one in curve.groupby(["strategy", "seed"]):
         assert one["labels"].tolist() == [12, 22, 32]
     assert curve["macro_f1"].between(0, 1).all() and curve["macro_f1"].max() > 0.5
+    pd.testing.assert_frame_equal(curve, al.simulate_learning_curve(data.texts, data.labels, s, seed=5))  # seeded
     saved = al.labels_saved(curve)
     assert saved.index.tolist() == list(al.STRATEGIES)
     assert saved.loc["random", "labels_to_target"] <= 32
