@@ -40,6 +40,7 @@ import torch
 from accelerate import Accelerator, PartialState
 
 from . import bert, cv
+from .data import path_list
 from .folds import FoldSplit
 from .results import ModelResults, read_folds
 from .settings import ModelSelection, StudySettings, from_params, identity, runtime, to_params
@@ -360,7 +361,7 @@ def write_launch(config: FineTuneConfig) -> Path:
 
 
 def _absolute_paths(cfg: FineTuneConfig) -> FineTuneConfig:
-    """Data, pool, results, a label-table file and a local model folder as absolute paths: workers may start in
+    """Data, pool, annotator sheets, results, a label-table file and a local model folder as absolute paths: workers may start in
     another folder or on another machine."""
 
     def resolved(path: str) -> str:
@@ -375,6 +376,7 @@ def _absolute_paths(cfg: FineTuneConfig) -> FineTuneConfig:
         results_dir=resolved(s.results_dir),
         unlabelled_path=resolved(s.unlabelled_path) if s.unlabelled_path else None,
         label_table=resolved(s.label_table) if table_file else s.label_table,
+        extra_labelled_paths=[resolved(p) for p in path_list(s.extra_labelled_paths)] or None,
     )
     return replace(cfg, study=study, model=resolved(cfg.model) if model_dir else cfg.model)
 

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 LABEL_SHEET = "labels"  # optional second sheet of an .xlsx: Label, Name, Description
 LOADER_PARAMS = Params()  # load_labelled's parameters, as the notebooks name them
 UNLABELLED_PARAMS = Params(columns="text_col= (the notebooks' unlabelled_text_col)")
+EXTRA_PARAMS = Params(columns="text_col=/label_col= (an annotator sheet keeps the study's column names)")
 
 
 @dataclass
@@ -88,7 +89,8 @@ class LabelledData:
     """A cleaned labelled sheet.
 
     ``df`` has one row per kept text with columns ``text``, ``label`` (contiguous id 0..K-1),
-    ``label_name`` and ``row`` (the row number in the sheet, for going back to it).
+    ``label_name``, ``row`` (the row number in the sheet, for going back to it) and ``source`` (the file
+    name of that sheet: the labelled sheet, or an annotator sheet added with ``extra_labelled_paths``).
     """
 
     df: pd.DataFrame
@@ -241,8 +243,9 @@ def load_labelled(
     encoding: str | None = None,
     max_len: int | None = 128,
     tokenizer: Any = None,
+    extra_labelled_paths: str | Path | Sequence[str | Path] | None = None,
 ) -> LabelledData:
-    """Load and check a labelled sheet.
+    """Load and check a labelled sheet (and annotator sheets that add labelled rows to it).
 
     Labels may be numbers or strings; they are mapped to contiguous ids 0..K-1 in sorted order, or in
     the order of the label table when one is given. The label table (names and descriptions) comes from
@@ -252,6 +255,13 @@ def load_labelled(
     Exact duplicate texts with the same label are kept (they are put in the same fold); a text
     that occurs with two different labels is dropped (``on_conflict="drop"``) or stops the load
     (``"error"``). Both are reported.
+
+    ``extra_labelled_paths`` adds the rows of filled annotator sheets (written by
+    :func:`nblib.active_learning.write_annotator_sheet`; any sheet with the same text and label columns
+    will do): rows whose label is left empty are skipped and counted in the report, a label that is not
+    one of the labelled sheet's (or the label table's) is an error naming the file and its rows. Added
+    rows change the data, hence its fingerprint and so the study folder: a study with them gets new folds
+    and results, and the earlier ones stay as they were.
 
     Args:
         path: the sheet (.xlsx, .csv, .tsv); read by :func:`nblib.sheets.read_sheet`.
@@ -264,6 +274,7 @@ def load_labelled(
         encoding: the encoding of a CSV/TSV (None: detected, and named in the report).
         max_len: the BERT maximum sequence length; the report counts the texts longer than it (None: no count).
         tokenizer: the model's tokenizer, to count tokens (None: characters as a proxy).
+        extra_labelled_paths: filled annotator sheets (one path or several) whose labelled rows are added.
 
     Returns:
         The cleaned data, with its load report.
@@ -279,24 +290,20 @@ def load_labelled(
     if raw.empty:
         raise DataError(f"{path.name}: the sheet has a header but no rows.")
 
-    df = pd.DataFrame({"text": _clean_texts(raw[text_col], report), "label_value": raw[label_col], "row": raw.index})
-    no_label = df["label_value"].isna() | (df["label_value"].astype(str).str.strip() == "")
-    report.add(
-        "label is missing", df.loc[no_label & df["text"].notna(), "row"], "dropped (load them as unlabelled instead)"
-    )
-    df = df[df["text"].notna() & ~no_label].copy()
-    df["label_value"] = _normalise_labels(df["label_value"])
+    df = _labelled_rows(raw, text_col, label_col, report, path.name, "dropped (load them as unlabelled instead)")
     if df.empty:
         raise DataError(f"{path.name}: no row has both a text and a label (read {len(raw)} rows).")
+    table_of_labels = _read_label_table(label_table, path)
+    known = set(df["label_value"]) if table_of_labels is None else set(table_of_labels["Label"])
+    for extra in path_list(extra_labelled_paths):
+        df = pd.concat([df, _annotated_rows(Path(extra), text_col, label_col, known, report)], ignore_index=True)
 
     df = _resolve_conflicts(df, report, on_conflict)
-    values, names, descriptions = _label_scheme(
-        df["label_value"], _read_label_table(label_table, path), path, label_col
-    )
+    values, names, descriptions = _label_scheme(df["label_value"], table_of_labels, path, label_col)
     ids = {v: i for i, v in enumerate(values)}
     df["label"] = df["label_value"].map(ids).astype(int)
     df["label_name"] = df["label"].map(dict(enumerate(names)))
-    df = df[["text", "label", "label_name", "row"]].reset_index(drop=True)
+    df = df[["text", "label", "label_name", "row", "source"]].reset_index(drop=True)
     if max_len is not None:
         long = too_long(df["text"], max_len, tokenizer)
         unit = "tokens" if tokenizer is not None else "characters + [CLS]/[SEP], a proxy for tokens"
@@ -319,6 +326,53 @@ def load_labelled(
         report.rows_read,
     )
     return LabelledData(df, names, values, descriptions, report, str(path))
+
+
+def _labelled_rows(
+    raw: pd.DataFrame, text_col: str, label_col: str, report: LoadReport, source: str, no_label_action: str
+) -> pd.DataFrame:
+    """The rows of a sheet with a text and a label: columns text, label_value (normalised), row, source."""
+    df = pd.DataFrame({"text": _clean_texts(raw[text_col], report), "label_value": raw[label_col], "row": raw.index})
+    no_label = df["label_value"].isna() | (df["label_value"].astype(str).str.strip() == "")
+    report.add("label is missing", df.loc[no_label & df["text"].notna(), "row"], no_label_action)
+    df = df[df["text"].notna() & ~no_label].copy()
+    df["label_value"] = _normalise_labels(df["label_value"])
+    return df.assign(source=source)
+
+
+def path_list(paths: str | Path | Sequence[str | Path] | None) -> list[str | Path]:
+    """One path or several as a list (None: none).
+
+    Args:
+        paths: a path, a sequence of paths, or None.
+    """
+    return [] if paths is None else [paths] if isinstance(paths, (str, Path)) else list(paths)
+
+
+def _annotated_rows(path: Path, text_col: str, label_col: str, known: set, report: LoadReport) -> pd.DataFrame:
+    """The labelled rows of a filled annotator sheet; an empty label skips its row, an unknown label is an error."""
+    table = read_sheet(path, [text_col, label_col], params=EXTRA_PARAMS)
+    own = LoadReport(source=path.name, rows_read=len(table.df))
+    own.read_from(table)
+    df = _labelled_rows(table.df, text_col, label_col, own, path.name, "skipped (not annotated)")
+    unknown = df[~df["label_value"].isin(known)]
+    if len(unknown):
+        rows = ", ".join(map(str, unknown["row"].tolist()[:20])) + (" …" if len(unknown) > 20 else "")
+        raise DataError(
+            f"{path.name} (extra_labelled_paths): label(s) {sorted(map(str, set(unknown['label_value'])))} in "
+            f"sheet row(s) {rows} are not in the label table {sorted(known, key=str)}. Write one of those "
+            f"labels (its sheet '{LABEL_SHEET}' lists them), or leave the cell empty to skip the row."
+        )
+    for entry in own.entries:  # the annotator sheet's findings, under its own name, in the study's report
+        report.entries.append(entry | {"problem": f"{path.name}: {entry['problem']}"})
+    log.info(
+        "%s: %d annotated rows added (%d of %d rows skipped).",
+        path.name,
+        len(df),
+        len(table.df) - len(df),
+        len(table.df),
+    )
+    return df
 
 
 def _resolve_conflicts(df: pd.DataFrame, report: LoadReport, on_conflict: str) -> pd.DataFrame:

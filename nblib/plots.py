@@ -315,4 +315,32 @@ def class_shares(table: pd.DataFrame, title: str = "Class shares of the pool (95
     axes.flat[0].legend(title="method", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
+
+
+def active_learning_curves(
+    curve: pd.DataFrame, saved: pd.DataFrame | None = None, title: str = "Simulated annotation: macro-F1 vs. labels"
+) -> plt.Figure:
+    """Macro-F1 on the held-out part against the number of labelled texts, one line (mean ± sd) per strategy.
+
+    Args:
+        curve: ``nblib.active_learning.simulate_learning_curve`` (columns strategy, seed, labels, macro_f1).
+        saved: ``nblib.active_learning.labels_saved``: the reference's final macro-F1 is drawn as a dashed
+            line, where each strategy reaches it is marked, and the share of labels saved is in the legend
+            (default: none of these).
+        title: the figure title.
+    """
+    names = {s: s for s in curve["strategy"].unique()}
+    if saved is not None:
+        names |= {
+            s: f"{s} ({row['labels_saved']:.0%} fewer labels)" for s, row in saved.iterrows() if row["labels_saved"] > 0
+        }
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    data = curve.assign(strategy=curve["strategy"].map(names))
+    sns.lineplot(data=data, x="labels", y="macro_f1", hue="strategy", errorbar="sd", marker="o", ax=ax)
+    if saved is not None:
+        ax.axhline(saved["target"].iloc[0], color="grey", linestyle="--", linewidth=1)
+        reached = saved.dropna(subset=["labels_to_target"])
+        ax.scatter(reached["labels_to_target"], reached["target"], color="black", marker="x", zorder=3)
+    ax.set(xlabel="Labelled texts", ylabel="Macro-F1 (held-out part)", title=title)
+    ax.legend(title="", loc="lower right", fontsize=9)
     return fig

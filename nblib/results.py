@@ -9,7 +9,7 @@ never mix in)::
         comparison.csv                    mean ± sd over folds of every finished model (Study.comparison)
         encoders/<name>/                  encoders built for this study (the tiny-random smoke-test BERT)
         analysis/                         tables and annotator sheets of 04_error_analysis
-        predictions/                      sheets labelled by 05_predict
+        predictions/                      sheets labelled by 05_predict, and its annotator sheets (to_label_*.xlsx)
         models/<run>/                     one model's cross-validation run (a ModelRun):
             config.json          what was run: settings that decide the results, seed, folds, data, label names
             environment/*.json   one file per session and machine that worked on it: versions, platform, devices, git commit

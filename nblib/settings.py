@@ -131,6 +131,7 @@ class StudySettings:
     label_table: str | dict | None = None  # {label: name}, or a file with Label/Name/Description
     unlabelled_path: str | None = "../data/demo_unlabelled.xlsx"  # the unlabelled pool, or None
     unlabelled_text_col: str = "Sentence"
+    extra_labelled_paths: str | list[str] | None = None  # filled annotator sheets (05) added as labelled rows
     n_folds: int = 5
     seed: int = 42  # folds, validation splits and training
     results_dir: str = "../results"

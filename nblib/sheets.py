@@ -21,6 +21,7 @@ Reading
 
 Writing
     * Suffix and format agree (.xlsx, .csv, .tsv; anything else is an error).
+    * An .xlsx may hold more sheets (``more_sheets``: e.g. the label table of an annotator sheet).
     * .xlsx: every text is a text cell (never a formula), formula-like texts get Excel's "quote prefix"
       style, control characters use OOXML's ``_xHHHH_`` escapes that :func:`read_sheet` undoes.
     * .csv/.tsv: UTF-8 with BOM (so that Excel shows Chinese), every field quoted in CSV; a text that would
@@ -38,7 +39,7 @@ import logging
 import re
 import zipfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -400,39 +401,53 @@ def _column_letter(i: int) -> str:
 # --- writing ------------------------------------------------------------------------------------------
 
 
-def write_table(df: pd.DataFrame, path: str | Path) -> Path:
+def write_table(df: pd.DataFrame, path: str | Path, more_sheets: Mapping[str, pd.DataFrame] | None = None) -> Path:
     """Write ``df`` (its columns, not its index) as .xlsx, .csv or .tsv, chosen by the suffix.
 
     Texts are written so that no program runs them as formulas and :func:`read_sheet` reads them back
     unchanged (see the module docstring). Missing values become empty cells.
 
     Args:
-        df: the table; column names must be unique.
+        df: the table (the first sheet of an .xlsx); column names must be unique.
         path: the file to write; its suffix picks the format.
+        more_sheets: further tables by sheet name, written the same way after the first (.xlsx only: a
+            CSV/TSV holds one table), e.g. the label table next to an annotator sheet.
 
     Returns:
         The path written.
 
     Raises:
-        DataError: a suffix that is not .xlsx/.csv/.tsv, duplicate column names, or (TSV) a text with a tab
-            or line break, which TSV cannot hold.
+        DataError: a suffix that is not .xlsx/.csv/.tsv, duplicate column names, more sheets for a CSV/TSV,
+            or (TSV) a text with a tab or line break, which TSV cannot hold.
     """
     path = Path(path)
     kind = writer_kind(path)
-    dup = sorted({str(c) for c in df.columns if list(df.columns).count(c) > 1})
-    if dup:
-        raise DataError(f"Cannot write {path.name}: column name(s) {dup} occur more than once.")
+    more_sheets = dict(more_sheets or {})
+    if more_sheets and kind != "excel":
+        raise DataError(
+            f"Cannot write sheets {list(more_sheets)} into {path.name}: only an .xlsx holds several sheets."
+        )
+    tables = [(None, df), *more_sheets.items()]  # None: openpyxl's default name for the first sheet
+    for _, table in tables:
+        dup = sorted({str(c) for c in table.columns if list(table.columns).count(c) > 1})
+        if dup:
+            raise DataError(f"Cannot write {path.name}: column name(s) {dup} occur more than once.")
     path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "excel":
+        _write_xlsx([(name, _cells(table)) for name, table in tables], path)
+    else:
+        _write_delimited(_cells(df), path, kind)
+    return path
+
+
+def _cells(df: pd.DataFrame) -> list[list]:
+    """The header and the rows of ``df`` as plain Python values (None for a missing value)."""
     header = [str(c) for c in df.columns]
     rows = [
         [None if _missing(v) else v.item() if hasattr(v, "item") else v for v in r]
         for r in df.itertuples(index=False, name=None)
     ]
-    if kind == "excel":
-        _write_xlsx([header] + rows, path)
-    else:
-        _write_delimited([header] + rows, path, kind)
-    return path
+    return [header] + rows
 
 
 def read_table(path: str | Path, text_columns: Sequence[str] = ("text",)) -> pd.DataFrame:
@@ -471,13 +486,14 @@ def _missing(v: object) -> bool:
     return v is None or v is pd.NA or v is pd.NaT or isinstance(v, float) and v != v
 
 
-def _write_xlsx(rows: list[list], path: Path) -> None:
+def _write_xlsx(sheets: list[tuple[str | None, list[list]]], path: Path) -> None:
     import openpyxl
 
     wb = openpyxl.Workbook(write_only=True)
-    ws = wb.create_sheet()
-    for row in rows:
-        ws.append([_text_cell(ws, v) if isinstance(v, str) else v for v in row])
+    for name, rows in sheets:
+        ws = wb.create_sheet(name)
+        for row in rows:
+            ws.append([_text_cell(ws, v) if isinstance(v, str) else v for v in row])
     wb.save(path)
 
 

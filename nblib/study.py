@@ -155,8 +155,8 @@ def open_study(data_path: str | Path | StudySettings, **settings: Any) -> Study:
     Args:
         data_path: the labelled sheet, or complete :class:`~nblib.settings.StudySettings`.
         **settings: the other :class:`~nblib.settings.StudySettings` fields (``text_col``, ``label_col``,
-            ``sheet``, ``header_row``, ``encoding``, ``label_table``, ``unlabelled_path``, ``unlabelled_text_col``, ``n_folds``, ``seed``,
-            ``results_dir``); defaults as declared there.
+            ``sheet``, ``header_row``, ``encoding``, ``label_table``, ``unlabelled_path``, ``unlabelled_text_col``,
+            ``extra_labelled_paths``, ``n_folds``, ``seed``, ``results_dir``); defaults as declared there.
 
     Returns:
         The :class:`Study`.
@@ -170,6 +170,7 @@ def open_study(data_path: str | Path | StudySettings, **settings: Any) -> Study:
         label_table=s.label_table,
         header_row=s.header_row,
         encoding=s.encoding,
+        extra_labelled_paths=s.extra_labelled_paths,
     )
     path = results.study_path(s.results_dir, data)
     folds = load_or_make_folds(data, results.folds_file(path, s.n_folds, s.seed), s.n_folds, s.seed)

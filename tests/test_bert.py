@@ -601,7 +601,10 @@ def test_write_launch_makes_paths_absolute_and_trains_nothing(tmp_path, write_sh
     cfg = small_config(tmp_path, write_sheet)
     bert.build_tiny_encoder(TEXTS, tmp_path / "models" / "enc")
     monkeypatch.chdir(tmp_path)
-    cfg = with_params(cfg, data_path="tiny.csv", results_dir="res", model="models/enc")
+    pd.DataFrame({"Sentence": ["新标注的一条评论"], "Label": [1]}).to_csv(tmp_path / "annotated.csv", index=False)
+    cfg = with_params(
+        cfg, data_path="tiny.csv", results_dir="res", model="models/enc", extra_labelled_paths="annotated.csv"
+    )
     path = bert_cv.FineTuneJob(cfg, open_study(cfg.study), write=False).write_launch()
     launch = from_params(bert_cv.FineTuneConfig, json.loads(path.read_text()))
     root = tmp_path.resolve()
@@ -610,6 +613,7 @@ def test_write_launch_makes_paths_absolute_and_trains_nothing(tmp_path, write_sh
         str(root / "res"),
         str(root / "models" / "enc"),
     )
+    assert launch.study.extra_labelled_paths == [str(root / "annotated.csv")]
     assert path.parent.name == "bert_enc" and sorted(f.name for f in path.parent.iterdir()) == ["launch.json"]
 
 

@@ -28,6 +28,7 @@ MODULES = [
     "nblib.folds",
     "nblib.settings",
     "nblib.study",
+    "nblib.active_learning",
 ]
 
 

@@ -10,6 +10,7 @@ import pytest
 from helpers import NOTEBOOKS
 
 from nblib import settings
+from nblib.active_learning import ActiveLearningSettings
 from nblib.baselines import BaselineConfig
 from nblib.bert_cv import FineTuneConfig
 from nblib.settings import ModelSelection, StudySettings
@@ -20,7 +21,7 @@ NOTEBOOK_SETTINGS = {
     "02_baselines": [StudySettings, BaselineConfig],
     "03_bert_cv": [FineTuneConfig],
     "04_error_analysis": [StudySettings],
-    "05_predict": [StudySettings],
+    "05_predict": [StudySettings, ActiveLearningSettings],
 }
 
 

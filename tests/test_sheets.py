@@ -344,6 +344,20 @@ def test_round_trip_keeps_every_text(tmp_path, suffix):
     assert list(back.columns) == ["text", "id", "prob"]
 
 
+def test_second_sheet_round_trips(tmp_path):
+    labels = pd.DataFrame({"Label": [0, 1], "Name": TRICKY[:2], "Description": ["NA", "-_-||"]})
+    texts = [t for t in TRICKY if t]
+    path = write_table(pd.DataFrame({"text": texts}), tmp_path / "out.xlsx", more_sheets={"labels": labels})
+    assert openpyxl.load_workbook(path).sheetnames == ["Sheet", "labels"]
+    assert read_sheet(path, ["text"]).df["text"].tolist() == texts
+    back = read_sheet(path, ["Label", "Name"], sheet="labels").df
+    assert back["Name"].tolist() == TRICKY[:2] and back["Description"].tolist() == ["NA", "-_-||"]
+    assert back["Label"].tolist() == [0, 1]
+    with pytest.raises(DataError, match=r"sheets \['labels'\] into out.csv: only an .xlsx"):
+        write_table(pd.DataFrame({"text": ["a"]}), tmp_path / "out.csv", more_sheets={"labels": labels})
+    assert not (tmp_path / "out.csv").exists()
+
+
 def test_round_trip_tsv(tmp_path):
     texts = [t for t in TRICKY if t and not any(c in t for c in "\t\r\n")]
     back = read_sheet(write_table(pd.DataFrame({"text": texts}), tmp_path / "out.tsv"), ["text"]).df
