@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 EXECUTED  := executed
 
-.PHONY: setup notebooks test lint format clean-test
+.PHONY: setup notebooks test lint format clean-test gpu-bench
 
 setup: $(STAMP)
 
@@ -36,6 +36,10 @@ notebooks: setup
 	$(call run_nb,03_bert_cv,$(BERT_PARAMS))
 	$(call run_nb,04_error_analysis)
 	$(call run_nb,05_predict)
+
+# The GPU benchmark (5-fold x 5-epoch bert-base shape, end to end, and its parts); see benchmarks/README.md.
+gpu-bench: setup
+	bash benchmarks/gpu.sh
 
 # ruff (lint and format check) over the library, tests, benchmarks and notebooks.
 lint: setup

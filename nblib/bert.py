@@ -102,10 +102,14 @@ def build_tiny_encoder(
     heads: int = 2,
     max_positions: int = 512,
     seed: int = 0,
+    intermediate: int | None = None,
+    vocab_size: int | None = None,
 ) -> Path:
-    """A small randomly initialised BERT with a character vocabulary built from ``texts``.
+    """A randomly initialised BERT (small by default) with a character vocabulary built from ``texts``.
 
-    For tests and smoke runs where no pretrained model is available; its scores say nothing about BERT.
+    For tests, smoke runs and speed benchmarks where no pretrained model is available; its scores say nothing
+    about BERT. ``bert-base-chinese``'s shape (the same compute, no download): ``hidden=768, layers=12,
+    heads=12, intermediate=3072, vocab_size=21128``.
 
     Args:
         texts: the texts whose characters make the vocabulary.
@@ -115,12 +119,20 @@ def build_tiny_encoder(
         heads: attention heads per layer.
         max_positions: the most tokens per text.
         seed: seed of the random initialisation.
+        intermediate: size of the feed-forward layers (None: 2 × hidden).
+        vocab_size: pad the vocabulary with unused CJK characters to this size (None: the texts' characters).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     chars = sorted({c for t in texts for c in t.lower() if not c.isspace()})
     pieces = [f"##{c}" for c in chars if c.isascii() and c.isalnum()]
-    (out_dir / "vocab.txt").write_text("\n".join(SPECIAL_TOKENS + chars + pieces) + "\n", encoding="utf-8")
+    vocab = SPECIAL_TOKENS + chars + pieces
+    if vocab_size is not None:
+        if vocab_size < len(vocab):
+            raise ValueError(f"vocab_size={vocab_size}, but the texts alone need {len(vocab)} entries.")
+        seen = set(vocab)
+        vocab += [c for c in map(chr, range(0x4E00, 0xA000)) if c not in seen][: vocab_size - len(vocab)]
+    (out_dir / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     tokenizer = BertTokenizer(vocab=str(out_dir / "vocab.txt"))
     tokenizer.save_pretrained(out_dir)
     torch.manual_seed(seed)
@@ -129,7 +141,7 @@ def build_tiny_encoder(
         hidden_size=hidden,
         num_hidden_layers=layers,
         num_attention_heads=heads,
-        intermediate_size=2 * hidden,
+        intermediate_size=intermediate or 2 * hidden,
         max_position_embeddings=max_positions,
     )
     BertModel(config).save_pretrained(out_dir)
