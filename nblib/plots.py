@@ -315,6 +315,7 @@ def class_shares(table: pd.DataFrame, title: str = "Class shares of the pool (95
     axes.flat[0].legend(title="method", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
+    return fig
 
 
 def active_learning_curves(
