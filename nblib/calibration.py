@@ -20,11 +20,15 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
+
+if TYPE_CHECKING:
+    from .results import ModelResults
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +148,25 @@ def calibration_report(probs: np.ndarray, labels: np.ndarray, temperatures: np.n
         "NLL before": nll(log_probs(probs), labels),
         "NLL after": nll(log_probs(scaled), labels),
     }
+
+
+def calibration_table(results: dict[str, ModelResults]) -> pd.DataFrame:
+    """ECE and NLL of every model's out-of-fold probabilities before and after its folds' temperatures.
+
+    Args:
+        results: each model's out-of-fold results, by name.
+
+    Returns:
+        One row per model (index ``model``): ``temperature`` (mean over texts of their fold's), ``fitted``
+        (whether the folds have temperatures; without them T = 1 and before = after), and the columns of
+        :func:`calibration_report`.
+    """
+    rows = []
+    for name, res in results.items():
+        fitted = "temperature" in res.metrics and res.metrics["temperature"].notna().any()
+        report = calibration_report(res.probs, res.predictions["gold"].to_numpy(), res.temperatures)
+        rows.append({"model": name, "fitted": "per fold" if fitted else "no (T = 1)", **report})
+    return pd.DataFrame(rows).set_index("model")
 
 
 def save_temperature(model_dir: str | Path, temperature: float, fitted_on: str) -> Path:

@@ -514,12 +514,15 @@ class ModelRun(RunFolder):
 
 
 def saved_model_label(model_dir: str | Path) -> str:
-    """A short name for a saved model, for file names: ``<run>`` for a final model, ``<run>_fold_<k>`` for a fold's.
+    """A short name for a saved model, for file names: ``<run>`` for a final model, ``<run>_fold_<k>`` for a fold's,
+    ``<run>_folds`` for a run folder (its fold ensemble).
 
     Args:
-        model_dir: a saved model folder (``final``, ``fold_models/fold_<k>``, or any other folder).
+        model_dir: a saved model folder (``final``, ``fold_models/fold_<k>``, a run folder, or any other folder).
     """
     path = Path(model_dir).resolve()
+    if (path / "fold_models").is_dir():
+        return f"{path.name}_folds"
     if path.name == "final":
         return path.parent.name
     if path.parent.name == "fold_models":

@@ -157,3 +157,14 @@ def test_neural_baselines_fit_their_temperature_on_validation_texts_and_lr_keeps
     lr = suite.run("lr_tfidf_char")
     assert "temperature" not in lr.metrics and (lr.temperatures == 1).all()
     assert np.allclose(lr.calibrated_probs, lr.probs)
+
+
+def test_calibration_table_reports_each_model_before_and_after():
+    fitted, plain = results_with_folds({0: 2.0, 1: 2.0}), results_with_folds(None)
+    table = calibration.calibration_table({"fitted": fitted, "plain": plain})
+    assert table.loc["fitted", "fitted"] == "per fold" and table.loc["plain", "fitted"] == "no (T = 1)"
+    assert table.loc["fitted", "temperature"] == 2.0 and table.loc["plain", "temperature"] == 1.0
+    gold = fitted.predictions["gold"].to_numpy()
+    assert table.loc["fitted", "ECE after"] == pytest.approx(calibration.ece(fitted.calibrated_probs, gold))
+    assert table.loc["plain", "ECE after"] == table.loc["plain", "ECE before"]
+    assert table.loc["fitted", "NLL before"] == pytest.approx(-np.log([0.9, 0.2, 0.6, 0.7]).mean())

@@ -28,6 +28,8 @@ MODULES = [
     "nblib.folds",
     "nblib.settings",
     "nblib.study",
+    "nblib.calibration",
+    "nblib.label_issues",
 ]
 
 

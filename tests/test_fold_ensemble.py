@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from nblib import bert, calibration, predict
+from nblib import bert, calibration, predict, results
 
 LABELS = ["节目制作", "文物典籍", "无关"]
 TEXTS = ["只此青绿的舞美绝了", "文物", "三刷🉑️👍", "典籍里的中国"]
@@ -76,3 +76,8 @@ def test_a_run_without_all_its_fold_models_names_the_setting_that_saves_them(tmp
         predict.load_model(run, ensemble="folds")
     with pytest.raises(bert.ModelNotAvailableError, match="not the results folder of a run"):
         predict.load_model(tmp_path, ensemble="folds")
+
+
+def test_the_ensembles_file_label_names_the_run_and_its_folds(run_dir):
+    assert results.saved_model_label(run_dir) == "bert_tiny_folds"
+    assert results.saved_model_label(run_dir / "final") == "bert_tiny"
