@@ -4,8 +4,11 @@
 
 An MLP baseline (TF-IDF bag, its temperature fitted on each fold's validation part as 02 does) and TF-IDF + LR
 (fitted on training + validation parts, so 02 leaves it at temperature 1; here a second LR fitted on the
-training part alone gives a held-out temperature, to show what that extra fit would buy). ECE with
-15 equal-width bins of the top-class probability (``nblib.calibration.ECE_BINS``), on each test fold.
+training part alone gives a held-out temperature, to show what that extra fit would buy). ECE with 15
+equal-width bins of the top-class probability (``nblib.calibration.ECE_BINS``), on each test fold and on all
+out-of-fold texts together (fold "all"). ``ECE floor`` is what perfectly calibrated probabilities would show
+on as many texts (labels drawn from the calibrated probabilities themselves, mean of 20 draws): the ECE of a
+finite sample is never 0.
 Results go to a fresh temporary folder.
 """
 
@@ -26,14 +29,26 @@ from nblib.study import Study, open_study
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "weibo_emotion"
 
 
+def ece_floor(probs: np.ndarray, draws: int = 20, seed: int = 0) -> float:
+    """The ECE that perfectly calibrated probabilities show on this many texts: labels drawn from ``probs`` itself."""
+    rng = np.random.default_rng(seed)
+    cumulative = probs.cumsum(axis=1)
+    eces = []
+    for _ in range(draws):
+        drawn = np.minimum((rng.random((len(probs), 1)) > cumulative).sum(axis=1), probs.shape[1] - 1)
+        eces.append(calibration.ece(probs, drawn))
+    return float(np.mean(eces))
+
+
 def per_fold(res: ModelResults, temperatures: np.ndarray, label: str) -> pd.DataFrame:
-    """ECE and NLL of each test fold before and after the given per-text temperatures."""
+    """ECE and NLL of each test fold before and after the given per-text temperatures, and the ECE floor."""
     rows = []
     pred = res.predictions
-    for k in sorted(pred["fold"].unique()):
-        mask = (pred["fold"] == k).to_numpy()
+    for k in [*sorted(pred["fold"].unique()), "all"]:
+        mask = (pred["fold"] == k).to_numpy() if k != "all" else np.ones(len(pred), dtype=bool)
         row = calibration.calibration_report(res.probs[mask], pred["gold"].to_numpy()[mask], temperatures[mask])
-        rows.append({"model": label, "fold": k, **row})
+        floor = ece_floor(calibration.apply_temperature(res.probs[mask], temperatures[mask]))
+        rows.append({"model": label, "fold": k, **row, "ECE floor": floor})
     return pd.DataFrame(rows)
 
 
@@ -75,7 +90,8 @@ def main() -> None:
     pd.set_option("display.width", 200)
     print(table.round(4).to_string(index=False))
     print("\nmean over folds:")
-    print(table.drop(columns="fold").groupby("model", sort=False).mean().round(4).to_string())
+    folds = table[table["fold"] != "all"].drop(columns="fold")
+    print(folds.groupby("model", sort=False).mean().round(4).to_string())
 
 
 if __name__ == "__main__":
