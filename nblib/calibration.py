@@ -58,22 +58,23 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> flo
     return float(-logp[np.arange(len(labels)), np.asarray(labels)].mean())
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+def fit_temperature(logits: np.ndarray | None, labels: np.ndarray) -> float:
     """The temperature that minimises the negative log-likelihood of held-out texts.
 
     The NLL is convex in ``1 / T``; it is minimised over ``T`` in [0.05, 20] (bounded Brent search).
 
     Args:
-        logits: one row of logits (or log-probabilities, e.g. :func:`log_probs`) per held-out text.
+        logits: one row of logits (or log-probabilities, e.g. :func:`log_probs`) per held-out text; None when
+            the model was trained without a validation part.
         labels: the gold label id of each row.
 
     Returns:
-        The fitted temperature (1.0 when there is nothing to fit on).
+        The fitted temperature (1.0, logged, when there is nothing to fit on).
     """
-    logits, labels = np.asarray(logits, dtype=float), np.asarray(labels)
-    if len(labels) == 0:
+    if logits is None or len(labels) == 0:
         log.warning("No held-out texts to fit a temperature on: temperature 1 (probabilities left as they are).")
         return 1.0
+    logits, labels = np.asarray(logits, dtype=float), np.asarray(labels)
     res = minimize_scalar(lambda beta: nll(logits * beta, labels), bounds=(1 / 20, 20), method="bounded")
     return float(1 / res.x)
 

@@ -60,6 +60,7 @@ def test_apply_temperature_takes_one_per_row_and_handles_zero_probabilities():
     assert np.allclose(out[1], probs[1]) and np.allclose(out.sum(1), 1)
     assert np.allclose(out[0, :2], softmax(np.log([0.7, 0.3]) / 2)[:2], atol=1e-5)
     assert calibration.fit_temperature(np.empty((0, 3)), np.empty(0, dtype=int)) == 1.0
+    assert calibration.fit_temperature(None, np.array([0, 1])) == 1.0  # trained without a validation part
 
 
 def results_with_folds(temperatures: dict | None) -> ModelResults:
