@@ -5,8 +5,9 @@
 A share ``--flip`` of the texts gets another class at random (written to a temporary copy of the sheet); three
 cheap baselines (MLP on one-hot and on TF-IDF bags, TF-IDF + LR) are cross-validated on it, and
 ``nblib.label_issues.find_label_issues`` runs on the best model's and on the ensemble's calibrated out-of-fold
-probabilities. Printed: texts flagged, how many of the flipped texts are among them (recall), and what
-share of the flagged texts were flipped (a lower bound of precision: the sheet has wrong labels of its own).
+probabilities. Printed: texts flagged, how many of the flipped texts are among them (recall), what share
+of the flagged texts were flipped (a lower bound of precision: the sheet has wrong labels of its own), and
+that share among the first texts of the ranking (what an annotator reviewing from the top meets).
 Also the former hand-written rule of 04 (every model predicts the same other class with probability
 >= 0.7) and how many of its texts cleanlab flags too.
 """
@@ -68,7 +69,8 @@ def main() -> None:
         rule = agreement_rule(runs)
         rows = []
         for label, models in {f"best ({best})": [best], "ensemble (3 models)": list(runs)}.items():
-            found = set(label_issues.find_label_issues(runs, study.data.label_names, models)["row"])
+            ranked = label_issues.find_label_issues(runs, study.data.label_names, models)["row"].tolist()
+            found = set(ranked)
             rows.append(
                 {
                     "probabilities": label,
@@ -76,10 +78,13 @@ def main() -> None:
                     "flipped found": len(found & flipped),
                     "recall": len(found & flipped) / len(flipped),
                     "flagged that were flipped": len(found & flipped) / max(1, len(found)),
+                    "of the first 100": len(set(ranked[:100]) & flipped) / 100,
+                    f"of the first {len(rule)} (as many as the rule)": len(set(ranked[: len(rule)]) & flipped)
+                    / max(1, len(rule)),
                     "rule texts also flagged": f"{len(rule & found)} of {len(rule)}",
                 }
             )
-    print(pd.DataFrame(rows).round(3).to_string(index=False))
+    print(pd.DataFrame(rows).round(3).T.to_string(header=False))
     print(f"agreement rule: {len(rule)} texts, {len(rule & flipped)} of them flipped")
 
 
