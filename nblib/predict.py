@@ -112,7 +112,7 @@ def model_dirs(
             run = model_dir.parents[1] if model_dir.parent.name == "fold_models" else model_dir.parent
             raise bert.ModelNotAvailableError(
                 f"{model_dir} is one saved model; {params.ensemble}folds averages a run's fold models: pass the "
-                f"run's results folder ({run}), or drop {params.ensemble.strip()} to use this one model."
+                f"run's results folder ({run}), or set {params.ensemble}final to use this one model."
             )
         if not is_run:
             raise bert.ModelNotAvailableError(
@@ -127,7 +127,7 @@ def model_dirs(
                 f"{model_dir} holds {len(folds)} fold model(s) of {n_folds} folds: fold models are saved while their "
                 f"folds train, when 03_bert_cv runs with save_fold_models=True (the default). Rerun it with that "
                 f"setting and another run_name (or move this run folder away), or use the final model "
-                f"({run.final_dir}) without {params.ensemble.strip()}."
+                f"({run.final_dir}) with {params.ensemble}final."
             )
         return folds
     if is_run:

@@ -54,8 +54,8 @@ def test_a_saved_model_with_ensemble_folds_is_refused_with_the_run_named(run_dir
     for model in [run_dir / "final", run_dir / "fold_models" / "fold_0"]:
         assert predict.main([str(model), str(tmp_path / "in.csv"), str(tmp_path / "o.csv"), "--ensemble", "folds"]) == 2
         err = capsys.readouterr().err
-        assert f"pass the run's results folder ({run_dir})" in err and "--ensemble folds" in err
-    with pytest.raises(bert.ModelNotAvailableError, match=r"ensemble=folds averages"):
+        assert f"pass the run's results folder ({run_dir})" in err and "--ensemble final to use this" in err
+    with pytest.raises(bert.ModelNotAvailableError, match=r"ensemble=folds averages .* ensemble=final to use"):
         predict.load_model(run_dir / "final", ensemble="folds")
     with pytest.raises(ValueError, match=r"ensemble='mean' is not one of"):
         predict.load_model(run_dir, ensemble="mean")
