@@ -49,7 +49,7 @@ def main() -> None:
             f"lr_tfidf_char, {args.folds} folds: {time.perf_counter() - start:.0f} s, "
             f"macro-F1 {res.metrics['macro_f1'].mean():.3f}"
         )
-    probs, gold, folds = res.probs, res.predictions["gold"].to_numpy(), res.predictions["fold"].to_numpy()
+    probs, gold, folds = res.calibrated_probs, res.predictions["gold"].to_numpy(), res.predictions["fold"].to_numpy()
     names = study.data.label_names
 
     start = time.perf_counter()

@@ -1,7 +1,7 @@
 """Error analysis on out-of-fold predictions of several models (same texts, same folds).
 
 Paired tests (McNemar), bootstrap confidence intervals, accuracy by text length, confident errors,
-disagreements between models, confused class pairs, and label-noise candidates for the annotator.
+disagreements between models and confused class pairs. Texts whose gold label looks wrong: ``nblib.label_issues``.
 """
 
 from __future__ import annotations
@@ -160,31 +160,6 @@ def confused_pairs(res: ModelResults, label_names: Sequence[str], top: int = 5, 
             for (g, p), n in counts.items()
         ]
     )
-
-
-def label_noise_candidates(
-    results: dict[str, ModelResults], label_names: Sequence[str], min_confidence: float = 0.7
-) -> pd.DataFrame:
-    """Texts whose gold label every model rejects, all agreeing on one other label with at least ``min_confidence``.
-
-    Args:
-        results: each model's out-of-fold predictions, by name (same texts in the same order).
-        label_names: the class names by id.
-        min_confidence: the lowest top probability every model must have.
-
-    Returns:
-        Columns ``row``, ``text``, ``gold``, ``predicted``, ``confidence`` (mean over models), most confident first.
-    """
-    any_res = next(iter(results.values()))
-    preds = np.stack([r.predictions["pred"].to_numpy() for r in results.values()])
-    conf = np.stack([r.probs.max(axis=1) for r in results.values()])
-    gold = any_res.predictions["gold"].to_numpy()
-    agree = (preds == preds[0]).all(axis=0) & (preds[0] != gold) & (conf >= min_confidence).all(axis=0)
-    table = any_res.predictions.loc[agree, ["row", "text", "gold"]].assign(
-        predicted=[label_names[i] for i in preds[0][agree]], confidence=conf.mean(axis=0)[agree].round(3)
-    )
-    table["gold"] = [label_names[i] for i in table["gold"]]
-    return table.sort_values("confidence", ascending=False).reset_index(drop=True)
 
 
 def _named(table: pd.DataFrame, label_names: Sequence[str]) -> pd.DataFrame:

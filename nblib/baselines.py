@@ -25,7 +25,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from . import features, settings
+from . import calibration, features, settings
 from .cv import FoldOutput, run_folds
 from .folds import FoldSplit
 from .metrics import improves, validation_scores
@@ -407,7 +407,8 @@ class BaselineSuite:
     def _logistic_regression(self, split: FoldSplit) -> FoldOutput:
         c, texts, y = self.cfg, np.array(self.data.texts, dtype=object), self.data.labels
         vec = features.char_ngram_tfidf((1, c.ngram_max), c.min_df)
-        # LR needs no early stopping: it is fitted on training + validation parts together
+        # LR needs no early stopping: it is fitted on training + validation parts together, so it has no held-out
+        # part to fit a temperature on either (temperature 1: ModelResults.calibrated_probs leaves it as it is)
         train = np.concatenate([split.train, split.val])
         clf = LogisticRegression(C=c.lr_C, max_iter=2000)
         clf.fit(vec.fit_transform(texts[train]), y[train])
@@ -429,7 +430,10 @@ class BaselineSuite:
                 c.selection.select_on,
             )
             probs = predict_proba(model, built.batches(split.test, False))
-            return FoldOutput(probs, {**built.extra, "best_epoch": best, "epochs_run": len(history)}, history)
+            val_logp = calibration.log_probs(predict_proba(model, built.batches(split.val, False)))
+            extra = {"best_epoch": best, "epochs_run": len(history)}
+            extra["temperature"] = calibration.fit_temperature(val_logp, y[split.val])
+            return FoldOutput(probs, {**built.extra, **extra}, history)
 
         return fit
 

@@ -459,6 +459,7 @@ class FoldResult:
     best_epoch: int
     model: PreTrainedModel  # unwrapped, holding the best epoch's weights
     encoder_checksum: float
+    val_logits: np.ndarray | None = None  # the kept epoch's logits on the validation texts (for calibration)
 
 
 def train_epoch(
@@ -554,7 +555,7 @@ def fine_tune(
     total = math.ceil(len(train_dl) / settings.grad_accum) * settings.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total), total)
 
-    best, best_state, best_epoch, rows = None, None, settings.epochs, []
+    best, best_state, best_epoch, rows, best_logits = None, None, settings.epochs, [], None
     for epoch in range(1, settings.epochs + 1):
         row = {
             "epoch": epoch,
@@ -563,12 +564,11 @@ def fine_tune(
             ),
         }
         if val_dl is not None:
-            scores = validation_scores(
-                np.array([item["labels"] for item in val.items]), softmax(evaluate(model, val_dl, accelerator))
-            )
+            logits = evaluate(model, val_dl, accelerator)
+            scores = validation_scores(np.array([item["labels"] for item in val.items]), softmax(logits))
             row |= scores
             if improves(scores, best, select_on):
-                best, best_epoch = scores, epoch
+                best, best_epoch, best_logits = scores, epoch, logits
                 best_state = {
                     k: v.detach().to("cpu", copy=True) for k, v in accelerator.unwrap_model(model).state_dict().items()
                 }
@@ -586,7 +586,7 @@ def fine_tune(
         plain.load_state_dict(best_state)
     probs = softmax(evaluate(model, test_dl, accelerator)) if test_dl is not None else None
     accelerator.free_memory()
-    return FoldResult(probs, pd.DataFrame(rows), best_epoch, plain, checksum)
+    return FoldResult(probs, pd.DataFrame(rows), best_epoch, plain, checksum, best_logits)
 
 
 def show_batch(batch: dict, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], tokens: int = 12) -> pd.DataFrame:

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
 
-from . import bert, cv
+from . import bert, calibration, cv
 from .data import path_list
 from .folds import FoldSplit
 from .results import ModelResults, read_folds
@@ -226,10 +226,15 @@ class FineTuneJob:
             split.seed,
             f"fold {split.fold}",
         )
+        temperature = calibration.fit_temperature(res.val_logits, self.study.data.labels[split.val])
         if self.config.save_fold_models and PartialState().is_main_process:
-            bert.save_checkpoint(res.model, self.tokenizer, self.run.fold_model_dir(split.fold))
+            out = bert.save_checkpoint(res.model, self.tokenizer, self.run.fold_model_dir(split.fold))
+            calibration.save_temperature(
+                out, temperature, f"fold {split.fold}'s validation part, {len(split.val)} texts"
+            )
         extra = {
             "best_epoch": res.best_epoch,
+            "temperature": temperature,
             "encoder_checksum": res.encoder_checksum,
             "processes": PartialState().num_processes,
             "precision": self.config.resolved_precision(),
@@ -294,6 +299,10 @@ class FineTuneJob:
                 "history": res.history.to_dict("records"),
             }
             (out / "training.json").write_text(json.dumps(info, indent=2))
+            temps = self.run.temperatures()  # the final model has no held-out texts: its folds' median temperature
+            calibration.save_temperature(
+                out, float(np.median(temps)) if temps else 1.0, "median of the folds' temperatures"
+            )
             log.info("Final model (all %d texts, %d epochs) saved to %s", len(self.encoded), epochs, out)
         PartialState().wait_for_everyone()
 

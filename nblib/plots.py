@@ -230,6 +230,33 @@ def grouped_bars(table: pd.DataFrame, x: str, y: str, hue: str, title: str, ylab
     return fig
 
 
+def reliability_diagram(curves: dict[str, pd.DataFrame], title: str = "Reliability diagram") -> plt.Figure:
+    """Accuracy against confidence per bin (the diagonal is perfect calibration), texts per bin below.
+
+    Args:
+        curves: reliability tables (:func:`nblib.calibration.reliability`) by legend label, e.g. before and after
+            temperature scaling.
+        title: the figure title.
+    """
+    fig, (ax, counts) = plt.subplots(
+        2, 1, figsize=(5.5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1], "hspace": 0.08}
+    )
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfectly calibrated")
+    for (name, table), colour in zip(curves.items(), sns.color_palette()):
+        ax.plot(table["confidence"], table["accuracy"], marker="o", color=colour, label=name)
+        counts.bar(
+            (table["lower"] + table["upper"]) / 2,
+            table["texts"],
+            width=table["upper"] - table["lower"],
+            color=colour,
+            alpha=0.5,
+        )
+    ax.set(ylabel="Accuracy", xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.legend(fontsize=8, loc="upper left")
+    counts.set(xlabel="Confidence (top-class probability)", ylabel="Texts")
+    return fig
+
+
 def per_class_scores(table: pd.DataFrame, title: str = "Per-class F1 (mean over folds)") -> plt.Figure:
     """Grouped bars of per-class F1 for several models (columns: model, class, f1).
 

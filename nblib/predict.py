@@ -1,7 +1,13 @@
-"""Label new texts with a saved fine-tuned model (the final model of 03_bert_cv, or any fold model).
+"""Label new texts with a saved fine-tuned model (the final model of 03_bert_cv, or any fold model), or with
+the average of a run's fold models.
 
     python -m nblib.predict MODEL_DIR in.xlsx out.xlsx --column Sentence
+    python -m nblib.predict RUN_DIR in.xlsx out.xlsx --column Sentence --ensemble folds
 
+Probabilities are calibrated: each saved model's logits are divided by the temperature in its
+``calibration.json`` (``nblib.calibration``; none there means temperature 1). ``--ensemble folds`` averages
+the k fold models' calibrated probabilities (``<run>/fold_models/fold_<k>``, saved by 03_bert_cv with
+``save_fold_models=True``) instead of using the one final model.
 Texts are batched in length order (least padding) with a progress bar, on GPU when there is one.
 Empty texts are kept in place with no prediction; nothing is dropped.
 """
@@ -13,52 +19,163 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
 from accelerate import Accelerator
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.modeling_outputs import SequenceClassifierOutput
 
-from . import bert
+from . import bert, calibration
+from .results import RunFolder
 from .sheets import DataError, Params, clean_text, read_sheet, write_table, writer_kind
 
 log = logging.getLogger(__name__)
-NOTEBOOK_PARAMS = Params(
+Ensemble = Literal["final", "folds"]
+ENSEMBLES = ("final", "folds")
+
+
+@dataclass(frozen=True)
+class PredictParams(Params):
+    """:class:`nblib.sheets.Params` and the spelling of the ensemble choice."""
+
+    ensemble: str = "ensemble="
+
+
+NOTEBOOK_PARAMS = PredictParams(
     columns="input_col=", sheet="input_sheet=", header_row="input_header_row=", encoding="input_encoding="
 )  # how 05_predict names predict_file's parameters
-CLI_PARAMS = Params(columns="--column ", sheet="--sheet ", header_row="--header-row ", encoding="--encoding ")
+CLI_PARAMS = PredictParams(
+    columns="--column ", sheet="--sheet ", header_row="--header-row ", encoding="--encoding ", ensemble="--ensemble "
+)
 
 
-def load_model(model_dir: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A saved classifier and its tokenizer; a clear error when the folder is not one.
+class CalibratedClassifier(torch.nn.Module):
+    """Saved classifiers with their temperatures as one model whose softmax is the mean of their calibrated
+    probabilities: one member (a final or fold model), or a run's fold models (the fold ensemble).
+
+    Its ``logits`` are ``log mean_k softmax(z_k / T_k)``, so :func:`predict_texts` (and ``nblib.bert.evaluate``)
+    use it like any classifier; ``config`` is the first member's (label names).
 
     Args:
-        model_dir: a folder written by ``save_pretrained`` (``<run>/final`` or ``<run>/fold_models/fold_<k>``).
+        models: the classifiers, with the same labels.
+        temperatures: the temperature of each (from its ``calibration.json``).
+    """
 
-    Returns:
-        The model and its tokenizer.
+    def __init__(self, models: Sequence[PreTrainedModel], temperatures: Sequence[float]):
+        super().__init__()
+        self.members = torch.nn.ModuleList(models)
+        self.register_buffer("temperatures", torch.tensor(list(temperatures), dtype=torch.float32))
+        self.config = models[0].config
+
+    def forward(self, **batch: torch.Tensor) -> SequenceClassifierOutput:
+        """The log of the members' mean calibrated probabilities, as ``logits``.
+
+        Args:
+            **batch: the tokenized batch (``input_ids``, ``attention_mask``, …).
+        """
+        logp = torch.stack(
+            [torch.log_softmax(m(**batch).logits.float() / t, -1) for m, t in zip(self.members, self.temperatures)]
+        )
+        return SequenceClassifierOutput(logits=torch.logsumexp(logp, 0) - np.log(len(self.members)))
+
+
+def _is_saved_model(folder: Path) -> bool:
+    config = folder / "config.json"
+    return config.exists() and "model_type" in json.loads(config.read_text())
+
+
+def model_dirs(
+    model_dir: str | Path, ensemble: Ensemble = "final", params: PredictParams = NOTEBOOK_PARAMS
+) -> list[Path]:
+    """The saved model folder(s) a prediction uses; a clear error naming what to pass when they are not there.
+
+    Args:
+        model_dir: with ``ensemble="final"`` a saved model (``<run>/final`` or ``<run>/fold_models/fold_<k>``);
+            with ``"folds"`` a run's results folder (``results/<study>/models/<run>``).
+        ensemble: "final" (the one model) or "folds" (every fold model of the run).
+        params: how the caller names the parameters, for the messages.
 
     Raises:
-        bert.ModelNotAvailableError: the folder is a results folder of a run, or holds no saved model.
+        bert.ModelNotAvailableError: the folder is not what ``ensemble`` needs, or holds no (fold) models.
     """
     model_dir = Path(model_dir)
-    if (model_dir / "folds").is_dir() or (model_dir / "fold_models").is_dir():
+    if ensemble not in ENSEMBLES:
+        raise ValueError(f"{params.ensemble}{ensemble!r} is not one of {ENSEMBLES}.")
+    is_run = (model_dir / "folds").is_dir() or (model_dir / "fold_models").is_dir()
+    if ensemble == "folds":
+        if _is_saved_model(model_dir):
+            run = model_dir.parents[1] if model_dir.parent.name == "fold_models" else model_dir.parent
+            raise bert.ModelNotAvailableError(
+                f"{model_dir} is one saved model; {params.ensemble}folds averages a run's fold models: pass the "
+                f"run's results folder ({run}), or set {params.ensemble}final to use this one model."
+            )
+        if not is_run:
+            raise bert.ModelNotAvailableError(
+                f"{model_dir} is not the results folder of a run (results/<study>/models/<run>): "
+                f"{params.ensemble}folds needs one."
+            )
+        run = RunFolder(model_dir)
+        folds = [p for p in run.saved_models() if p != run.final_dir]
+        n_folds = run.saved_config().get("n_folds") if run.config_file.exists() else None
+        if not folds or (n_folds and len(folds) != n_folds):
+            raise bert.ModelNotAvailableError(
+                f"{model_dir} holds {len(folds)} fold model(s) of {n_folds} folds: fold models are saved while their "
+                f"folds train, when 03_bert_cv runs with save_fold_models=True (the default). Rerun it with that "
+                f"setting and another run_name (or move this run folder away), or use the final model "
+                f"({run.final_dir}) with {params.ensemble}final."
+            )
+        return folds
+    if is_run:
         final = model_dir / "final"
         raise bert.ModelNotAvailableError(
             f"{model_dir} is the results folder of a run, not a saved model: pass {final} (trained on all texts)"
             + ("" if (final / "config.json").exists() else ", once the run has trained it,")
-            + f" or {model_dir / 'fold_models'}/fold_<k>."
+            + f" or {model_dir / 'fold_models'}/fold_<k>, or average its fold models with {params.ensemble}folds."
         )
-    config = model_dir / "config.json"
-    if not config.exists() or "model_type" not in json.loads(config.read_text()):
+    if not _is_saved_model(model_dir):
         raise bert.ModelNotAvailableError(
             f"No saved model in {model_dir} (no model's config.json). Pass the 'final' folder or a "
             f"'fold_models/fold_<k>' folder written by 03_bert_cv, e.g. results/<study>/models/<run>/final."
         )
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
-    return model, bert.load_tokenizer(str(model_dir))
+    return [model_dir]
+
+
+def load_model(
+    model_dir: str | Path, ensemble: Ensemble = "final", params: PredictParams = NOTEBOOK_PARAMS
+) -> tuple[CalibratedClassifier, PreTrainedTokenizerBase]:
+    """A saved classifier (or a run's fold models) with its calibration, and the tokenizer; a clear error when the
+    folder is not what ``ensemble`` needs.
+
+    Args:
+        model_dir: a folder written by ``save_pretrained`` (``<run>/final`` or ``<run>/fold_models/fold_<k>``),
+            or with ``ensemble="folds"`` the run's results folder (see :func:`model_dirs`).
+        ensemble: "final" (the one model) or "folds" (the mean of the fold models' calibrated probabilities).
+        params: how the caller names the parameters, for the messages.
+
+    Returns:
+        The model (:class:`CalibratedClassifier`; its softmax gives calibrated probabilities) and its tokenizer.
+
+    Raises:
+        bert.ModelNotAvailableError: see :func:`model_dirs`; or fold models with different labels or vocabularies.
+    """
+    dirs = model_dirs(model_dir, ensemble, params)
+    models = [AutoModelForSequenceClassification.from_pretrained(d) for d in dirs]
+    tokenizers = [bert.load_tokenizer(str(d)) for d in dirs]
+    differ = [
+        d
+        for d, m, t in zip(dirs, models, tokenizers)
+        if m.config.id2label != models[0].config.id2label or t.get_vocab() != tokenizers[0].get_vocab()
+    ]
+    if differ:
+        raise bert.ModelNotAvailableError(f"{differ} have other labels or another vocabulary than {dirs[0]}.")
+    temperatures = [calibration.load_temperature(d) for d in dirs]
+    log.info("%d model(s) from %s, temperature(s) %s", len(dirs), model_dir, [round(t, 3) for t in temperatures])
+    return CalibratedClassifier(models, temperatures), tokenizers[0]
 
 
 def predict_texts(
@@ -74,7 +191,7 @@ def predict_texts(
     """Predicted label id and name, every class probability, and whether the text was cut, one row per text.
 
     Args:
-        model: a classifier from :func:`load_model`.
+        model: a classifier from :func:`load_model` (calibrated probabilities; a plain classifier gives raw ones).
         tokenizer: its tokenizer.
         texts: the texts; empty ones get no prediction (NaN).
         batch_size: texts per batch.
@@ -125,12 +242,13 @@ def predict_file(
     header_row: int = 1,
     encoding: str | None = None,
     truncation: str = "head",
-    params: Params = NOTEBOOK_PARAMS,
+    params: PredictParams = NOTEBOOK_PARAMS,
+    ensemble: Ensemble = "final",
 ) -> pd.DataFrame:
     """Read a sheet, predict its ``column``, write the sheet with the predictions appended.
 
     Args:
-        model_dir: the saved model (see :func:`load_model`).
+        model_dir: the saved model, or with ``ensemble="folds"`` the run's folder (see :func:`load_model`).
         in_path: the sheet to label (.xlsx, .csv, .tsv), read by :func:`nblib.sheets.read_sheet`.
         out_path: where to write (.xlsx, .csv or .tsv, by suffix), by :func:`nblib.sheets.write_table`.
         column: the text column.
@@ -143,6 +261,7 @@ def predict_file(
         encoding: the encoding of a CSV/TSV input (None: detected).
         truncation: "head" or "head+tail" (see :class:`nblib.bert.Encoded`).
         params: how the caller names these parameters, for the error messages.
+        ensemble: "final" (one model) or "folds" (the mean of the run's fold models' calibrated probabilities).
 
     Returns:
         The input's columns followed by the prediction columns (see :func:`predict_texts`).
@@ -153,7 +272,7 @@ def predict_file(
             f"{out_path} exists; choose another output file, or pass overwrite=True (--overwrite on the command line)."
         )
     writer_kind(out_path)
-    model, tokenizer = load_model(model_dir)
+    model, tokenizer = load_model(model_dir, ensemble, params)
     table = read_sheet(in_path, [column], sheet, header_row, encoding, params)
     for problem, rows, action in table.notes:
         log.warning("%s: %d row(s) %s — %s", Path(in_path).name, len(rows), problem, action)
@@ -191,7 +310,10 @@ def main(argv: list[str] | None = None) -> int:
         argv: the arguments (None: ``sys.argv[1:]``).
     """
     ap = argparse.ArgumentParser(prog="python -m nblib.predict", description="Label texts with a saved model.")
-    ap.add_argument("model_dir", help="a folder written by 03_bert_cv (…/final or …/fold_models/fold_<k>)")
+    ap.add_argument(
+        "model_dir",
+        help="a folder written by 03_bert_cv (…/final or …/fold_models/fold_<k>), or with --ensemble folds its run folder",
+    )
     ap.add_argument("input", help=".xlsx, .csv or .tsv")
     ap.add_argument("output", help=".xlsx, .csv or .tsv to write (the suffix decides the format)")
     ap.add_argument("--column", default="Sentence", help="the text column (default: Sentence)")
@@ -208,6 +330,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument(
+        "--ensemble",
+        default="final",
+        choices=ENSEMBLES,
+        help="final: the one saved model given; folds: average the calibrated probabilities of the run's fold models",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
@@ -225,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             args.encoding,
             args.truncation,
             CLI_PARAMS,
+            args.ensemble,
         )
     except (DataError, FileNotFoundError, FileExistsError, bert.ModelNotAvailableError) as e:
         print(f"error: {e}", file=sys.stderr)

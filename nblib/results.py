@@ -14,15 +14,17 @@ never mix in)::
             config.json          what was run: settings that decide the results, seed, folds, data, label names
             environment/*.json   one file per session and machine that worked on it: versions, platform, devices, git commit
             folds/fold_<k>.csv            out-of-fold predictions of fold k, written when the fold finishes
-            folds/fold_<k>.json           metrics of fold k (and extras: best epoch, seconds); marks it done
+            folds/fold_<k>.json           metrics of fold k (and extras: best epoch, seconds, temperature); marks it done
             folds/fold_<k>_history.csv    per-epoch curves of fold k (neural models)
             predictions.csv      all folds: index, row, fold, text, gold, pred, prob_0 … prob_{K-1}
             metrics.csv          one row per fold: fold, accuracy, macro_f1, weighted_f1, precision_<k>,
                                  recall_<k>, f1_<k>, support_<k>, extras
             history.csv          per-epoch curves of all folds: fold, epoch, train_loss, val_loss,
                                  val_accuracy, val_macro_f1
-            fold_models/fold_<k>/  (BERT) fold k's model, save_pretrained (safetensors + tokenizer)
-            final/                 (BERT) the model trained on all labelled texts, with training.json
+            fold_models/fold_<k>/  (BERT) fold k's model, save_pretrained (safetensors + tokenizer), and
+                                   calibration.json (its temperature, nblib.calibration)
+            final/                 (BERT) the model trained on all labelled texts, with training.json and
+                                   calibration.json (the median of the folds' temperatures)
             launch.json            (BERT) the settings that worker processes and torchrun read
             logs/                  (BERT) one log per worker process
             run.lock               the process (pid, host) writing this folder now (results.RunLock)
@@ -57,6 +59,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
+from .calibration import apply_temperature
 from .data import LabelledData
 from .metrics import fold_metrics
 from .sheets import read_table, write_table
@@ -292,6 +295,20 @@ class ModelResults:
         """Out-of-fold class probabilities, one row per text."""
         return self.predictions[self.prob_columns].to_numpy()
 
+    @property
+    def temperatures(self) -> np.ndarray:
+        """The temperature of each text's fold (fitted on that fold's validation part, ``nblib.calibration``),
+        one per row of ``predictions``; 1 for folds that have none (runs made before calibration, TF-IDF + LR)."""
+        fitted = self.metrics.set_index("fold").get("temperature", pd.Series(dtype=float))
+        return fitted.reindex(self.predictions["fold"]).fillna(1.0).to_numpy(dtype=float)
+
+    @property
+    def calibrated_probs(self) -> np.ndarray:
+        """Out-of-fold class probabilities with each fold's temperature applied: ``softmax(log p / T)``.
+
+        ``probs`` (and ``predictions.csv``) stay the raw ones; the predicted class is the same in both."""
+        return apply_temperature(self.probs, self.temperatures)
+
 
 class RunFolder:
     """The files of one model folder (``models/<run>/``), whether or not its run is finished."""
@@ -348,6 +365,13 @@ class RunFolder:
     def best_epochs(self) -> list[int]:
         """The epoch kept in each finished fold (neural models)."""
         return [int(json.loads(self._fold_file(k, ".json").read_text())["best_epoch"]) for k in self.done_folds()]
+
+    def temperatures(self) -> list[float]:
+        """The temperature fitted in each finished fold (1 for a fold without one)."""
+        return [
+            float(json.loads(self._fold_file(k, ".json").read_text()).get("temperature", 1.0))
+            for k in self.done_folds()
+        ]
 
     def saved_models(self) -> list[Path]:
         """Every saved model of this run: the fold models, then the final model."""
@@ -490,12 +514,15 @@ class ModelRun(RunFolder):
 
 
 def saved_model_label(model_dir: str | Path) -> str:
-    """A short name for a saved model, for file names: ``<run>`` for a final model, ``<run>_fold_<k>`` for a fold's.
+    """A short name for a saved model, for file names: ``<run>`` for a final model, ``<run>_fold_<k>`` for a fold's,
+    ``<run>_folds`` for a run folder (its fold ensemble).
 
     Args:
-        model_dir: a saved model folder (``final``, ``fold_models/fold_<k>``, or any other folder).
+        model_dir: a saved model folder (``final``, ``fold_models/fold_<k>``, a run folder, or any other folder).
     """
     path = Path(model_dir).resolve()
+    if (path / "fold_models").is_dir():
+        return f"{path.name}_folds"
     if path.name == "final":
         return path.parent.name
     if path.parent.name == "fold_models":

@@ -142,7 +142,7 @@ def estimate(
     """Point estimates of the class shares of a pool, one row per method, one column per class id.
 
     Args:
-        oof_probs: out-of-fold class probabilities of the labelled texts (``ModelResults.probs``).
+        oof_probs: out-of-fold class probabilities of the labelled texts (``ModelResults.calibrated_probs``).
         oof_gold: their gold label ids (``ModelResults.predictions["gold"]``).
         pool_probs: class probabilities of the pool texts, same classes in the same order.
         methods: which of :data:`METHODS`.
@@ -170,7 +170,7 @@ def shares(
     group, the pool texts.
 
     Args:
-        oof_probs: out-of-fold class probabilities of the labelled texts (``ModelResults.probs``).
+        oof_probs: out-of-fold class probabilities of the labelled texts (``ModelResults.calibrated_probs``).
         oof_gold: their gold label ids 0..K-1 (``ModelResults.predictions["gold"]``).
         pool_probs: class probabilities of the pool texts, same classes in the same order.
         class_names: the name of each class id.
@@ -530,7 +530,7 @@ def pool_shares(
     if len(pool.probs) == 0:
         raise DataError("No pool texts left to estimate shares from (all empty, or all repeat labelled texts).")
     return shares(
-        res.probs,
+        res.calibrated_probs,  # as calibrated as the pool's, which nblib.predict writes with the saved temperature
         res.predictions["gold"].to_numpy(),
         pool.probs,
         res.config["label_names"],

@@ -1,7 +1,7 @@
 """Reading and writing spreadsheets (.xlsx, .csv, .tsv) so that no text is lost, changed or run as a formula.
 
 Every entry point reads through :func:`read_sheet`, and every table the project writes goes through
-:func:`write_table`: sheets for people (predictions, annotator and label-noise sheets) and the machine tables
+:func:`write_table`: sheets for people (predictions, annotator and label-issue sheets) and the machine tables
 under ``results/`` (folds, per-fold and combined predictions, metrics, comparisons), which
 :func:`read_table` reads back with their types.
 

@@ -29,6 +29,8 @@ MODULES = [
     "nblib.settings",
     "nblib.study",
     "nblib.active_learning",
+    "nblib.calibration",
+    "nblib.label_issues",
 ]
 
 
