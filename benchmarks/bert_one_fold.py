@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--freeze-embeddings", action="store_true")
     ap.add_argument("--max-len", type=int, default=128)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = from_params(
@@ -49,6 +50,7 @@ def main() -> None:
                 freeze_embeddings=args.freeze_embeddings,
                 max_len=args.max_len,
                 device=args.device,
+                precision=args.precision,
                 train_final=False,
                 save_fold_models=False,
             ),
@@ -62,7 +64,8 @@ def main() -> None:
         test = analysis.mcnemar(lr, b)
         b, lr = b.metrics.iloc[0], lr.metrics.iloc[0]
     print(
-        f"fold {args.fold}: {cfg.name} ({args.epochs} epochs, best {b['best_epoch']}, {seconds:.0f} s): "
+        f"fold {args.fold}: {cfg.name} ({args.epochs} epochs, best {b['best_epoch']}, {cfg.resolved_precision()}, "
+        f"{seconds:.0f} s): "
         f"accuracy {b['accuracy']:.3f}, macro-F1 {b['macro_f1']:.3f}"
     )
     print(f"fold {args.fold}: TF-IDF char 1-3-grams + LR: accuracy {lr['accuracy']:.3f}, macro-F1 {lr['macro_f1']:.3f}")
