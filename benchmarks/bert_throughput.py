@@ -12,7 +12,7 @@ Same model weights, same texts, same batch size, same machine, one run:
   capability 8 or more, fp16 on older ones; on CPU bf16 where the CPU computes it natively, else fp32);
 - the levers one at a time: nblib in fp32, then also with per-tensor AdamW (only the batching left);
 - the peer a user would pick instead: Hugging Face ``Trainer`` with ``run_classification.py``'s defaults
-  (every text padded to 128), and with dynamic padding;
+  (every text padded to 128), and with dynamic padding, in nblib's precision;
 - with ``--freeze-embeddings`` also nblib with the input word embeddings fixed (``freeze_embeddings=True``).
 """
 
@@ -87,10 +87,20 @@ class _StepClock(TrainerCallback):
 
 
 def trainer_throughput(
-    model, tok, texts, labels, batch_size: int, steps: int, cpu: bool, dynamic: bool, out_dir: str, warmup: int = 3
+    model,
+    tok,
+    texts,
+    labels,
+    batch_size: int,
+    steps: int,
+    cpu: bool,
+    dynamic: bool,
+    out_dir: str,
+    precision: str = "fp32",
+    warmup: int = 3,
 ) -> float:
     """Texts per second of Hugging Face ``Trainer`` (``run_classification.py``'s defaults: texts padded to 128,
-    lr 2e-5, linear schedule, clipping 1.0; ``dynamic``: padded per batch instead)."""
+    lr 2e-5, linear schedule, clipping 1.0; ``dynamic``: padded per batch instead), in ``precision`` like nblib."""
     enc = tok(texts, truncation=True, max_length=128, padding=False if dynamic else "max_length")
     ds = [
         {"input_ids": ids, "attention_mask": m, "labels": int(y)}
@@ -103,6 +113,8 @@ def trainer_throughput(
         max_steps=warmup + steps,
         learning_rate=2e-5,
         use_cpu=cpu,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         report_to=[],
         save_strategy="no",
         logging_strategy="no",
@@ -134,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         "--precision",
         choices=["auto", "fp32", "bf16", "fp16"],
         default="auto",
-        help="of the nblib path; auto: bf16 on GPUs of compute capability >= 8, fp16 below, fp32 on CPU",
+        help="of the nblib path and HF Trainer; auto: bf16 on GPUs of compute capability >= 8, fp16 below; on CPU bf16 where native, else fp32",
     )
     ap.add_argument("--freeze-embeddings", action="store_true", help="also time nblib with frozen word embeddings")
     ap.add_argument("--no-trainer", action="store_true", help="leave out the Hugging Face Trainer runs")
@@ -190,7 +202,16 @@ def main(argv: list[str] | None = None) -> None:
                 model = bert.load_classifier(source, labelled.label_names)
                 name = "HF Trainer, dynamic padding" if dynamic else "HF Trainer, padded to 128"
                 results[name] = trainer_throughput(
-                    model, tok, texts, labels, args.batch_size, args.steps, not gpu, dynamic, str(Path(tmp) / "trainer")
+                    model,
+                    tok,
+                    texts,
+                    labels,
+                    args.batch_size,
+                    args.steps,
+                    not gpu,
+                    dynamic,
+                    str(Path(tmp) / "trainer"),
+                    precision,
                 )
                 del model
     device = torch.cuda.get_device_name(0) if gpu else f"CPU ({torch.get_num_threads()} threads)"

@@ -78,14 +78,19 @@ class BaselineConfig:
     n_jobs: int | Literal["auto"] = settings.runtime("auto")  # folds trained side by side; auto: one per CPU core
 
     def parallelism(self, folds: int) -> tuple[int, int]:
-        """The folds trained side by side and the PyTorch threads of each, for ``folds`` pending folds.
+        """The folds trained side by side, and the PyTorch threads of each fold.
+
+        The threads depend only on the machine and the number of folds, never on ``n_jobs``, so that a fold
+        gives the same numbers whether it runs alone, side by side with others, or in a resumed run.
 
         Args:
-            folds: the number of folds to train.
+            folds: the study's number of folds.
         """
         cpus = os.cpu_count() or 1
-        n_jobs = min(cpus, folds) if self.n_jobs == "auto" else int(self.n_jobs)
-        return max(1, n_jobs), max(1, cpus // max(1, n_jobs))
+        if self.n_jobs != "auto" and (not isinstance(self.n_jobs, int) or self.n_jobs < 1):
+            raise ValueError(f"n_jobs={self.n_jobs!r}: give a number of processes (1 or more), or 'auto'.")
+        n_jobs = min(cpus, folds) if self.n_jobs == "auto" else self.n_jobs
+        return n_jobs, max(1, cpus // min(cpus, folds))
 
 
 # --- models ---------------------------------------------------------------------------------------
@@ -392,7 +397,7 @@ class BaselineSuite:
         fit = self._logistic_regression if name == "lr_tfidf_char" else self._neural(name)
         if "word2vec" in name:
             _ = self.mean_vectors  # word2vec trained here, once, not in every fold's process
-        n_jobs, threads = self.cfg.parallelism(len(run.pending_folds()))
+        n_jobs, threads = self.cfg.parallelism(self.study.n_folds)
         run_folds(self.study, run, fit, self.cfg.selection.val_fraction, n_jobs=n_jobs, threads=threads)
         return run.finish()
 

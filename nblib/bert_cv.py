@@ -298,11 +298,11 @@ class FineTuneJob:
                 "texts": len(self.encoded),
                 "history": res.history.to_dict("records"),
             }
-            (out / "training.json").write_text(json.dumps(info, indent=2))
             temps = self.run.temperatures()  # the final model has no held-out texts: its folds' median temperature
             calibration.save_temperature(
                 out, float(np.median(temps)) if temps else 1.0, "median of the folds' temperatures"
             )
+            (out / "training.json").write_text(json.dumps(info, indent=2))  # last: it marks the final model done
             log.info("Final model (all %d texts, %d epochs) saved to %s", len(self.encoded), epochs, out)
         PartialState().wait_for_everyone()
 
@@ -321,9 +321,11 @@ class FineTuneJob:
         """Every pending fold (side by side on several GPUs), then the final model if asked; all folds' results."""
         cfg, run = self.config, self.run
         pending, n_proc = run.pending_folds(), cfg.processes()
-        mode = cfg.parallel if cfg.parallel != "auto" else ("folds" if n_proc <= max(1, len(pending)) else "ddp")
         n_ddp = n_proc if cfg.use_cpu() else min(n_proc, len(_visible_gpus()))  # DDP: one process per GPU
-        if mode == "ddp" and n_ddp < n_proc:
+        # auto: DDP only while there are fewer pending folds than processes, and a GPU for each process
+        ddp = n_proc > max(1, len(pending)) and n_ddp == n_proc
+        mode = cfg.parallel if cfg.parallel != "auto" else ("ddp" if ddp else "folds")
+        if mode == "ddp" and n_ddp < n_proc and pending:
             raise ValueError(
                 f"num_processes={n_proc} with parallel='ddp' needs one GPU per process, but {n_ddp} are visible; "
                 f"parallel='folds' runs several folds side by side on one GPU."

@@ -16,7 +16,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from .data import DataError, LabelledData
-from .sheets import read_table, write_table
+from .sheets import read_machine_table, write_table
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def load_folds(path: str | Path, data: LabelledData) -> np.ndarray:
     """
     path = Path(path)
     meta = json.loads(path.with_suffix(".json").read_text())
-    table = read_table(path)
+    table = read_machine_table(path)
     if meta["fingerprint"] != data.fingerprint() or table["text"].tolist() != data.texts:
         raise DataError(
             f"The folds in {path} were made for different data ({meta['data']}, {meta['n']} texts). "

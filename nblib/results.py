@@ -62,7 +62,7 @@ import pandas as pd
 from .calibration import apply_temperature
 from .data import LabelledData
 from .metrics import fold_metrics
-from .sheets import read_table, write_table
+from .sheets import read_machine_table, write_table
 
 if TYPE_CHECKING:
     from .study import Study
@@ -553,10 +553,12 @@ def read_folds(path: str | Path, folds: Iterable[int]) -> ModelResults:
     """
     run, folds = RunFolder(path), list(folds)
     predictions = (
-        pd.concat([read_table(run._fold_file(k, ".csv")) for k in folds]).sort_values("index").reset_index(drop=True)
+        pd.concat([read_machine_table(run._fold_file(k, ".csv")) for k in folds])
+        .sort_values("index")
+        .reset_index(drop=True)
     )
     metrics = pd.DataFrame([json.loads(run._fold_file(k, ".json").read_text()) for k in folds])
-    histories = [read_table(p) for k in folds if (p := run._fold_file(k, "_history.csv")).exists()]
+    histories = [read_machine_table(p) for k in folds if (p := run._fold_file(k, "_history.csv")).exists()]
     history = pd.concat(histories, ignore_index=True) if histories else None
     return ModelResults(run.name, run.saved_config(), predictions, metrics, history)
 
@@ -577,11 +579,11 @@ def load_run(path: str | Path) -> ModelResults:
         path: the model folder (``models/<run>``).
     """
     path = Path(path)
-    history = read_table(path / "history.csv") if (path / "history.csv").exists() else None
+    history = read_machine_table(path / "history.csv") if (path / "history.csv").exists() else None
     return ModelResults(
         path.name,
         RunFolder(path).saved_config(),
-        read_table(path / "predictions.csv"),
-        read_table(path / "metrics.csv"),
+        read_machine_table(path / "predictions.csv"),
+        read_machine_table(path / "metrics.csv"),
         history,
     )

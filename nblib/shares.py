@@ -108,7 +108,7 @@ def check_methods(methods: str | Sequence[str], names: Names | None = None) -> l
         raise DataError(
             f"Unknown share method(s) {unknown or '(none given)'}: set {flag}to some of {', '.join(METHODS)}."
         )
-    return list(methods)
+    return list(dict.fromkeys(methods))  # each once, in the order given
 
 
 def fit_quantifiers(
@@ -436,7 +436,9 @@ def run_results(run_dir: str | Path, names: Names = NOTEBOOK_NAMES) -> ModelResu
         )
     if not RunFolder(path).config_file.exists():
         raise FileNotFoundError(
-            f"No run results in {path} (no config.json): pass a folder results/<study>/models/<run>."
+            f"No run results in {path} (no config.json): the class shares need the out-of-fold predictions of the "
+            f"model's run. Give {names.run.strip('= ')} a run folder results/<study>/models/<run> (in 05: "
+            f"model_dir=…/models/<run>/final, or bert_run=<run>)."
         )
     run = RunFolder(path)
     if not (run.is_finished() and (path / "predictions.csv").exists()):

@@ -3,7 +3,7 @@
 Every entry point reads through :func:`read_sheet`, and every table the project writes goes through
 :func:`write_table`: sheets for people (predictions, annotator and label-issue sheets) and the machine tables
 under ``results/`` (folds, per-fold and combined predictions, metrics, comparisons), which
-:func:`read_table` reads back with their types.
+:func:`read_machine_table` reads back with their types.
 
 Reading
     * CSV/TSV encoding: a byte-order mark decides (UTF-8 with BOM, UTF-16 as Excel's "Unicode text"); else
@@ -450,11 +450,12 @@ def _cells(df: pd.DataFrame) -> list[list]:
     return [header] + rows
 
 
-def read_table(path: str | Path, text_columns: Sequence[str] = ("text",)) -> pd.DataFrame:
+def read_machine_table(path: str | Path, text_columns: Sequence[str] = ("text",)) -> pd.DataFrame:
     """Read back a machine table that :func:`write_table` wrote (results, folds), with its types.
 
     The cells go through :func:`read_sheet` (so formula-marked texts come back unchanged); ``text_columns``
-    stay text (an empty cell is ""), every other column becomes numeric when all its cells are numbers.
+    stay text (an empty cell is ""), every other column becomes numeric when all its cells are numbers, or
+    boolean when all are True/False (as written).
 
     Args:
         path: a .csv/.tsv/.xlsx written by :func:`write_table`.
@@ -464,6 +465,8 @@ def read_table(path: str | Path, text_columns: Sequence[str] = ("text",)) -> pd.
     for c in df.columns:
         if c in text_columns:
             df[c] = df[c].fillna("").astype(str)
+        elif df[c].isin(["True", "False"]).all():
+            df[c] = df[c] == "True"
         else:
             try:
                 df[c] = pd.to_numeric(df[c])

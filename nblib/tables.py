@@ -1,7 +1,7 @@
 """Result tables written next to each other for machines and for the paper.
 
 :func:`save_table` writes every table three times: ``.csv`` (formula-safe, read back by
-:func:`nblib.sheets.read_table`), ``.tex`` (a booktabs ``tabular`` for LaTeX; Chinese needs ``ctex`` or
+:func:`nblib.sheets.read_machine_table`), ``.tex`` (a booktabs ``tabular`` for LaTeX; Chinese needs ``ctex`` or
 ``xeCJK`` in the document) and ``.md`` (a Markdown pipe table). The paper tables (:func:`model_comparison`,
 :func:`per_class`, :func:`class_shares`) are tables of formatted strings; ``**…**`` marks the best value,
 written bold in LaTeX and Markdown and left out of the CSV.

@@ -289,4 +289,13 @@ def test_folds_side_by_side_give_the_numbers_of_folds_one_after_another(tiny_stu
     two = baselines.BaselineSuite(two_study, baselines.BaselineConfig(n_jobs=2, **cfg)).run(name)
     assert np.allclose(one.probs, two.probs, atol=1e-5)
     assert one.metrics.drop(columns="seconds").equals(two.metrics.drop(columns="seconds"))
-    assert baselines.BaselineConfig().parallelism(5) == (min(os.cpu_count(), 5), max(1, os.cpu_count() // 5))
+
+
+def test_parallelism_gives_each_fold_the_same_threads_whatever_n_jobs(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert baselines.BaselineConfig().parallelism(5) == (5, 3)
+    assert baselines.BaselineConfig(n_jobs=1).parallelism(5) == (1, 3)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert baselines.BaselineConfig().parallelism(5) == (2, 1) == baselines.BaselineConfig(n_jobs=2).parallelism(5)
+    with pytest.raises(ValueError, match="n_jobs='two'"):
+        baselines.BaselineConfig(n_jobs="two").parallelism(5)

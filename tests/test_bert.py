@@ -397,6 +397,10 @@ def test_ddp_needs_a_gpu_per_process_and_the_final_model_uses_one_process_per_gp
     monkeypatch.setattr(results.ModelRun, "finish", lambda self: None)
     bert_cv.FineTuneJob(cfg, open_study(cfg.study)).cross_validate()
     assert workers == [2] and finals == [1] and not launched
+    # auto, more processes than pending folds (3) on one GPU: still folds side by side, never a DDP error
+    cfg = with_params(small_config(tmp_path / "auto", write_sheet), device="cuda", num_processes=4)
+    bert_cv.FineTuneJob(cfg, open_study(cfg.study)).cross_validate()
+    assert workers == [2, 4] and not launched
 
 
 def fold_inputs(tmp_path, write_sheet) -> dict:

@@ -31,6 +31,8 @@ MODULES = [
     "nblib.active_learning",
     "nblib.calibration",
     "nblib.label_issues",
+    "nblib.shares",
+    "nblib.tables",
 ]
 
 

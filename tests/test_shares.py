@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from nblib import shares
-from nblib.sheets import DataError, read_table, write_table
+from nblib.sheets import DataError, read_machine_table, write_table
 
 TRAIN_PRIOR = np.array([0.5, 0.3, 0.15, 0.05])
 SHIFTED_PRIOR = np.array([0.25, 0.3, 0.2, 0.25])
@@ -215,12 +215,12 @@ def test_command_line_writes_the_long_table(finished_run, tmp_path, capsys):
     argv = [str(run_dir), str(sheet), str(out), "--group", "show", "--methods", "CC", "PACC", "--n-boot", "20"]
     assert shares.main(argv) == 0
     assert "58 pool texts (2 repeating labelled texts and 0 empty left out)" in capsys.readouterr().out
-    table = read_table(out, text_columns=("group", "class", "method"))
+    table = read_machine_table(out, text_columns=("group", "class", "method"))
     assert list(table.columns) == shares.COLUMNS
     assert len(table) == 3 * 3 * 2
     assert set(table["class"]) == set(names) and set(table["method"]) == {"CC", "PACC"}
     assert table.groupby("group")["texts"].first().to_dict() == {"": 58, "A": 40, "B": 18}
-    assert table.groupby("group")["small"].first().astype(str).to_dict() == {"": "False", "A": "False", "B": "True"}
+    assert table.groupby("group")["small"].first().to_dict() == {"": False, "A": False, "B": True}
     # an existing output, a missing group column and an unknown method stop with exit status 2 and a message
     assert shares.main(argv) == 2
     assert "exists" in capsys.readouterr().err

@@ -73,6 +73,6 @@ def test_results_files_keep_formula_like_and_na_texts(tmp_path):
     again = open_study(path, n_folds=2, seed=1, results_dir=str(tmp_path / "res"), unlabelled_path=None)
     assert (again.folds == study.folds).all()
     table = study.comparison()
-    assert sheets.read_table(results.comparison_file(study.path), text_columns=("model",))["model"].tolist() == list(
-        table.index
-    )
+    assert sheets.read_machine_table(results.comparison_file(study.path), text_columns=("model",))[
+        "model"
+    ].tolist() == list(table.index)

@@ -7,7 +7,7 @@ import pandas as pd
 
 from nblib import tables
 from nblib.results import ModelResults
-from nblib.sheets import read_table
+from nblib.sheets import read_machine_table
 
 
 def fake_run(name: str, gold: np.ndarray, pred: np.ndarray) -> ModelResults:
@@ -42,7 +42,7 @@ def test_save_table_writes_csv_latex_and_markdown(tmp_path):
     table = pd.DataFrame({"model": ["a_b", "c"], "score": ["**0.9 ± 0.1**", "0.5 ± 0.2"], "p": [1.3e-8, 0.25]})
     paths = tables.save_table(table.set_index("model"), tmp_path, "t", note="50% of all & more")
     assert [p.name for p in paths] == ["t.csv", "t.tex", "t.md"]
-    csv = read_table(paths[0], text_columns=("model", "score"))
+    csv = read_machine_table(paths[0], text_columns=("model", "score"))
     assert csv["score"].tolist() == ["0.9 ± 0.1", "0.5 ± 0.2"]  # the bold mark stays out of the CSV
     assert csv["p"].tolist() == [1.3e-8, 0.25]
     tex = paths[1].read_text()
