@@ -148,7 +148,9 @@ def test_bert_fold_temperature_is_fitted_on_validation_texts_only_and_saved_with
 
 def test_neural_baselines_fit_their_temperature_on_validation_texts_and_lr_keeps_one(tiny_study, spy):
     study = tiny_study()
-    cfg = baselines.BaselineConfig(unit="char", min_df=1, epochs=3, mlp_hidden=16)
+    cfg = baselines.BaselineConfig(
+        unit="char", min_df=1, epochs=3, mlp_hidden=16, n_jobs=1
+    )  # the spy sees this process
     suite = baselines.BaselineSuite(study, cfg)
     res = suite.run("mlp_tf")
     vals = [study.split(k, cfg.selection.val_fraction).val for k in range(3)]
