@@ -42,7 +42,7 @@ def main() -> None:
             results_dir=tmp,
             unlabelled_path=str(args.unlabelled) if args.unlabelled.exists() else None,
         )
-        start = time.perf_counter()
+        start = first = time.perf_counter()
         suite = baselines.BaselineSuite(study, baselines.BaselineConfig(unit=args.unit))
         print(
             f"tokenization ({args.unit}) of {len(study.data.df) + len(study.pool)} texts: "
@@ -61,7 +61,9 @@ def main() -> None:
                 }
             )
             print(rows[-1], flush=True)
+        total = time.perf_counter() - first
     print(pd.DataFrame(rows).to_string(index=False))
+    print(f"all {len(rows)} models, tokenization and word2vec included: {total:.0f} s")
 
 
 if __name__ == "__main__":
