@@ -363,7 +363,7 @@ def gpu_precision(device: torch.device | int | None = None) -> str:
 
 def cpu_precision() -> str:
     """Mixed precision for CPU training: bf16 autocast where the CPU computes bf16 natively (AVX512-BF16 or AMX,
-    e.g. Intel Xeon from Cooper Lake / Sapphire Rapids, AMD Zen 4), about 1.9x faster steps; fp32 elsewhere,
+    e.g. Intel Xeon from Cooper Lake / Sapphire Rapids, AMD Zen 4), 1.7x faster steps measured; fp32 elsewhere,
     where bf16 is emulated and slower."""
     native = (
         getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()

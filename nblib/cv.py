@@ -88,10 +88,13 @@ def run_folds(
 def _fit_fold(
     fit_predict: Callable[[FoldSplit], FoldOutput], split: FoldSplit, threads: int | None
 ) -> tuple[FoldSplit, FoldOutput, float]:
-    """One fold, seeded, with its wall time (in this process or a worker)."""
-    if threads is not None:
-        torch.set_num_threads(threads)
-    set_seed(split.seed)
-    start = time.perf_counter()
-    out = fit_predict(split)
+    """One fold, seeded, with its wall time (in this process or a worker); PyTorch's threads are restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        set_seed(split.seed)
+        start = time.perf_counter()
+        out = fit_predict(split)
+    finally:
+        torch.set_num_threads(before)
     return split, out, round(time.perf_counter() - start, 2)
