@@ -9,8 +9,9 @@ Same model weights, same texts, same batch size, same machine, one run:
 - original: every text padded to 100 tokens, no attention mask, fp32, random batches, per-tensor AdamW;
 - nblib: 03_bert_cv's step: batches of similar length padded to their own longest text, attention mask,
   gradient clipping, fused AdamW, and ``--precision`` (default as in 03_bert_cv: bf16 on GPUs of compute
-  capability 8 or more, fp16 on older ones; on CPU bf16 where the CPU computes it natively, else fp32);
-- the levers one at a time: nblib in fp32, then also with per-tensor AdamW (only the batching left);
+  capability 8 or more, fp16 on older ones, fp32 on CPU);
+- the levers one at a time: nblib in fp32, then also with per-tensor AdamW (only the batching left), and nblib
+  in bf16 (on a CPU with native bf16, ``precision="bf16"`` in 03_bert_cv);
 - the peer a user would pick instead: Hugging Face ``Trainer`` with ``run_classification.py``'s defaults
   (every text padded to 128), and with dynamic padding, in nblib's precision;
 - with ``--freeze-embeddings`` also nblib with the input word embeddings fixed (``freeze_embeddings=True``).
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         "--precision",
         choices=["auto", "fp32", "bf16", "fp16"],
         default="auto",
-        help="of the nblib path and HF Trainer; auto: bf16 on GPUs of compute capability >= 8, fp16 below; on CPU bf16 where native, else fp32",
+        help="of the nblib path and HF Trainer; auto: as 03_bert_cv (bf16 on GPUs of compute capability >= 8, fp16 below, fp32 on CPU)",
     )
     ap.add_argument("--freeze-embeddings", action="store_true", help="also time nblib with frozen word embeddings")
     ap.add_argument("--no-trainer", action="store_true", help="leave out the Hugging Face Trainer runs")
@@ -161,15 +162,17 @@ def main(argv: list[str] | None = None) -> None:
         )
         tok = bert.load_tokenizer(source)
         gpu = torch.cuda.is_available() and not args.cpu
-        precision = (
-            args.precision if args.precision != "auto" else bert.gpu_precision() if gpu else bert.cpu_precision()
-        )
+        precision = args.precision if args.precision != "auto" else bert.gpu_precision() if gpu else "fp32"
         n = args.batch_size * (args.steps + 3)
         texts, labels = labelled.texts[:n], labelled.labels[:n]
-        nblib_variants = {  # name: (precision, fused AdamW)
+        nblib_variants = {  # name: (precision, fused AdamW); the levers one at a time
             "nblib": (precision, True),
             "nblib, fp32": ("fp32", True),
             "nblib, fp32, per-tensor AdamW": ("fp32", False),
+            "nblib, bf16": ("bf16", True),
+        }
+        nblib_variants = {  # the same variant once, under its first name
+            name: v for name, v in nblib_variants.items() if name == "nblib" or v != nblib_variants["nblib"]
         }
         if args.freeze_embeddings:
             nblib_variants["nblib, frozen embeddings"] = (precision, True)

@@ -361,15 +361,14 @@ def gpu_precision(device: torch.device | int | None = None) -> str:
     return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
 
 
-def cpu_precision() -> str:
-    """Mixed precision for CPU training: bf16 autocast where the CPU computes bf16 natively (AVX512-BF16 or AMX,
-    e.g. Intel Xeon from Cooper Lake / Sapphire Rapids, AMD Zen 4), 1.7x faster steps measured; fp32 elsewhere,
-    where bf16 is emulated and slower."""
-    native = (
+def cpu_bf16_native() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX, e.g. Intel Xeon from Cooper Lake / Sapphire
+    Rapids, AMD Zen 4): there ``precision="bf16"`` (autocast) trains about 1.7x faster than fp32; elsewhere bf16
+    is emulated and slower."""
+    return bool(
         getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
         or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
     )
-    return "bf16" if native else "fp32"
 
 
 def per_device_batch(batch_size: int, processes: int, grad_accum: int) -> int:

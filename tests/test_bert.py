@@ -201,7 +201,7 @@ def small_config(tmp_path, write_sheet, **kw) -> bert_cv.FineTuneConfig:
         lr=1e-3,
         max_len=32,
         device="cpu",
-        **({"precision": "fp32"} | kw),  # the same numbers on every CPU (auto: bf16 where the CPU has it)
+        **kw,
     )
 
 
@@ -305,14 +305,15 @@ def fake_gpus(monkeypatch, capability: tuple[int, int], count: int = 2) -> None:
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # true with emulation even on a V100
 
 
-@pytest.mark.parametrize(
-    "avx512_bf16, amx, precision", [(False, False, "fp32"), (True, False, "bf16"), (False, True, "bf16")]
-)
-def test_auto_precision_on_cpu_is_bf16_only_where_the_cpu_has_it(monkeypatch, avx512_bf16, amx, precision):
+@pytest.mark.parametrize("avx512_bf16, amx, native", [(False, False, False), (True, False, True), (False, True, True)])
+def test_cpu_runs_fp32_unless_asked_and_bf16_is_native_only_with_the_instructions(
+    monkeypatch, avx512_bf16, amx, native
+):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
-    assert bert.cpu_precision() == precision
-    assert make_config(data_path="x.csv", device="cpu").resolved_precision() == precision
+    assert bert.cpu_bf16_native() is native
+    assert make_config(data_path="x.csv", device="cpu").resolved_precision() == "fp32"
+    assert make_config(data_path="x.csv", device="cpu", precision="bf16").resolved_precision() == "bf16"
 
 
 @pytest.mark.parametrize(
