@@ -61,7 +61,7 @@ def find_label_issues(
             ``confidence_weighted_entropy``).
 
     Returns:
-        One row per flagged text: ``row`` (in the sheet), ``text``, ``given label``, ``suggested label`` (the
+        One row per flagged text: ``row`` and ``source`` (the sheet row and its file), ``text``, ``given label``, ``suggested label`` (the
         most probable class), ``p(given)``, ``p(suggested)``, ``label quality`` (cleanlab's score, low = suspect),
         ``models rejecting it`` (of all ``results``, how many predict another class than the given one).
     """
@@ -75,6 +75,8 @@ def find_label_issues(
     return pd.DataFrame(
         {
             "row": pred["row"].to_numpy()[issues],
+            # the sheet of the row (the main one, or an annotator sheet read back); runs made before have none
+            "source": pred["source"].to_numpy()[issues] if "source" in pred else "",
             "text": pred["text"].to_numpy()[issues],
             "given label": [label_names[i] for i in gold[issues]],
             "suggested label": [label_names[i] for i in suggested[issues]],

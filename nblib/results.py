@@ -16,7 +16,7 @@ never mix in)::
             folds/fold_<k>.csv            out-of-fold predictions of fold k, written when the fold finishes
             folds/fold_<k>.json           metrics of fold k (and extras: best epoch, seconds, temperature); marks it done
             folds/fold_<k>_history.csv    per-epoch curves of fold k (neural models)
-            predictions.csv      all folds: index, row, fold, text, gold, pred, prob_0 … prob_{K-1}
+            predictions.csv      all folds: index, row, source, fold, text, gold, pred, prob_0 … prob_{K-1}
             metrics.csv          one row per fold: fold, accuracy, macro_f1, weighted_f1, precision_<k>,
                                  recall_<k>, f1_<k>, support_<k>, extras
             history.csv          per-epoch curves of all folds: fold, epoch, train_loss, val_loss,
@@ -482,6 +482,7 @@ class ModelRun(RunFolder):
             {
                 "index": test_index,
                 "row": self.data.df["row"].to_numpy()[test_index],
+                "source": self.data.df["source"].to_numpy()[test_index],  # the sheet the row is in
                 "fold": k,
                 "text": self.data.df["text"].to_numpy()[test_index],
                 "gold": gold,

@@ -450,7 +450,7 @@ def _cells(df: pd.DataFrame) -> list[list]:
     return [header] + rows
 
 
-def read_machine_table(path: str | Path, text_columns: Sequence[str] = ("text",)) -> pd.DataFrame:
+def read_machine_table(path: str | Path, text_columns: Sequence[str] = ("text", "source")) -> pd.DataFrame:
     """Read back a machine table that :func:`write_table` wrote (results, folds), with its types.
 
     The cells go through :func:`read_sheet` (so formula-marked texts come back unchanged); ``text_columns``

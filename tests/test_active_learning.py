@@ -9,6 +9,7 @@ import pytest
 
 from nblib import active_learning as al
 from nblib import plots
+from nblib.baselines import BaselineConfig, BaselineSuite
 from nblib.data import DataError, load_labelled
 from nblib.sheets import read_sheet
 
@@ -117,6 +118,11 @@ def test_filled_sheet_loads_back_as_extra_rows(tmp_path, tiny_sheet, tiny_study)
     # through the study: a new study folder, with its own folds
     plain, extra = tiny_study(), tiny_study(extra_labelled_paths=[str(path)])
     assert extra.path != plain.path and len(extra.folds) == len(plain.folds) + 3
+    # results say which sheet each row is in: an annotator sheet's rows do not pass for the main sheet's
+    pred = BaselineSuite(extra, BaselineConfig(unit="char", min_df=1)).run("lr_tfidf_char").predictions
+    from_annotator = pred[pred["source"] == path.name]
+    assert sorted(from_annotator["text"]) == sorted(["=SUM(A1)", "@央视 太美了", "NA"])
+    assert set(from_annotator["row"]) <= {2, 3, 4, 5, 6, 7}
 
 
 def test_labels_not_in_the_label_table_are_an_error(tmp_path, tiny_sheet):

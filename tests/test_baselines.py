@@ -224,7 +224,19 @@ def test_each_baseline_writes_the_results_format(tiny_study, name):
     for f in ["config.json", "predictions.csv", "metrics.csv"]:
         assert (folder / f).stat().st_size > 0
     pred = pd.read_csv(folder / "predictions.csv")
-    assert pred.columns.tolist() == ["index", "row", "fold", "text", "gold", "pred", "prob_0", "prob_1", "prob_2"]
+    assert pred.columns.tolist() == [
+        "index",
+        "row",
+        "source",
+        "fold",
+        "text",
+        "gold",
+        "pred",
+        "prob_0",
+        "prob_1",
+        "prob_2",
+    ]
+    assert set(pred["source"]) == set(study.data.df["source"]) == {"tiny.csv"}
     assert len(pred) == len(study.data.df) and (pred["fold"].to_numpy() == study.folds).all()
     assert np.allclose(pred[["prob_0", "prob_1", "prob_2"]].sum(axis=1), 1, atol=1e-5)
     m = pd.read_csv(folder / "metrics.csv")
