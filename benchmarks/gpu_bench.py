@@ -32,7 +32,7 @@ import torch
 from nblib import bert, predict
 from nblib.bert_cv import FineTuneConfig, FineTuneJob
 from nblib.settings import from_params
-from nblib.sheets import write_table
+from nblib.sheets import read_machine_table, write_table
 from nblib.study import open_study
 
 HERE = Path(__file__).resolve().parent
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         sheet = synthetic_sheet(tmp / "texts.csv", args.texts)
-        texts = pd.read_csv(sheet)["Sentence"].tolist()
+        texts = read_machine_table(sheet, text_columns=("Sentence",))["Sentence"].tolist()
         shape = TINY if smoke else BERT_BASE
         model = str(bert.build_tiny_encoder(texts, tmp / "encoder", **shape))
         print(

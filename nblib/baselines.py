@@ -395,8 +395,8 @@ class BaselineSuite:
             cfg["word2vec_texts"] = {"labelled": len(self.tokens), "unlabelled": len(self.unlabelled_tokens)}
         run = self.study.open_run(self.run_name(name), cfg)
         fit = self._logistic_regression if name == "lr_tfidf_char" else self._neural(name)
-        if "word2vec" in name:
-            _ = self.mean_vectors  # word2vec trained here, once, not in every fold's process
+        if "word2vec" in name:  # trained here, once, not in every fold's process
+            _ = self.mean_vectors if name == "mlp_word2vec" else self.word2vec
         n_jobs, threads = self.cfg.parallelism(self.study.n_folds)
         run_folds(self.study, run, fit, self.cfg.selection.val_fraction, n_jobs=n_jobs, threads=threads)
         return run.finish()

@@ -57,12 +57,11 @@ def save_table(table: pd.DataFrame, folder: str | Path, name: str, note: str | N
         The paths written: .csv, .tex, .md.
     """
     note = table.attrs.get("note") if note is None else note
-    shown = flat(table).map(_cell)
+    table = flat(table)
+    shown = table.map(_cell)
     shown.columns = [str(c) for c in shown.columns]
     folder = Path(folder)
-    csv = write_table(
-        flat(table).map(lambda v: BOLD.sub(r"\1", v) if isinstance(v, str) else v), folder / f"{name}.csv"
-    )
+    csv = write_table(table.map(lambda v: BOLD.sub(r"\1", v) if isinstance(v, str) else v), folder / f"{name}.csv")
     tex, md = folder / f"{name}.tex", folder / f"{name}.md"
     tex.write_text(to_latex(shown, note), encoding="utf-8")
     md.write_text(to_markdown(shown, note), encoding="utf-8")
