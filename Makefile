@@ -36,6 +36,7 @@ notebooks: setup
 	$(call run_nb,03_bert_cv,$(BERT_PARAMS))
 	$(call run_nb,04_error_analysis)
 	$(call run_nb,05_predict)
+	$(call run_nb,06_unlabelled,-p plain_run bert_$(notdir $(BERT_MODEL)))
 
 # The GPU benchmark (5-fold x 5-epoch bert-base shape, end to end, and its parts); see benchmarks/README.md.
 gpu-bench: setup

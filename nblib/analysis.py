@@ -79,6 +79,67 @@ def bootstrap_ci(
     return pd.DataFrame(rows).set_index("model").sort_values("macro_f1", ascending=False)
 
 
+def _mean_sd(values: pd.Series) -> str:
+    """``mean ± sd`` over folds (the mean alone for one fold)."""
+    return f"{values.mean():.3f}" + (f" ± {values.std():.3f}" if len(values) > 1 else "")
+
+
+def gains_over(
+    reference: ModelResults, others: dict[str, ModelResults], n_boot: int = 1000, level: float = 0.95, seed: int = 0
+) -> pd.DataFrame:
+    """Each model against ``reference`` on the same texts: mean ± sd over folds, the pooled gain in accuracy and
+    macro-F1 with a paired bootstrap interval (the same resampled texts for both), and McNemar's exact p.
+
+    Args:
+        reference: the model compared against (e.g. plain fine-tuning).
+        others: the other models by name (same texts in the same order).
+        n_boot: bootstrap resamples.
+        level: confidence level of the intervals.
+        seed: resampling seed.
+
+    Returns:
+        One row per model, ``reference`` first; gains in points (×100); ``significant`` when the McNemar p is
+        below ``1 - level`` and the macro-F1 interval excludes 0.
+    """
+    y = reference.predictions["gold"].to_numpy()
+    k = reference.probs.shape[1]
+    idx = np.random.default_rng(seed).integers(0, len(y), (n_boot, len(y)))
+    lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
+
+    def scores(pred: np.ndarray) -> np.ndarray:  # (n_boot, 2): accuracy and macro-F1 of each resample
+        return np.array(
+            [[accuracy_score(y[i], pred[i]), f1_score(y[i], pred[i], labels=range(k), average="macro")] for i in idx]
+        )
+
+    ref_pred = reference.predictions["pred"].to_numpy()
+    ref_boot = scores(ref_pred)
+    rows = []
+    for name, res in {reference.name: reference, **others}.items():
+        m = res.metrics
+        row = {"model": name} | {c: _mean_sd(m[c]) for c in ("accuracy", "macro_f1")}
+        if res is not reference:
+            pred = res.predictions["pred"].to_numpy()
+            gain = 100 * (scores(pred) - ref_boot)
+            point = 100 * np.array(
+                [
+                    accuracy_score(y, pred) - accuracy_score(y, ref_pred),
+                    f1_score(y, pred, average="macro") - f1_score(y, ref_pred, average="macro"),
+                ]
+            )
+            p = mcnemar(reference, res)["p-value (exact McNemar)"]
+            ci = np.quantile(gain, [lo, hi], axis=0)
+            row |= {
+                "accuracy gain": round(point[0], 2),
+                "accuracy gain CI": f"[{ci[0, 0]:+.2f}, {ci[1, 0]:+.2f}]",
+                "macro_f1 gain": round(point[1], 2),
+                "macro_f1 gain CI": f"[{ci[0, 1]:+.2f}, {ci[1, 1]:+.2f}]",
+                "p (McNemar)": p,
+                "significant": bool(p < 1 - level and (ci[0, 1] > 0 or ci[1, 1] < 0)),
+            }
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("model")
+
+
 def accuracy_by_length(
     results: dict[str, ModelResults], edges: Sequence[int] = (0, 10, 20, 40, 80, 10_000)
 ) -> pd.DataFrame:

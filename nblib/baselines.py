@@ -7,7 +7,6 @@ validation part taken from the training folds, and asked once for the test fold'
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -30,7 +29,7 @@ from .cv import FoldOutput, run_folds
 from .folds import FoldSplit
 from .metrics import improves, validation_scores
 from .results import ModelResults
-from .settings import ModelSelection, SelectOn
+from .settings import ModelSelection, SelectOn, choices
 from .study import Study
 from .text import Unit, tokenize_all
 
@@ -42,14 +41,7 @@ MODELS = ["mlp_onehot", "mlp_tf", "mlp_tfidf", "mlp_word2vec", "lstm_word2vec", 
 def model_list(models: str | Iterable[str]) -> list[str]:
     """The baselines to run, checked against ``MODELS``. Takes a list, or the string papermill passes for
     ``-p models ...``: one name, names separated by commas, or a JSON list (``'["mlp_tf", "lr_tfidf_char"]'``)."""
-    if isinstance(models, str):
-        text = models.strip()
-        models = json.loads(text) if text.startswith("[") else text.replace(",", " ").split()
-    models = list(models)
-    unknown = [m for m in models if m not in MODELS]
-    if unknown or not models:
-        raise ValueError(f"Unknown baseline(s) {unknown or models!r}; choose from {MODELS}.")
-    return models
+    return choices(models, MODELS, "baseline")
 
 
 @dataclass

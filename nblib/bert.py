@@ -269,6 +269,30 @@ class Encoded(torch.utils.data.Dataset):
         out.truncated = self.truncated[list(index)]
         return out
 
+    def with_labels(self, labels: Sequence[int]) -> Encoded:
+        """The same texts with these labels (e.g. pseudo-labels of pool texts).
+
+        Args:
+            labels: one label id per text.
+        """
+        if len(labels) != len(self.items):
+            raise ValueError(f"{len(labels)} labels for {len(self.items)} texts")
+        out = copy.copy(self)
+        out.items = [item | {"labels": int(y)} for item, y in zip(self.items, labels)]
+        return out
+
+    def join(self, other: Encoded) -> Encoded:
+        """These texts followed by ``other``'s, renumbered 0..len-1 (both labelled, for training).
+
+        Args:
+            other: texts encoded by the same tokenizer.
+        """
+        out = copy.copy(self)
+        out.items = self.items + [item | {"idx": len(self.items) + j} for j, item in enumerate(other.items)]
+        out.lengths = self.lengths + other.lengths
+        out.truncated = np.concatenate([self.truncated, other.truncated])
+        return out
+
 
 def _head_and_tail(tokenizer: PreTrainedTokenizerBase, text: str, room: int) -> str:
     """The text of its first ``room / 2`` (rounded up) and its last ``room / 2`` tokens, joined by a space."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import hashlib
 import json
 import logging
 import os
@@ -33,13 +34,13 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
 
-from . import bert, calibration, cv
+from . import bert, calibration, cv, self_training
 from .data import path_list
 from .folds import FoldSplit
 from .results import ModelResults, read_folds
@@ -47,6 +48,7 @@ from .settings import ModelSelection, StudySettings, from_params, identity, runt
 from .study import Study, open_study
 
 log = logging.getLogger(__name__)
+C = TypeVar("C")
 
 OOM_ADVICE = (
     "CUDA ran out of memory at batch size {per_device} per device. Try, in this order: a smaller "
@@ -79,6 +81,8 @@ class FineTuneConfig:
     parallel: Literal["auto", "folds", "ddp"] = runtime("auto")
     save_fold_models: bool = runtime(True)
     oom_retry: bool = runtime(True)  # on CUDA out-of-memory halve the per-device batch and retry
+    teacher: str | None = None  # self-training: the run whose fold-k model pseudo-labels the pool for fold k
+    pseudo: self_training.PseudoLabelling = field(default_factory=self_training.PseudoLabelling)
 
     @property
     def name(self) -> str:
@@ -117,7 +121,11 @@ class FineTuneConfig:
         Args:
             source: the resolved model (local folder or hub id).
         """
-        return {"source": source, **identity(self), "precision": self.resolved_precision()}
+        ident = {"source": source, **identity(self), "precision": self.resolved_precision()}
+        if self.teacher is None:  # plain fine-tuning: the identity it had before self-training existed
+            for name in ["teacher", *to_params(self.pseudo)]:
+                del ident[name]
+        return ident
 
 
 def _accelerator(cfg: FineTuneConfig) -> Accelerator:
@@ -186,11 +194,23 @@ class FineTuneJob:
         """
         self.config, self.study = config, study
         self.source = model_source(config, study)
-        self.run = study.open_run(config.name, config.identity(self.source), write=write)
+        identity = config.identity(self.source)
+        self.teacher = None
+        if config.teacher:
+            config.pseudo.check()
+            self.teacher = study.run_folder(config.teacher)
+            self_training.check_teacher(self.teacher, study.folds)
+            self.pool = study.unseen_pool(required_by="self-training").texts
+            identity["pool_sha"] = hashlib.sha256("\n".join(self.pool["text"]).encode()).hexdigest()[:16]
+        self.run = study.open_run(config.name, identity, write=write)
         self.tokenizer = bert.load_tokenizer(self.source)
         self.encoded = bert.Encoded(
             self.tokenizer, study.data.texts, config.max_len, study.data.labels, truncation=config.truncation
         )
+        if self.teacher:
+            self.pool_encoded = bert.Encoded(
+                self.tokenizer, self.pool["text"], config.max_len, truncation=config.truncation
+            )
         self.settings = config.train  # a batch halved after running out of memory stays halved for later folds
 
     def describe(self) -> str:
@@ -213,16 +233,40 @@ class FineTuneJob:
         batch["idx"] = torch.as_tensor(split.train)[batch["idx"]]  # back to rows of the study's data
         return batch
 
+    def pseudo_labelled(self, k: int | None) -> bert.Encoded:
+        """Self-training: the pool texts the teacher's fold-k model labels confidently, with those labels, as training
+        texts for fold ``k`` (None: the teacher's final model, for the final model); saved in ``pseudo_labels/``.
+
+        Args:
+            k: the fold (None: the final model).
+        """
+        table = self_training.load_or_make(
+            self.run.path / "pseudo_labels" / f"{'final' if k is None else f'fold_{k}'}.csv",
+            self_training.teacher_model(self.teacher, k),
+            self.pool,
+            self.config.pseudo,
+            PartialState().is_main_process,
+            max_len=self.config.max_len,
+            truncation=self.config.truncation,
+            device="cpu" if self.config.use_cpu() else "cuda",
+        )
+        chosen = np.flatnonzero(table["chosen"].to_numpy(dtype=bool))
+        return self.pool_encoded.subset(chosen).with_labels(table["label"].to_numpy()[chosen])
+
     def fit_fold(self, split: FoldSplit) -> cv.FoldOutput:
-        """Fine-tune a fresh model on a fold's training part, keep the best epoch, predict its test part once.
+        """Fine-tune a fresh model on a fold's training part (self-training: and the pool texts its teacher labelled),
+        keep the best epoch, predict its test part once.
 
         Args:
             split: the fold.
         """
         e = self.encoded
+        train = e.subset(split.train)
+        if self.teacher:
+            train = train.join(self.pseudo_labelled(split.fold))
         res, self.settings = self._fine_tune(
             self.settings,
-            e.subset(split.train),
+            train,
             e.subset(split.val),
             e.subset(split.test),
             split.seed,
@@ -241,6 +285,8 @@ class FineTuneJob:
             "processes": PartialState().num_processes,
             "precision": self.config.resolved_precision(),
         }
+        if self.teacher:
+            extra["pseudo_labelled"] = len(train) - len(split.train)
         return cv.FoldOutput(res.test_probs, extra, res.history)
 
     def _fine_tune(
@@ -289,15 +335,16 @@ class FineTuneJob:
         """One model on all labelled texts, for the median of the folds' best epochs; saved in ``final/``."""
         best = self.run.best_epochs()
         epochs = int(np.median(best)) if best else self.settings.epochs
+        train = self.encoded.join(self.pseudo_labelled(None)) if self.teacher else self.encoded
         res, _ = self._fine_tune(
-            replace(self.settings, epochs=epochs), self.encoded, None, None, self.study.settings.seed, "final"
+            replace(self.settings, epochs=epochs), train, None, None, self.study.settings.seed, "final"
         )
         if PartialState().is_main_process:
             out = bert.save_checkpoint(res.model, self.tokenizer, self.run.final_dir)
             info = {
                 "epochs": epochs,
                 "fold_best_epochs": best,
-                "texts": len(self.encoded),
+                "texts": len(train),
                 "history": res.history.to_dict("records"),
             }
             temps = self.run.temperatures()  # the final model has no held-out texts: its folds' median temperature
@@ -305,7 +352,7 @@ class FineTuneJob:
                 out, float(np.median(temps)) if temps else 1.0, "median of the folds' temperatures"
             )
             (out / "training.json").write_text(json.dumps(info, indent=2))  # last: it marks the final model done
-            log.info("Final model (all %d texts, %d epochs) saved to %s", len(self.encoded), epochs, out)
+            log.info("Final model (%d texts, %d epochs) saved to %s", len(train), epochs, out)
         PartialState().wait_for_everyone()
 
     def write_launch(self) -> Path:
@@ -316,7 +363,7 @@ class FineTuneJob:
         """
         path = self.run.launch_file
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(to_params(_absolute_paths(self.config)), indent=2, ensure_ascii=False))
+        path.write_text(json.dumps(to_params(absolute_paths(self.config)), indent=2, ensure_ascii=False))
         return path
 
     def cross_validate(self) -> ModelResults:
@@ -346,19 +393,59 @@ class FineTuneJob:
             cfg.resolved_precision(),
         )
         launch = self.write_launch()
+        final = cfg.train_final and not (run.final_dir / "training.json").exists()
+        for k in [*pending, *([None] if final else [])] if self.teacher else []:  # once, before workers start
+            self.pseudo_labelled(k)
         if pending:
             if n_proc == 1:
                 self.run_folds(pending)
             elif mode == "ddp":
-                _launch_torchrun(launch, n_proc, run.log_dir / "ddp.log")
+                launch_torchrun("nblib.bert_cv", launch, n_proc, run.log_dir / "ddp.log")
             else:
                 _launch_fold_workers(cfg, launch, pending, n_proc, run.log_dir)
-        if cfg.train_final and not (run.final_dir / "training.json").exists():
+        if final:
             if n_ddp == 1:
                 self.train_final()
             else:
-                _launch_torchrun(launch, n_ddp, run.log_dir / "final.log", final=True)
+                launch_torchrun("nblib.bert_cv", launch, n_ddp, run.log_dir / "final.log", final=True)
         return run.finish()
+
+
+def config_of_run(study: Study, name: str, **changes: object) -> FineTuneConfig:
+    """The settings of a finished fine-tuning run of ``study`` (its saved ``config.json``), with ``changes``: a new
+    run on the same folds with the same settings (06: TAPT and self-training against plain fine-tuning).
+
+    The encoder is the run's resolved source and the precision the one it ran with.
+
+    Args:
+        study: the study.
+        name: the run's folder name.
+        **changes: fields to set (flat names, e.g. ``model``, ``run_name``, ``teacher``, ``device``).
+    """
+    run = study.run_folder(name)
+    if not run.config_file.exists():
+        raise FileNotFoundError(
+            f"No run '{name}' in {run.path.parent}: run 03_bert_cv first (its run_name is bert_<model folder name>)."
+        )
+    saved = run.saved_config()
+    if "source" not in saved:
+        raise ValueError(f"'{name}' is not a fine-tuning run of 03_bert_cv.")
+    params = to_params(study.settings) | saved | {"model": saved["source"], "run_name": None, "teacher": None}
+    return from_params(FineTuneConfig, params | changes)
+
+
+def results_on(job: FineTuneJob, folds: Sequence[int] | None = None) -> ModelResults:
+    """Every fold of ``job`` (:meth:`FineTuneJob.cross_validate`), or only ``folds``: trained here if pending, read
+    back for a comparison on their texts (quicker; no final model).
+
+    Args:
+        job: the fine-tuning job.
+        folds: the folds (None: all, and the final model if the job's settings ask for it).
+    """
+    if folds is None:
+        return job.cross_validate()
+    job.run_folds([k for k in folds if not job.run.fold_done(k)])
+    return read_folds(job.run.path, folds)
 
 
 def write_launch(config: FineTuneConfig) -> Path:
@@ -373,9 +460,13 @@ def write_launch(config: FineTuneConfig) -> Path:
 # --- worker processes -------------------------------------------------------------------------------
 
 
-def _absolute_paths(cfg: FineTuneConfig) -> FineTuneConfig:
+def absolute_paths(cfg: C) -> C:
     """Data, pool, annotator sheets, results, a label-table file and a local model folder as absolute paths: workers may start in
-    another folder or on another machine."""
+    another folder or on another machine.
+
+    Args:
+        cfg: settings with ``study`` and ``model`` fields (fine-tuning or TAPT).
+    """
 
     def resolved(path: str) -> str:
         return str(Path(path).expanduser().resolve())
@@ -453,7 +544,16 @@ def _run_logged(commands: list[tuple[list[str], dict, Path]]) -> None:
         log.info("worker finished; log in %s", f)
 
 
-def _launch_torchrun(config_file: Path, n_proc: int, log_file: Path, final: bool = False) -> None:
+def launch_torchrun(module: str, config_file: Path, n_proc: int, log_file: Path, final: bool = False) -> None:
+    """Run ``python -m <module> --config <config_file>`` in ``n_proc`` processes under torchrun (one machine).
+
+    Args:
+        module: the entry point (``nblib.bert_cv`` or ``nblib.tapt``).
+        config_file: the settings the processes read.
+        n_proc: processes (one per GPU).
+        log_file: where their output goes.
+        final: pass ``--final`` (the final model of a fine-tuning run).
+    """
     cmd = [
         sys.executable,
         "-m",
@@ -461,7 +561,7 @@ def _launch_torchrun(config_file: Path, n_proc: int, log_file: Path, final: bool
         "--standalone",
         f"--nproc_per_node={n_proc}",
         "-m",
-        "nblib.bert_cv",
+        module,
         "--config",
         str(config_file),
     ] + (["--final"] if final else [])
@@ -498,7 +598,7 @@ def _launch_fold_workers(cfg: FineTuneConfig, launch: Path, pending: list[int], 
             config = log_dir / f"worker_{i}.json"
             log_dir.mkdir(parents=True, exist_ok=True)
             worker = replace(cfg, device="cuda", precision=cfg.resolved_precision(), num_processes=1)
-            config.write_text(json.dumps(to_params(_absolute_paths(worker)), ensure_ascii=False))
+            config.write_text(json.dumps(to_params(absolute_paths(worker)), ensure_ascii=False))
         folds = ",".join(map(str, mine))
         commands.append(
             (

@@ -295,6 +295,25 @@ def learning_curves(history: pd.DataFrame, title: str, best_epochs: dict[int, in
     return fig
 
 
+def mlm_loss(history: pd.DataFrame, probe: pd.DataFrame, steps_per_epoch: int, title: str) -> plt.Figure:
+    """Masked-language-model loss during TAPT: the training loss by step, and the loss on a fixed sample of texts
+    with fixed masks before TAPT (epoch 0) and after each epoch.
+
+    Args:
+        history: ``step``, ``train_loss`` (from :attr:`nblib.tapt.TaptResult.history`).
+        probe: ``epoch``, ``probe_loss`` (from :attr:`nblib.tapt.TaptResult.probe`).
+        steps_per_epoch: optimizer steps per epoch (places the probe points).
+        title: the figure title.
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    ax.plot(history["step"], history["train_loss"], label="training batches", alpha=0.8)
+    ax.plot(probe["epoch"] * steps_per_epoch, probe["probe_loss"], "o-", label="fixed sample, fixed masks")
+    ax.set(xlabel="optimizer step", ylabel="MLM cross-entropy (masked tokens)", title=title)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
 def class_shares(table: pd.DataFrame, title: str = "Class shares of the pool (95% bootstrap intervals)") -> plt.Figure:
     """Estimated class shares with their intervals, one marker per method; one panel per group.
 

@@ -8,7 +8,8 @@ field: every field is, except those declared with :func:`runtime` (hardware, wha
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
 from typing import Any, Literal, TypeVar
 
@@ -108,6 +109,29 @@ def identity(settings: Any) -> dict[str, Any]:
         settings: a settings dataclass instance.
     """
     return _flatten(settings, identity_only=True)
+
+
+def choices(value: str | Iterable[Any], allowed: Sequence[Any], what: str) -> list[Any]:
+    """Names (or numbers) picked from ``allowed``: a list, or the string papermill passes for ``-p name ...``: one
+    value, values separated by commas or spaces, or a JSON list; an error naming the unknown ones.
+
+    Args:
+        value: the choice.
+        allowed: the valid values (their type converts the strings: ``int`` for fold numbers).
+        what: what they are, for the message (e.g. "baseline").
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        value = json.loads(text) if text.startswith("[") else text.replace(",", " ").split()
+    kind = type(allowed[0]) if allowed else str
+    try:
+        picked = [kind(v) for v in value]
+    except ValueError:
+        picked = list(value)
+    unknown = [v for v in picked if v not in allowed]
+    if unknown or not picked:
+        raise ValueError(f"Unknown {what}(s) {unknown or picked!r}; choose from {list(allowed)}.")
+    return picked
 
 
 @dataclass

@@ -24,9 +24,18 @@ from .folds import FoldSplit, load_or_make_folds, split_fold
 from .metrics import mean_std_table
 from .results import ModelResults, ModelRun, RunFolder
 from .settings import StudySettings
-from .sheets import write_table
+from .sheets import DataError, write_table
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class UnseenPool:
+    """The pool texts a model may learn from: distinct, none of them a labelled text."""
+
+    texts: pd.DataFrame  # columns text, row (the sheet row)
+    repeats_labelled: int  # pool texts left out because they repeat a labelled text
+    repeats_pool: int  # pool texts left out because they repeat an earlier pool text
 
 
 @dataclass
@@ -58,6 +67,41 @@ class Study:
         if not s.unlabelled_path:
             return pd.DataFrame({"text": pd.Series(dtype=str), "row": pd.Series(dtype=int)})
         return load_unlabelled(s.unlabelled_path, text_col=s.unlabelled_text_col)
+
+    def unseen_pool(self, required_by: str | None = None) -> UnseenPool:
+        """The pool's distinct texts that are not labelled texts (for TAPT and self-training), with the repeats
+        counted (and logged once): a labelled text that comes back from the pool must not return as a
+        pseudo-labelled training text of the fold that tests it.
+
+        Args:
+            required_by: what needs the pool (e.g. "self-training"): a missing or empty pool is then an error that
+                says so; None: an empty result.
+        """
+        s, pool = self.settings, self._unseen_pool
+        if pool.texts.empty and required_by:
+            where = f"{s.unlabelled_path} has no texts to use" if s.unlabelled_path else "unlabelled_path is None"
+            raise DataError(
+                f"{required_by} needs unlabelled texts, but {where}. Set unlabelled_path (and unlabelled_text_col) "
+                f"to a sheet of unlabelled comments."
+            )
+        return pool
+
+    @cached_property
+    def _unseen_pool(self) -> UnseenPool:
+        pool = self.pool
+        repeats_labelled = pool["text"].isin(set(self.data.texts)).to_numpy()
+        repeats_pool = pool["text"].duplicated().to_numpy() & ~repeats_labelled
+        kept = ~repeats_labelled & ~repeats_pool
+        if not kept.all():
+            log.warning(
+                "Pool: %d text(s) repeat labelled texts and %d repeat earlier pool texts; both left out "
+                "(%d of %d pool texts kept).",
+                repeats_labelled.sum(),
+                repeats_pool.sum(),
+                kept.sum(),
+                len(pool),
+            )
+        return UnseenPool(pool[kept].reset_index(drop=True), int(repeats_labelled.sum()), int(repeats_pool.sum()))
 
     def folder(self, kind: Literal["encoders", "analysis", "predictions"]) -> Path:
         """A study-level folder (created): built encoders, 04's analysis tables, 05's labelled sheets.

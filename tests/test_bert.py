@@ -386,7 +386,7 @@ def test_ddp_needs_a_gpu_per_process_and_the_final_model_uses_one_process_per_gp
     fake_gpus(monkeypatch, (9, 0), count=1)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "H100 (fake)")
     launched = []
-    monkeypatch.setattr(bert_cv, "_launch_torchrun", lambda *a, **k: launched.append(a))
+    monkeypatch.setattr(bert_cv, "launch_torchrun", lambda *a, **k: launched.append(a))
     with pytest.raises(ValueError, match="num_processes=2 with parallel='ddp' needs one GPU per process, but 1"):
         cross_validate(with_params(small_config(tmp_path, write_sheet), device="cuda", num_processes=2, parallel="ddp"))
     assert not launched
@@ -516,7 +516,7 @@ def test_a_batch_that_does_not_divide_evenly_is_an_error(tmp_path, write_sheet, 
             seed=0,
             **kw,
         )
-    monkeypatch.setattr(bert_cv, "_launch_torchrun", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr(bert_cv, "launch_torchrun", lambda *a, **k: pytest.fail("training started"))
     with pytest.raises(ValueError, match="multiple of processes × grad_accum \\(3 × 1"):
         cross_validate(small_config(tmp_path, write_sheet, num_processes=3, parallel="ddp"))
 

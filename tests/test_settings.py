@@ -13,7 +13,9 @@ from nblib import settings
 from nblib.active_learning import ActiveLearningSettings
 from nblib.baselines import BaselineConfig
 from nblib.bert_cv import FineTuneConfig
+from nblib.self_training import PseudoLabelling
 from nblib.settings import ModelSelection, StudySettings
+from nblib.tapt import TaptSettings
 
 # the settings each notebook builds from its parameters cell
 NOTEBOOK_SETTINGS = {
@@ -22,6 +24,7 @@ NOTEBOOK_SETTINGS = {
     "03_bert_cv": [FineTuneConfig],
     "04_error_analysis": [StudySettings],
     "05_predict": [StudySettings, ActiveLearningSettings],
+    "06_unlabelled": [StudySettings, TaptSettings, PseudoLabelling],
 }
 
 
