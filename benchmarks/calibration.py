@@ -1,6 +1,7 @@
 """Expected calibration error before and after temperature scaling, per fold, on the public Weibo benchmark sheet.
 
     .venv/bin/python benchmarks/calibration.py --data PATH/labelled_8665.xlsx [--unit word|char]
+    .venv/bin/python benchmarks/calibration.py --run results/<study>/models/<run>   # a finished run's folds
 
 An MLP baseline (TF-IDF bag, its temperature fitted on each fold's validation part as 02 does) and TF-IDF + LR
 (fitted on training + validation parts, so 02 leaves it at temperature 1; here a second LR fitted on the
@@ -9,7 +10,8 @@ equal-width bins of the top-class probability (``nblib.calibration.ECE_BINS``), 
 out-of-fold texts together (fold "all"). ``ECE floor`` is what perfectly calibrated probabilities would show
 on as many texts (labels drawn from the calibrated probabilities themselves, mean of 20 draws): the ECE of a
 finite sample is never 0.
-Results go to a fresh temporary folder.
+Results go to a fresh temporary folder. With --run: the same table for a finished run (e.g. a fine-tuned
+encoder of 03_bert_cv, its temperatures fitted on each fold's validation part).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
 from nblib import baselines, calibration, features
-from nblib.results import ModelResults
+from nblib.results import ModelResults, load_run
 from nblib.study import Study, open_study
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "weibo_emotion"
@@ -69,7 +71,12 @@ def main() -> None:
     ap.add_argument("--data", default=SHARED / "labelled_8665.xlsx", type=Path)
     ap.add_argument("--unit", default="word", choices=["word", "char"])
     ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--run", type=Path, default=None, help="a finished run's folder: its out-of-fold output instead")
     args = ap.parse_args()
+    if args.run is not None:
+        res = load_run(args.run)
+        report(pd.DataFrame(per_fold(res, res.temperatures, res.name)))
+        return
     if not args.data.exists():
         raise SystemExit(
             f"benchmark data not found at {args.data}: pass --data with the path of the SMP2020-EWECT sheet"
@@ -86,7 +93,11 @@ def main() -> None:
             per_fold(mlp, mlp.temperatures, mlp.name),
             per_fold(lr, lr_t, "lr_tfidf_char (T from a 2nd LR fit on the training part)"),
         ]
-    table = pd.concat(tables, ignore_index=True)
+    report(pd.concat(tables, ignore_index=True))
+
+
+def report(table: pd.DataFrame) -> None:
+    """Print the per-fold table and its means over folds."""
     pd.set_option("display.width", 200)
     print(table.round(4).to_string(index=False))
     print("\nmean over folds:")

@@ -1,6 +1,7 @@
 """Class shares where the truth is known: TF-IDF + LR out of fold on the public Weibo benchmark sheet.
 
     .venv/bin/python benchmarks/shares.py --data PATH/labelled_8665.xlsx [--repeats 50] [--n-boot 200] [--text-bootstrap]
+    .venv/bin/python benchmarks/shares.py --run results/<study>/models/<run>   # any finished run's out-of-fold output
 
 Cross-validates the TF-IDF char 1-3-gram + logistic regression baseline (5 folds, in a fresh temporary
 folder), then, for every fold in turn, holds it out, resamples it so that its rarest class is twice and its
@@ -8,7 +9,8 @@ largest class half as frequent as in the training folds, and estimates its class
 folds' error rates (nblib.shares.shift_check): absolute error per class of the raw count (CC) and of the
 adjusted estimates. Last, the coverage of the 95% bootstrap intervals over repeated shifted samples
 (nblib.shares.coverage; target 90-97%): by default the bootstrap draws the training folds before their texts,
-as nblib.shares.pool_shares does; --text-bootstrap draws texts only.
+as nblib.shares.pool_shares does; --text-bootstrap draws texts only. With --run, the same on the out-of-fold
+(calibrated) probabilities of a finished run instead, e.g. a fine-tuned encoder's from 03_bert_cv.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from nblib import baselines, shares
+from nblib.results import load_run
 from nblib.study import open_study
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "weibo_emotion"
@@ -34,23 +37,27 @@ def main() -> None:
     ap.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates per sample (default: 200)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--text-bootstrap", action="store_true", help="resample out-of-fold texts only, not folds first")
+    ap.add_argument("--run", type=Path, default=None, help="a finished run's folder: use its out-of-fold output")
     args = ap.parse_args()
-    if not args.data.exists():
+    if args.run is None and not args.data.exists():
         raise SystemExit(
             f"benchmark data not found at {args.data}: pass --data with the path of the SMP2020-EWECT sheet"
         )
     pd.set_option("display.width", 200)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        study = open_study(args.data, n_folds=args.folds, results_dir=tmp, unlabelled_path=None)
-        start = time.perf_counter()
-        res = baselines.BaselineSuite(study, baselines.BaselineConfig(unit="char")).run("lr_tfidf_char")
-        print(
-            f"lr_tfidf_char, {args.folds} folds: {time.perf_counter() - start:.0f} s, "
-            f"macro-F1 {res.metrics['macro_f1'].mean():.3f}"
-        )
+    if args.run is not None:
+        res = load_run(args.run)
+        names = res.config["label_names"]
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            study = open_study(args.data, n_folds=args.folds, results_dir=tmp, unlabelled_path=None)
+            start = time.perf_counter()
+            res = baselines.BaselineSuite(study, baselines.BaselineConfig(unit="char")).run("lr_tfidf_char")
+            print(f"{args.folds} folds: {time.perf_counter() - start:.0f} s")
+        names = study.data.label_names
+    print(f"{res.name}: macro-F1 {res.metrics['macro_f1'].mean():.3f}")
     probs, gold, folds = res.calibrated_probs, res.predictions["gold"].to_numpy(), res.predictions["fold"].to_numpy()
-    names = study.data.label_names
+    args.folds = int(folds.max()) + 1
 
     start = time.perf_counter()
     checks = [shares.shift_check(probs, gold, folds, names, test_fold=k, seed=args.seed + k) for k in range(args.folds)]

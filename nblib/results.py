@@ -7,7 +7,8 @@ never mix in)::
     <results_dir>/<sheet>-<fingerprint>/
         folds_k<k>_seed<seed>.csv (.json)  the fold of every text (nblib.folds), shared by every model
         comparison.csv                    mean ± sd over folds of every finished model (Study.comparison)
-        encoders/<name>/                  encoders built for this study (the tiny-random smoke-test BERT)
+        encoders/<name>/                  encoders built for this study: the tiny-random smoke-test BERT, and
+                                          encoders adapted by TAPT (nblib.tapt: tapt.json, mlm_head.safetensors)
         analysis/                         tables and annotator sheets of 04_error_analysis
         predictions/                      sheets labelled by 05_predict, and its annotator sheets (to_label_*.xlsx)
         models/<run>/                     one model's cross-validation run (a ModelRun):
@@ -25,6 +26,8 @@ never mix in)::
                                    calibration.json (its temperature, nblib.calibration)
             final/                 (BERT) the model trained on all labelled texts, with training.json and
                                    calibration.json (the median of the folds' temperatures)
+            pseudo_labels/<fold>.csv  (self-training, nblib.self_training) the teacher's labels of the pool for
+                                   fold k (fold_<k>.csv) and for the final model (final.csv), and which joined
             launch.json            (BERT) the settings that worker processes and torchrun read
             logs/                  (BERT) one log per worker process
             run.lock               the process (pid, host) writing this folder now (results.RunLock)
