@@ -176,3 +176,12 @@ def test_a_pool_column_that_does_not_exist_is_named(tiny_study, tiny_sheet):
 def test_an_unknown_masking_is_refused(tokenizer):
     with pytest.raises(ValueError, match="masking='chars'"):
         tapt.token_groups(tokenizer, TEXTS[:1], 32, "chars")
+
+
+def test_two_cpu_processes_adapt_together(tiny_study):
+    study = tiny_study(n_per_class=8)
+    cfg = bert_cv.replace(tapt_config(study, tapt_epochs=1), num_processes=2)
+    res = tapt.adapt(cfg, study, progress=False)
+    assert (res.path / "model.safetensors").exists() and (res.path / "tapt.log").exists()
+    assert res.info["settings"]["num_processes"] == 2 and np.isfinite(res.probe["probe_loss"]).all()
+    assert "2 process(es)" in (res.path / "tapt.log").read_text()
