@@ -415,7 +415,8 @@ def config_of_run(study: Study, name: str, **changes: object) -> FineTuneConfig:
     """The settings of a finished fine-tuning run of ``study`` (its saved ``config.json``), with ``changes``: a new
     run on the same folds with the same settings (06: TAPT and self-training against plain fine-tuning).
 
-    The encoder is the run's resolved source and the precision the one it ran with.
+    The encoder is the run's resolved source, the precision the one it ran with, and the run name ``name`` (give a
+    new run another ``run_name``).
 
     Args:
         study: the study.
@@ -430,7 +431,7 @@ def config_of_run(study: Study, name: str, **changes: object) -> FineTuneConfig:
     saved = run.saved_config()
     if "source" not in saved:
         raise ValueError(f"'{name}' is not a fine-tuning run of 03_bert_cv.")
-    params = to_params(study.settings) | saved | {"model": saved["source"], "run_name": None, "teacher": None}
+    params = to_params(study.settings) | saved | {"model": saved["source"], "run_name": name}
     return from_params(FineTuneConfig, params | changes)
 
 

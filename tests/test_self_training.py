@@ -129,3 +129,17 @@ def test_choices_parse_papermill_strings():
     assert choices("0 2", [0, 1, 2], "fold") == [0, 2] and choices("[1]", [0, 1], "fold") == [1]
     with pytest.raises(ValueError, match=r"Unknown arm\(s\) \['selff'\]"):
         choices("selff", ["tapt", "self"], "arm")
+
+
+def test_config_of_run_gives_the_runs_own_settings_and_name(tiny_study):
+    study = tiny_study(n_per_class=6)
+    cfg = from_params(bert_cv.FineTuneConfig, {"model": bert.TINY_RANDOM, "epochs": 3, "lr": 0.002, "run_name": "mine"})
+    job = bert_cv.FineTuneJob(bert_cv.replace(cfg, study=study.settings), study)
+    job.run.lock.release()
+    again = bert_cv.config_of_run(study, "mine", device="cpu")
+    assert again.name == "mine" and again.train.epochs == 3 and again.train.lr == 0.002 and again.device == "cpu"
+    assert again.identity(again.model) == cfg.identity(job.source)
+    arm = bert_cv.config_of_run(study, "mine", run_name="mine_self", teacher="mine")
+    assert arm.name == "mine_self" and arm.teacher == "mine" and arm.train.epochs == 3
+    with pytest.raises(FileNotFoundError, match="run 03_bert_cv first"):
+        bert_cv.config_of_run(study, "nobody")
