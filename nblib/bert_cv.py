@@ -198,9 +198,9 @@ class FineTuneJob:
         self.teacher = None
         if config.teacher:
             config.pseudo.check()
+            self.pool = study.unseen_pool(required_by="self-training").texts
             self.teacher = study.run_folder(config.teacher)
             self_training.check_teacher(self.teacher, study.folds)
-            self.pool = study.unseen_pool(required_by="self-training").texts
             identity["pool_sha"] = hashlib.sha256("\n".join(self.pool["text"]).encode()).hexdigest()[:16]
         self.run = study.open_run(config.name, identity, write=write)
         self.tokenizer = bert.load_tokenizer(self.source)

@@ -143,3 +143,12 @@ def test_config_of_run_gives_the_runs_own_settings_and_name(tiny_study):
     assert arm.name == "mine_self" and arm.teacher == "mine" and arm.train.epochs == 3
     with pytest.raises(FileNotFoundError, match="run 03_bert_cv first"):
         bert_cv.config_of_run(study, "nobody")
+
+
+def test_a_pool_of_labelled_texts_only_leaves_nothing_to_pseudo_label(tiny_study, tiny_sheet, write_sheet):
+    labelled = pd.read_csv(tiny_sheet(8))
+    study = tiny_study(n_per_class=8, unlabelled_path=str(write_sheet(labelled[["Sentence"]], "pool.csv")))
+    pool = study.unseen_pool()
+    assert pool.texts.empty and pool.repeats_labelled == len(labelled)
+    with pytest.raises(DataError, match="self-training needs unlabelled texts, but .*pool.csv has no texts to use"):
+        student(study, teacher="anyone")
