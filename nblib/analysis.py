@@ -103,6 +103,9 @@ def gains_over(
     """
     y = reference.predictions["gold"].to_numpy()
     k = reference.probs.shape[1]
+    for res in others.values():
+        if not reference.predictions["index"].equals(res.predictions["index"]):
+            raise ValueError(f"{res.name} and {reference.name} are not on the same texts in the same order.")
     idx = np.random.default_rng(seed).integers(0, len(y), (n_boot, len(y)))
     lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
 
@@ -123,7 +126,8 @@ def gains_over(
             point = 100 * np.array(
                 [
                     accuracy_score(y, pred) - accuracy_score(y, ref_pred),
-                    f1_score(y, pred, average="macro") - f1_score(y, ref_pred, average="macro"),
+                    f1_score(y, pred, labels=range(k), average="macro")
+                    - f1_score(y, ref_pred, labels=range(k), average="macro"),
                 ]
             )
             p = mcnemar(reference, res)["p-value (exact McNemar)"]

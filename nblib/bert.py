@@ -68,7 +68,7 @@ def resolve_model(model: str) -> str:
                 f"{path} is a folder but holds no config.json: it is not a saved "
                 f"Hugging Face model. Pass the folder that save_pretrained() wrote."
             )
-        return str(path)
+        return str(path.resolve())  # absolute: worker processes may start elsewhere
     if model.startswith((".", "/", "~")) or os.sep in model and not _looks_like_hub_id(model):
         raise ModelNotAvailableError(f"Model folder {path.resolve()} does not exist.")
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")

@@ -245,7 +245,6 @@ class FineTuneJob:
             self_training.teacher_model(self.teacher, k),
             self.pool,
             self.config.pseudo,
-            PartialState().is_main_process,
             max_len=self.config.max_len,
             truncation=self.config.truncation,
             device="cpu" if self.config.use_cpu() else "cuda",

@@ -53,7 +53,7 @@ import secrets
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -262,11 +262,35 @@ def _json_roundtrip(obj: dict) -> dict:
     return json.loads(json.dumps(obj, default=str))
 
 
-def _write_atomic(path: Path, write) -> None:
+def same_source(old: dict, new: dict) -> dict:
+    """``old`` with its ``source`` replaced by ``new``'s when both name the same local folder (a run saved with a
+    relative model path, reopened with the absolute one).
+
+    Args:
+        old: a saved identity.
+        new: the identity of this process.
+    """
+    a, b = old.get("source"), new.get("source")
+    if (
+        a != b
+        and isinstance(a, str)
+        and isinstance(b, str)
+        and Path(a).is_dir()
+        and Path(a).resolve() == Path(b).resolve()
+    ):
+        return old | {"source": b}
+    return old
+
+
+def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     """Write through a temporary file so that an interrupted run never leaves half a file.
 
     The temporary name is unique (several processes may write the same file, e.g. config.json), and it
     is in the same folder, so that the final rename is atomic.
+
+    Args:
+        path: the file to write.
+        write: writes the content to the path it is given (the temporary file).
     """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
     os.close(fd)
@@ -418,7 +442,7 @@ class ModelRun(RunFolder):
             }
         )
         if self.config_file.exists():
-            old = json.loads(self.config_file.read_text())
+            old = same_source(json.loads(self.config_file.read_text()), self.config)
             if old != self.config:
                 diff = {
                     k: (old.get(k), self.config.get(k))
@@ -437,7 +461,7 @@ class ModelRun(RunFolder):
         (self.path / "folds").mkdir(parents=True, exist_ok=True)
         self.lock = RunLock(self.path)
         self.lock.acquire()
-        _write_atomic(self.config_file, lambda p: p.write_text(json.dumps(self.config, indent=2, ensure_ascii=False)))
+        write_atomic(self.config_file, lambda p: p.write_text(json.dumps(self.config, indent=2, ensure_ascii=False)))
         self.record_environment()
 
     def record_environment(self) -> Path:
@@ -494,11 +518,11 @@ class ModelRun(RunFolder):
         )
         table = pd.concat([table, pd.DataFrame(probs, columns=[f"prob_{j}" for j in range(probs.shape[1])])], axis=1)
         if history is not None:
-            _write_atomic(self._fold_file(k, "_history.csv"), lambda p: write_table(history.assign(fold=k), p))
-        _write_atomic(self._fold_file(k, ".csv"), lambda p: write_table(table, p))
+            write_atomic(self._fold_file(k, "_history.csv"), lambda p: write_table(history.assign(fold=k), p))
+        write_atomic(self._fold_file(k, ".csv"), lambda p: write_table(table, p))
         metrics = {"fold": k, **fold_metrics(gold, pred, self.data.num_labels), **(extra or {})}
         # the .json marks the fold as done, so it is written last
-        _write_atomic(self._fold_file(k, ".json"), lambda p: p.write_text(json.dumps(metrics, indent=2, default=float)))
+        write_atomic(self._fold_file(k, ".json"), lambda p: p.write_text(json.dumps(metrics, indent=2, default=float)))
         return metrics
 
     def finish(self) -> ModelResults:

@@ -26,9 +26,11 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+import torch
+from accelerate import PartialState
 
 from .predict import load_model, predict_texts
-from .results import RunFolder, fold_hash
+from .results import RunFolder, fold_hash, write_atomic
 from .sheets import DataError, read_machine_table, write_table
 
 log = logging.getLogger(__name__)
@@ -94,22 +96,23 @@ def check_teacher(teacher: RunFolder, folds: np.ndarray) -> None:
 
 def teacher_model(teacher: RunFolder, k: int | None) -> Path:
     """The teacher's model for fold ``k`` (None: its final model, for the student's final model); a clear error
-    when it was not saved.
+    when it was not saved, or its fold (or final model) is not finished.
 
     Args:
         teacher: the teacher run's folder.
         k: the fold, or None.
     """
     model = teacher.final_dir if k is None else teacher.fold_model_dir(k)
-    if not (model / "config.json").exists():
+    finished = (model / "training.json").exists() if k is None else teacher.fold_done(k)
+    if not (model / "config.json").exists() or not finished:
         if k is None:
             raise DataError(
                 f"Teacher run '{teacher.name}' has no final model to label the pool for the student's final model: "
                 f"set train_final=False, or train the teacher with train_final=True."
             )
         raise DataError(
-            f"Teacher run '{teacher.name}' has no saved model for fold {k}: the fold-k model labels the pool for "
-            f"fold k. Run that fold of the teacher first, with save_fold_models=True."
+            f"Teacher run '{teacher.name}' has no saved model for fold {k} (or that fold did not finish): the fold-k "
+            f"model labels the pool for fold k. Run that fold of the teacher first, with save_fold_models=True."
         )
     return model
 
@@ -146,34 +149,53 @@ def pseudo_labels(
 
 
 def load_or_make(
-    path: Path, teacher_model: Path, pool: pd.DataFrame, settings: PseudoLabelling, write: bool, **predict_kw
+    path: Path, teacher_model: Path, pool: pd.DataFrame, settings: PseudoLabelling, **predict_kw: object
 ) -> pd.DataFrame:
-    """The pseudo-labels saved at ``path``, or the teacher's, computed and saved there.
+    """The pseudo-labels saved at ``path``, or the teacher's, computed and saved there (atomically).
+
+    Under several processes, the main one computes and writes and the others wait, then read the same file: every
+    process trains on the same texts.
 
     Args:
         path: ``<run>/pseudo_labels/<fold>.csv``.
         teacher_model: the teacher's model for this fold.
         pool: the pool texts.
         settings: the selection rule.
-        write: whether this process saves (False in the non-main processes of a distributed run).
         **predict_kw: ``max_len``, ``truncation``, ``device`` (see :func:`pseudo_labels`).
     """
-    if path.exists():
-        return read_machine_table(path, text_columns=("text", "teacher"))
-    table = pseudo_labels(teacher_model, pool, settings, **predict_kw)
-    if write:
+    state = PartialState()
+    if state.is_main_process and not _matches(path, pool):
+        table = pseudo_labels(teacher_model, pool, settings, **predict_kw)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_table(table, path)
-    chosen = table[table["chosen"]]
-    log.info(
-        "%s: %d of %d pool texts pseudo-labelled by %s (per class %s)",
-        path.stem,
-        len(chosen),
-        len(table),
-        teacher_model,
-        chosen["label"].value_counts().sort_index().to_dict(),
-    )
-    return table
+        write_atomic(path, lambda p: write_table(table, p))
+        chosen = table[table["chosen"]]
+        log.info(
+            "%s: %d of %d pool texts pseudo-labelled by %s (per class %s)",
+            path.stem,
+            len(chosen),
+            len(table),
+            teacher_model,
+            chosen["label"].value_counts().sort_index().to_dict(),
+        )
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the teacher's memory, before the student (or a fold worker) needs it
+    state.wait_for_everyone()
+    return _read(path)
+
+
+def _read(path: Path) -> pd.DataFrame:
+    return read_machine_table(path, text_columns=("text", "teacher"))
+
+
+def _matches(path: Path, pool: pd.DataFrame) -> bool:
+    """Whether ``path`` holds pseudo-labels of exactly these pool texts (else they are made again, and said)."""
+    if not path.exists():
+        return False
+    table = _read(path)
+    same = len(table) == len(pool) and (table["text"].to_numpy() == pool["text"].to_numpy()).all()
+    if not same:
+        log.warning("%s was made for other pool texts: made again.", path)
+    return same
 
 
 def summary(run: RunFolder, label_names: list[str]) -> pd.DataFrame:
@@ -185,7 +207,7 @@ def summary(run: RunFolder, label_names: list[str]) -> pd.DataFrame:
     """
     rows = []
     for f in sorted((run.path / "pseudo_labels").glob("*.csv")):
-        t = read_machine_table(f, text_columns=("text", "teacher"))
+        t = _read(f)
         chosen = t[t["chosen"]]
         row = {
             "fold": f.stem,

@@ -111,7 +111,7 @@ def identity(settings: Any) -> dict[str, Any]:
     return _flatten(settings, identity_only=True)
 
 
-def choices(value: str | Iterable[Any], allowed: Sequence[Any], what: str) -> list[Any]:
+def choices(value: str | int | Iterable[Any], allowed: Sequence[Any], what: str) -> list[Any]:
     """Names (or numbers) picked from ``allowed``: a list, or the string papermill passes for ``-p name ...``: one
     value, values separated by commas or spaces, or a JSON list; an error naming the unknown ones.
 
@@ -120,6 +120,8 @@ def choices(value: str | Iterable[Any], allowed: Sequence[Any], what: str) -> li
         allowed: the valid values (their type converts the strings: ``int`` for fold numbers).
         what: what they are, for the message (e.g. "baseline").
     """
+    if isinstance(value, (int, float)):  # papermill passes -p folds 0 as a number
+        value = [value]
     if isinstance(value, str):
         text = value.strip()
         value = json.loads(text) if text.startswith("[") else text.replace(",", " ").split()

@@ -50,7 +50,7 @@ from transformers import logging as hf_logging
 from . import bert
 from .bert_cv import FineTuneConfig, absolute_paths, launch_torchrun, model_source
 from .cv import set_seed
-from .results import ResultsExistError, environment
+from .results import ResultsExistError, environment, same_source, write_atomic
 from .settings import StudySettings, from_params, identity, runtime, to_params
 from .study import Study, open_study
 from .text import is_content
@@ -149,7 +149,7 @@ def token_groups(
     """Tokenize texts for the MLM: token ids, and for every token the group it is masked with (-1: never).
 
     ``"char"``: every non-special token is its own group. ``"word"``: tokens that overlap the same jieba word are
-    one group (a token spanning two words joins them).
+    one group (a token spanning two words joins them). Special and unknown tokens are never chosen.
 
     Args:
         tokenizer: a fast tokenizer (offsets are needed for ``"word"``).
@@ -170,7 +170,8 @@ def token_groups(
     )
     items = []
     for i, text in enumerate(texts):
-        special = enc["special_tokens_mask"][i]
+        unknown = [t == tokenizer.unk_token_id for t in enc["input_ids"][i]]  # nothing to learn from
+        special = [int(s or u) for s, u in zip(enc["special_tokens_mask"][i], unknown)]
         if masking == "char":
             groups = [-1 if s else j for j, s in enumerate(special)]
         else:
@@ -225,7 +226,7 @@ def mask_tokens(
     Returns:
         The corrupted ids, and the labels (-100 where nothing is predicted).
     """
-    ids, g = input_ids.numpy().copy(), groups.numpy()
+    ids, g = input_ids.cpu().numpy().copy(), groups.cpu().numpy()
     chosen = np.zeros_like(ids, dtype=bool)
     for r in range(len(ids)):
         present = np.unique(g[r][g[r] >= 0])
@@ -332,6 +333,8 @@ class MaskedLMLoss(torch.nn.Module):
             return self.mlm(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
         hidden = self.mlm.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         picked = labels != -100
+        if not picked.any():  # nothing to predict: a zero loss that keeps every parameter in the graph
+            return hidden.sum() * 0.0
         logits = self.head(hidden[picked])
         return torch.nn.functional.cross_entropy(logits.float(), labels[picked])
 
@@ -448,7 +451,7 @@ def _check_existing(folder: Path, ident: dict) -> dict | None:
     for f in (folder / INFO_FILE, folder / "checkpoint" / "identity.json"):
         if f.exists():
             old = json.loads(f.read_text())
-            old = old.get("identity", old)
+            old = same_source(old.get("identity", old), ident)
             if old != ident:
                 diff = {k: (old.get(k), ident.get(k)) for k in set(old) | set(ident) if old.get(k) != ident.get(k)}
                 raise ResultsExistError(
@@ -473,14 +476,14 @@ def adapt(config: TaptConfig, study: Study, progress: bool = True) -> TaptResult
     """
     source = bert.resolve_model(config.model) if config.model != bert.TINY_RANDOM else _tiny(study)
     texts, counts = mlm_texts(study)
-    folder = study.folder("encoders") / config.name
+    folder = (study.folder("encoders") / config.name).resolve()
     ident = _identity(config, source, texts)
     done = _check_existing(folder, ident)
     if done is None:
         if config.processes() > 1:
             launch = folder / "launch.json"
             folder.mkdir(parents=True, exist_ok=True)
-            worker = absolute_paths(replace(config, model=source))
+            worker = absolute_paths(replace(config, model=source, tapt=replace(config.tapt, tapt_name=config.name)))
             launch.write_text(json.dumps(to_params(worker), indent=2, ensure_ascii=False))
             launch_torchrun("nblib.tapt", launch, config.processes(), folder / "tapt.log")
         else:
@@ -525,13 +528,21 @@ def _train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _warmup_linear(int(cfg.tapt.tapt_warmup_ratio * total), total)
     )
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # the schedule counts optimizer steps: not prepared (accelerate would step it once per process), but saved
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
 
     ckpt = folder / "checkpoint"
-    state = {"epoch": 1, "step": 0, "history": [], "probe": [], "seconds": 0.0}
+    state = {"epoch": 1, "step": 0, "history": [], "probe": [], "seconds": 0.0, "processes": accelerator.num_processes}
     if (ckpt / "state.json").exists():
+        saved = json.loads((ckpt / "state.json").read_text())
+        if saved["processes"] != accelerator.num_processes:
+            raise ValueError(
+                f"{ckpt} was saved by {saved['processes']} process(es); resume it with num_processes="
+                f"{saved['processes']} (the batches of a step depend on it), or delete the folder to start over."
+            )
         accelerator.load_state(str(ckpt))
-        state = json.loads((ckpt / "state.json").read_text())
+        state = saved
         log.info("%s: resuming TAPT at epoch %d, step %d", cfg.name, state["epoch"], state["step"])
     else:
         state["probe"].append({"epoch": 0, "probe_loss": _probe_loss(model, probe, accelerator)})
@@ -600,7 +611,7 @@ def _train(
             "steps_per_epoch": steps_per_epoch,
             "environment": environment(),
         }
-        (folder / INFO_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False))  # last: marks it finished
+        write_atomic(folder / INFO_FILE, lambda p: p.write_text(json.dumps(info, indent=2, ensure_ascii=False)))
         shutil.rmtree(ckpt, ignore_errors=True)
         log.info("TAPT encoder saved to %s (%.0f s, %.1f texts/s)", folder, seconds, info["texts_per_second"])
     accelerator.wait_for_everyone()
@@ -612,11 +623,15 @@ def _warmup_linear(warmup: int, total: int):
 
 
 def _checkpoint(accelerator: Accelerator, ckpt: Path, state: dict, ident: dict, start: float) -> None:
-    """Save model, optimizer, schedule and RNG states, then the position in the run (last: marks it usable)."""
-    accelerator.save_state(str(ckpt), safe_serialization=False)
+    """Save model, optimizer, schedule and RNG states and the position in the run into a new folder, then put it in
+    place of the previous checkpoint: an interruption while saving leaves the previous one whole."""
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    accelerator.save_state(str(tmp), safe_serialization=False)
     if accelerator.is_main_process:
-        (ckpt / "identity.json").write_text(json.dumps(ident, indent=2, ensure_ascii=False))
-        (ckpt / "state.json").write_text(json.dumps(state | {"seconds": time.perf_counter() - start}))
+        (tmp / "identity.json").write_text(json.dumps(ident, indent=2, ensure_ascii=False))
+        (tmp / "state.json").write_text(json.dumps(state | {"seconds": time.perf_counter() - start}))
+        shutil.rmtree(ckpt, ignore_errors=True)
+        tmp.rename(ckpt)
     accelerator.wait_for_everyone()
 
 

@@ -49,6 +49,7 @@ def biased_teacher(study, name: str, folds: range) -> None:
             model.classifier.bias.fill_(-20.0)
             model.classifier.bias[k % study.data.num_labels] = 20.0
         bert.save_checkpoint(model, tokenizer, run.fold_model_dir(k))
+        (run.path / "folds" / f"fold_{k}.json").write_text("{}")  # the fold is finished
     run.lock.release()
 
 
@@ -77,6 +78,10 @@ def test_fold_k_pseudo_labels_come_from_the_fold_k_teacher_only(pool_study):
         assert {item["labels"] for item in pseudo.items} == {k % study.data.num_labels}
         # pool texts that repeat labelled texts (test texts among them) never come back as training texts
         assert not set(table["text"]) & labelled and len(table) == 3  # 4 repeats and 1 in-pool repeat left out
+    # a saved table of other pool texts is made again, not trusted
+    path = job.run.path / "pseudo_labels" / "fold_0.csv"
+    path.write_text("row,text,label,confidence,chosen,teacher\n1,别的,0,0.9,True,x\n")
+    assert len(job.pseudo_labelled(0).items) == 3 and len(pd.read_csv(path)) == 3
     job.run_folds([0])
     metrics = job.fold_results(0).metrics
     assert int(metrics["pseudo_labelled"].iloc[0]) == 3
@@ -90,6 +95,9 @@ def test_a_missing_teacher_or_fold_model_or_pool_is_a_clear_error(pool_study, ti
     job = student(study, teacher="partial")
     with pytest.raises(DataError, match="no saved model for fold 1"):
         job.pseudo_labelled(1)
+    (study.run_folder("partial").path / "folds" / "fold_0.json").unlink()  # saved, but its fold did not finish
+    with pytest.raises(DataError, match="no saved model for fold 0"):
+        job.pseudo_labelled(0)
     no_pool = tiny_study(n_per_class=8, results_dir=str(study.settings.results_dir))
     with pytest.raises(DataError, match="self-training needs unlabelled texts, but unlabelled_path is None"):
         student(no_pool, teacher="partial", run_name="student2")
@@ -109,7 +117,7 @@ def test_gains_over_plain_are_paired(pool_study):
     plain_pred[:20] = (gold[:20] + 1) % 3  # plain wrong on 20 texts, the other model on none
 
     def res(name, pred):
-        p = pd.DataFrame({"gold": gold, "pred": pred, "fold": np.arange(60) % 3})
+        p = pd.DataFrame({"index": np.arange(60), "gold": gold, "pred": pred, "fold": np.arange(60) % 3})
         probs = np.eye(3)[pred]
         p[[f"prob_{i}" for i in range(3)]] = probs
         m = pd.DataFrame({"fold": range(3), "accuracy": [(pred == gold)[p.fold == f].mean() for f in range(3)]})
@@ -127,6 +135,7 @@ def test_gains_over_plain_are_paired(pool_study):
 def test_choices_parse_papermill_strings():
     assert choices("tapt,self", ["tapt", "self", "both"], "arm") == ["tapt", "self"]
     assert choices("0 2", [0, 1, 2], "fold") == [0, 2] and choices("[1]", [0, 1], "fold") == [1]
+    assert choices(0, [0, 1], "fold") == [0]  # papermill's -p folds 0
     with pytest.raises(ValueError, match=r"Unknown arm\(s\) \['selff'\]"):
         choices("selff", ["tapt", "self"], "arm")
 
