@@ -57,8 +57,43 @@ OOM_ADVICE = (
 )
 
 
+class Hardware:
+    """Where a run executes, shared by the settings classes with ``device``, ``precision`` and ``num_processes``
+    fields (fine-tuning, TAPT)."""
+
+    device: str
+    precision: str
+    num_processes: int | str
+
+    def use_cpu(self) -> bool:
+        """Whether this process trains on the CPU; ``device="cuda"`` where PyTorch sees no GPU is an error."""
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(
+                "device='cuda', but PyTorch sees no CUDA GPU here (a CPU-only torch build, no driver, "
+                "or CUDA_VISIBLE_DEVICES empty). Use device='cpu' or 'auto' to train on the CPU."
+            )
+        return self.device == "cpu" or not torch.cuda.is_available()
+
+    def resolved_precision(self, device: torch.device | None = None) -> str:
+        """fp32 on CPU unless asked (``precision="bf16"`` is 1.7x faster where the CPU has native bf16, see
+        :func:`nblib.bert.cpu_bf16_native`); on GPU bf16 from compute capability 8 (Ampere) on, else fp16 (loss scaling).
+
+        Args:
+            device: this process's GPU (default: the current device).
+        """
+        if self.precision != "auto":
+            return self.precision
+        return "fp32" if self.use_cpu() else bert.gpu_precision(device)
+
+    def processes(self) -> int:
+        """The number of processes: ``num_processes``, or every visible GPU (1 on CPU)."""
+        if self.num_processes != "auto":
+            return int(self.num_processes)
+        return 1 if self.use_cpu() else max(1, torch.cuda.device_count())
+
+
 @dataclass
-class FineTuneConfig:
+class FineTuneConfig(Hardware):
     """Every setting of a fine-tuning run (03_bert_cv's parameters); written as flat JSON for worker processes.
 
     Fields declared with ``runtime`` are not part of the run's identity: the study by its data fingerprint and
@@ -88,32 +123,6 @@ class FineTuneConfig:
     def name(self) -> str:
         """The run's results folder name."""
         return self.run_name or f"bert_{Path(self.model.rstrip('/')).name}"
-
-    def use_cpu(self) -> bool:
-        """Whether this process trains on the CPU; ``device="cuda"`` where PyTorch sees no GPU is an error."""
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(
-                "device='cuda', but PyTorch sees no CUDA GPU here (a CPU-only torch build, no driver, "
-                "or CUDA_VISIBLE_DEVICES empty). Use device='cpu' or 'auto' to train on the CPU."
-            )
-        return self.device == "cpu" or not torch.cuda.is_available()
-
-    def resolved_precision(self, device: torch.device | None = None) -> str:
-        """fp32 on CPU unless asked (``precision="bf16"`` is 1.7x faster where the CPU has native bf16, see
-        :func:`nblib.bert.cpu_bf16_native`); on GPU bf16 from compute capability 8 (Ampere) on, else fp16 (loss scaling).
-
-        Args:
-            device: this process's GPU (default: the current device).
-        """
-        if self.precision != "auto":
-            return self.precision
-        return "fp32" if self.use_cpu() else bert.gpu_precision(device)
-
-    def processes(self) -> int:
-        """The number of processes: ``num_processes``, or every visible GPU (1 on CPU)."""
-        if self.num_processes != "auto":
-            return int(self.num_processes)
-        return 1 if self.use_cpu() else max(1, torch.cuda.device_count())
 
     def identity(self, source: str) -> dict:
         """The settings that decide the results; a resumed run must match them.

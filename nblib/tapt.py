@@ -48,7 +48,7 @@ from transformers import AutoModel, AutoModelForMaskedLM, PreTrainedModel, PreTr
 from transformers import logging as hf_logging
 
 from . import bert
-from .bert_cv import FineTuneConfig, absolute_paths, launch_torchrun, model_source
+from .bert_cv import FineTuneConfig, Hardware, absolute_paths, launch_torchrun, model_source
 from .cv import set_seed
 from .results import ResultsExistError, environment, same_source, write_atomic
 from .settings import StudySettings, from_params, identity, runtime, to_params
@@ -79,7 +79,7 @@ class TaptSettings:
 
 
 @dataclass
-class TaptConfig:
+class TaptConfig(Hardware):
     """Every setting of a TAPT run: the study, the encoder, how it is adapted, and the hardware."""
 
     study: StudySettings = runtime(default_factory=StudySettings)
@@ -93,22 +93,6 @@ class TaptConfig:
     def name(self) -> str:
         """The encoder folder's name."""
         return self.tapt.tapt_name or f"tapt_{Path(self.model.rstrip('/')).name}"
-
-    def use_cpu(self) -> bool:
-        """Whether this process trains on the CPU (as in fine-tuning)."""
-        return self.device == "cpu" or not torch.cuda.is_available()
-
-    def resolved_precision(self) -> str:
-        """fp32 on CPU unless asked; bf16 or fp16 on GPU by compute capability (as in fine-tuning)."""
-        if self.precision != "auto":
-            return self.precision
-        return "fp32" if self.use_cpu() else bert.gpu_precision()
-
-    def processes(self) -> int:
-        """``num_processes``, or every visible GPU (1 on CPU)."""
-        if self.num_processes != "auto":
-            return int(self.num_processes)
-        return 1 if self.use_cpu() else max(1, torch.cuda.device_count())
 
 
 # --- texts and masking -------------------------------------------------------------------------------
