@@ -164,7 +164,8 @@ def load_or_make(
         **predict_kw: ``max_len``, ``truncation``, ``device`` (see :func:`pseudo_labels`).
     """
     state = PartialState()
-    if state.is_main_process and not _matches(path, pool):
+    table = _saved(path, pool) if state.is_main_process else None
+    if state.is_main_process and table is None:
         table = pseudo_labels(teacher_model, pool, settings, **predict_kw)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, lambda p: write_table(table, p))
@@ -180,22 +181,22 @@ def load_or_make(
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # the teacher's memory, before the student (or a fold worker) needs it
     state.wait_for_everyone()
-    return _read(path)
+    return table if table is not None else _read(path)
 
 
 def _read(path: Path) -> pd.DataFrame:
     return read_machine_table(path, text_columns=("text", "teacher"))
 
 
-def _matches(path: Path, pool: pd.DataFrame) -> bool:
-    """Whether ``path`` holds pseudo-labels of exactly these pool texts (else they are made again, and said)."""
+def _saved(path: Path, pool: pd.DataFrame) -> pd.DataFrame | None:
+    """The pseudo-labels at ``path`` when they are of exactly these pool texts (else None: made again, and said)."""
     if not path.exists():
-        return False
+        return None
     table = _read(path)
-    same = len(table) == len(pool) and (table["text"].to_numpy() == pool["text"].to_numpy()).all()
-    if not same:
-        log.warning("%s was made for other pool texts: made again.", path)
-    return same
+    if len(table) == len(pool) and (table["text"].to_numpy() == pool["text"].to_numpy()).all():
+        return table
+    log.warning("%s was made for other pool texts: made again.", path)
+    return None
 
 
 def summary(run: RunFolder, label_names: list[str]) -> pd.DataFrame:
