@@ -10,7 +10,9 @@ folds' error rates (nblib.shares.shift_check): absolute error per class of the r
 adjusted estimates. Last, the coverage of the 95% bootstrap intervals over repeated shifted samples
 (nblib.shares.coverage; target 90-97%): by default the bootstrap draws the training folds before their texts,
 as nblib.shares.pool_shares does; --text-bootstrap draws texts only. With --run, the same on the out-of-fold
-(calibrated) probabilities of a finished run instead, e.g. a fine-tuned encoder's from 03_bert_cv.
+probabilities of a finished run instead, e.g. a fine-tuned encoder's from 03_bert_cv. Probabilities are
+calibrated as a run calibrates them (nblib.calibration), without the held-out fold's labels; --raw leaves
+them as the model gave them.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def main() -> None:
     ap.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates per sample (default: 200)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--text-bootstrap", action="store_true", help="resample out-of-fold texts only, not folds first")
+    ap.add_argument("--raw", action="store_true", help="uncalibrated probabilities")
     ap.add_argument("--run", type=Path, default=None, help="a finished run's folder: use its out-of-fold output")
     args = ap.parse_args()
     if args.run is None and not args.data.exists():
@@ -56,11 +59,15 @@ def main() -> None:
             print(f"{args.folds} folds: {time.perf_counter() - start:.0f} s")
         names = study.data.label_names
     print(f"{res.name}: macro-F1 {res.metrics['macro_f1'].mean():.3f}")
-    probs, gold, folds = res.calibrated_probs, res.predictions["gold"].to_numpy(), res.predictions["fold"].to_numpy()
+    probs = res.probs if args.raw else res.temperature_scaled_probs
+    gold, folds = res.predictions["gold"].to_numpy(), res.predictions["fold"].to_numpy()
     args.folds = int(folds.max()) + 1
 
     start = time.perf_counter()
-    checks = [shares.shift_check(probs, gold, folds, names, test_fold=k, seed=args.seed + k) for k in range(args.folds)]
+    checks = [
+        shares.shift_check(probs, gold, folds, names, test_fold=k, seed=args.seed + k, calibrate=not args.raw)
+        for k in range(args.folds)
+    ]
     print("\nFold 0 held out and shifted (fractions; error = absolute error):")
     print(checks[0].round(3).to_string())
     errors = pd.DataFrame(
@@ -78,7 +85,14 @@ def main() -> None:
 
     start = time.perf_counter()
     cover = shares.coverage(
-        probs, gold, folds, args.repeats, args.n_boot, seed=args.seed, fold_bootstrap=not args.text_bootstrap
+        probs,
+        gold,
+        folds,
+        args.repeats,
+        args.n_boot,
+        seed=args.seed,
+        fold_bootstrap=not args.text_bootstrap,
+        calibrate=not args.raw,
     )
     how = "texts only" if args.text_bootstrap else "folds, then texts"
     print(

@@ -1,7 +1,7 @@
 """What to label next: rank unlabelled texts for annotation, write the annotator sheet, and show that it pays.
 
 Ranking (:func:`rank_for_labelling`), from probabilities given by the caller (the final model's, calibrated
-where a temperature was fitted):
+with their saved calibration):
 
 1. uncertainty of each text (:func:`uncertainty`): ``margin`` = 1 − (p₁ − p₂), one minus the gap between the
    two likeliest classes ("breaking ties", Luo et al. 2005), or ``entropy`` of the probabilities divided by

@@ -405,7 +405,7 @@ class BaselineSuite:
         c, texts, y = self.cfg, np.array(self.data.texts, dtype=object), self.data.labels
         vec = features.char_ngram_tfidf((1, c.ngram_max), c.min_df)
         # LR needs no early stopping: it is fitted on training + validation parts together, so it has no held-out
-        # part to fit a temperature on either (temperature 1: ModelResults.calibrated_probs leaves it as it is)
+        # part to fit a temperature on either (T = 1; ModelResults.calibrated_probs adds its cross-fitted class biases)
         train = np.concatenate([split.train, split.val])
         clf = LogisticRegression(C=c.lr_C, max_iter=2000)
         clf.fit(vec.fit_transform(texts[train]), y[train])

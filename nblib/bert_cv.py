@@ -283,9 +283,8 @@ class FineTuneJob:
         temperature = calibration.fit_temperature(res.val_logits, self.study.data.labels[split.val])
         if self.config.save_fold_models and PartialState().is_main_process:
             out = bert.save_checkpoint(res.model, self.tokenizer, self.run.fold_model_dir(split.fold))
-            calibration.save_temperature(
-                out, temperature, f"fold {split.fold}'s validation part, {len(split.val)} texts"
-            )
+            where = f"fold {split.fold}'s validation part, {len(split.val)} texts"
+            calibration.save_calibration(out, calibration.Calibration(temperature, None, where))
         extra = {
             "best_epoch": res.best_epoch,
             "temperature": temperature,
@@ -339,6 +338,17 @@ class FineTuneJob:
         """
         return read_folds(self.run.path, [k])
 
+    def save_calibrations(self) -> None:
+        """Replace the validation temperature of each saved fold model with its cross-fitted calibration
+        (``nblib.calibration``), so that predictions by the fold models are as calibrated as the out-of-fold
+        results; nothing while a fold is unfinished."""
+        if self.run.pending_folds():
+            return
+        res = read_folds(self.run.path, range(self.study.n_folds))
+        for k, cal in res.calibrations.items():
+            if (self.run.fold_model_dir(k) / "config.json").exists():
+                calibration.save_calibration(self.run.fold_model_dir(k), cal)
+
     def train_final(self) -> None:
         """One model on all labelled texts, for the median of the folds' best epochs; saved in ``final/``."""
         best = self.run.best_epochs()
@@ -355,10 +365,10 @@ class FineTuneJob:
                 "texts": len(train),
                 "history": res.history.to_dict("records"),
             }
-            temps = self.run.temperatures()  # the final model has no held-out texts: its folds' median temperature
-            calibration.save_temperature(
-                out, float(np.median(temps)) if temps else 1.0, "median of the folds' temperatures"
-            )
+            # the final model has no held-out texts: it takes the calibration fitted on every out-of-fold output
+            done = self.run.done_folds()
+            final_cal = read_folds(self.run.path, done).pooled_calibration() if done else calibration.Calibration()
+            calibration.save_calibration(out, final_cal)
             (out / "training.json").write_text(json.dumps(info, indent=2))  # last: it marks the final model done
             log.info("Final model (%d texts, %d epochs) saved to %s", len(train), epochs, out)
         PartialState().wait_for_everyone()
@@ -411,6 +421,7 @@ class FineTuneJob:
                 launch_torchrun("nblib.bert_cv", launch, n_proc, run.log_dir / "ddp.log")
             else:
                 _launch_fold_workers(cfg, launch, pending, n_proc, run.log_dir)
+        self.save_calibrations()
         if final:
             if n_ddp == 1:
                 self.train_final()

@@ -235,7 +235,7 @@ def reliability_diagram(curves: dict[str, pd.DataFrame], title: str = "Reliabili
 
     Args:
         curves: reliability tables (:func:`nblib.calibration.reliability`) by legend label, e.g. before and after
-            temperature scaling.
+            calibration.
         title: the figure title.
     """
     fig, (ax, counts) = plt.subplots(

@@ -5,7 +5,7 @@ the average of a run's fold models.
     python -m nblib.predict RUN_DIR in.xlsx out.xlsx --column Sentence --ensemble folds
 
 Probabilities are calibrated: each saved model's logits are divided by the temperature in its
-``calibration.json`` (``nblib.calibration``; none there means temperature 1). ``--ensemble folds`` averages
+``calibration.json`` and shifted by its class biases (``nblib.calibration``; none there means uncalibrated). ``--ensemble folds`` averages
 the k fold models' calibrated probabilities (``<run>/fold_models/fold_<k>``, saved by 03_bert_cv with
 ``save_fold_models=True``) instead of using the one final model.
 Texts are batched in length order (least padding) with a progress bar, on GPU when there is one.
@@ -55,21 +55,24 @@ CLI_PARAMS = PredictParams(
 
 
 class CalibratedClassifier(torch.nn.Module):
-    """Saved classifiers with their temperatures as one model whose softmax is the mean of their calibrated
+    """Saved classifiers with their calibrations as one model whose softmax is the mean of their calibrated
     probabilities: one member (a final or fold model), or a run's fold models (the fold ensemble).
 
-    Its ``logits`` are ``log mean_k softmax(z_k / T_k)``, so :func:`predict_texts` (and ``nblib.bert.evaluate``)
-    use it like any classifier; ``config`` is the first member's (label names).
+    Its ``logits`` are ``log mean_k softmax(z_k / T_k + b_k)``, so :func:`predict_texts` (and
+    ``nblib.bert.evaluate``) use it like any classifier; ``config`` is the first member's (label names).
 
     Args:
         models: the classifiers, with the same labels.
-        temperatures: the temperature of each (from its ``calibration.json``).
+        calibrations: the calibration of each (from its ``calibration.json``).
     """
 
-    def __init__(self, models: Sequence[PreTrainedModel], temperatures: Sequence[float]):
+    def __init__(self, models: Sequence[PreTrainedModel], calibrations: Sequence[calibration.Calibration]):
         super().__init__()
+        n_classes = models[0].config.num_labels
         self.members = torch.nn.ModuleList(models)
-        self.register_buffer("temperatures", torch.tensor(list(temperatures), dtype=torch.float32))
+        self.register_buffer("temperatures", torch.tensor([c.temperature for c in calibrations], dtype=torch.float32))
+        biases = [c.bias if c.bias is not None else [0.0] * n_classes for c in calibrations]
+        self.register_buffer("biases", torch.tensor(biases, dtype=torch.float32))
         self.config = models[0].config
 
     def forward(self, **batch: torch.Tensor) -> SequenceClassifierOutput:
@@ -79,7 +82,10 @@ class CalibratedClassifier(torch.nn.Module):
             **batch: the tokenized batch (``input_ids``, ``attention_mask``, …).
         """
         logp = torch.stack(
-            [torch.log_softmax(m(**batch).logits.float() / t, -1) for m, t in zip(self.members, self.temperatures)]
+            [
+                torch.log_softmax(m(**batch).logits.float() / t + b, -1)
+                for m, t, b in zip(self.members, self.temperatures, self.biases)
+            ]
         )
         return SequenceClassifierOutput(logits=torch.logsumexp(logp, 0) - np.log(len(self.members)))
 
@@ -173,9 +179,9 @@ def load_model(
     ]
     if differ:
         raise bert.ModelNotAvailableError(f"{differ} have other labels or another vocabulary than {dirs[0]}.")
-    temperatures = [calibration.load_temperature(d) for d in dirs]
-    log.info("%d model(s) from %s, temperature(s) %s", len(dirs), model_dir, [round(t, 3) for t in temperatures])
-    return CalibratedClassifier(models, temperatures), tokenizers[0]
+    cals = [calibration.load_calibration(d) for d in dirs]
+    log.info("%d model(s) from %s, calibration(s): %s", len(dirs), model_dir, [c.describe() for c in cals])
+    return CalibratedClassifier(models, cals), tokenizers[0]
 
 
 def predict_texts(

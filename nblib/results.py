@@ -23,9 +23,9 @@ never mix in)::
             history.csv          per-epoch curves of all folds: fold, epoch, train_loss, val_loss,
                                  val_accuracy, val_macro_f1
             fold_models/fold_<k>/  (BERT) fold k's model, save_pretrained (safetensors + tokenizer), and
-                                   calibration.json (its temperature, nblib.calibration)
+                                   calibration.json (its temperature and class biases, nblib.calibration)
             final/                 (BERT) the model trained on all labelled texts, with training.json and
-                                   calibration.json (the median of the folds' temperatures)
+                                   calibration.json (folds' median temperature, biases from all out-of-fold texts)
             pseudo_labels/<fold>.csv  (self-training, nblib.self_training) the teacher's labels of the pool for
                                    fold k (fold_<k>.csv) and for the final model (final.csv), and which joined
             launch.json            (BERT) the settings that worker processes and torchrun read
@@ -55,6 +55,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -62,7 +63,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
-from .calibration import apply_temperature
+from .calibration import Calibration, apply_per_fold, cross_fitted, fit_class_bias
 from .data import LabelledData
 from .metrics import fold_metrics
 from .sheets import read_machine_table, write_table
@@ -323,18 +324,54 @@ class ModelResults:
         return self.predictions[self.prob_columns].to_numpy()
 
     @property
-    def temperatures(self) -> np.ndarray:
-        """The temperature of each text's fold (fitted on that fold's validation part, ``nblib.calibration``),
-        one per row of ``predictions``; 1 for folds that have none (runs made before calibration, TF-IDF + LR)."""
-        fitted = self.metrics.set_index("fold").get("temperature", pd.Series(dtype=float))
-        return fitted.reindex(self.predictions["fold"]).fillna(1.0).to_numpy(dtype=float)
+    def folds(self) -> list[int]:
+        """The folds these results hold."""
+        return sorted(int(k) for k in self.predictions["fold"].unique())
 
     @property
-    def calibrated_probs(self) -> np.ndarray:
-        """Out-of-fold class probabilities with each fold's temperature applied: ``softmax(log p / T)``.
+    def cross_fitted(self) -> bool:
+        """Whether the calibrations are cross-fitted (two or more folds; see ``nblib.calibration``)."""
+        return len(self.folds) >= 2
 
-        ``probs`` (and ``predictions.csv``) stay the raw ones; the predicted class is the same in both."""
-        return apply_temperature(self.probs, self.temperatures)
+    @cached_property
+    def calibrations(self) -> dict[int, Calibration]:
+        """Each fold's calibration (``nblib.calibration``): its validation temperature, then (with two or more
+        folds) class biases fitted on the other folds' out-of-fold outputs. A fold without a temperature (runs
+        made before calibration, TF-IDF + LR) has ``T = 1``."""
+        temperatures = {k: c.temperature for k, c in self.validation_calibrations.items()}
+        if self.cross_fitted:
+            gold, folds = self.predictions["gold"].to_numpy(), self.predictions["fold"].to_numpy()
+            return cross_fitted(self.probs, gold, folds, temperatures)
+        return self.validation_calibrations
+
+    @property
+    def validation_calibrations(self) -> dict[int, Calibration]:
+        """The temperature each fold's model fitted on its validation part, by fold (folds without one left out)."""
+        fitted = self.metrics.set_index("fold").get("temperature", pd.Series(dtype=float)).dropna()
+        return {int(k): Calibration(float(t), None, f"fold {k}'s validation part") for k, t in fitted.items()}
+
+    @cached_property
+    def calibrated_probs(self) -> np.ndarray:
+        """Out-of-fold class probabilities with each fold's calibration applied (:attr:`calibrations`).
+
+        ``probs`` (and ``predictions.csv``) stay the raw ones, as do the reported scores."""
+        return apply_per_fold(self.probs, self.predictions["fold"].to_numpy(), self.calibrations)
+
+    @property
+    def temperature_scaled_probs(self) -> np.ndarray:
+        """Out-of-fold class probabilities with each fold's validation temperature only (no class biases)."""
+        return apply_per_fold(self.probs, self.predictions["fold"].to_numpy(), self.validation_calibrations)
+
+    def pooled_calibration(self) -> Calibration:
+        """The final model's calibration, which no held-out part can give: the median of the folds' temperatures
+        and the class biases fitted on all out-of-fold outputs (each scaled by its fold's temperature)."""
+        temps = [c.temperature for c in self.validation_calibrations.values()]
+        bias = fit_class_bias(self.temperature_scaled_probs, self.predictions["gold"].to_numpy())
+        where = (
+            f"temperature: the median of folds' validation temperatures; class biases: the out-of-fold outputs "
+            f"of folds {', '.join(str(k) for k in self.folds)}, {len(self.predictions)} texts"
+        )
+        return Calibration(float(np.median(temps)) if temps else 1.0, tuple(float(b) for b in bias), where)
 
 
 class RunFolder:
@@ -392,13 +429,6 @@ class RunFolder:
     def best_epochs(self) -> list[int]:
         """The epoch kept in each finished fold (neural models)."""
         return [int(json.loads(self._fold_file(k, ".json").read_text())["best_epoch"]) for k in self.done_folds()]
-
-    def temperatures(self) -> list[float]:
-        """The temperature fitted in each finished fold (1 for a fold without one)."""
-        return [
-            float(json.loads(self._fold_file(k, ".json").read_text()).get("temperature", 1.0))
-            for k in self.done_folds()
-        ]
 
     def saved_models(self) -> list[Path]:
         """Every saved model of this run: the fold models, then the final model."""

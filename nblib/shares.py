@@ -41,6 +41,7 @@ import pandas as pd
 from quapy.method.aggregative import ACC, CC, EMQ, PACC, PCC, AggregativeQuantifier
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from .calibration import Calibration, apply_per_fold, cross_fitted, fit_class_bias
 from .results import ModelResults, RunFolder, load_run, run_of_saved_model
 from .sheets import DataError, Params, clean_text, read_sheet, write_table, writer_kind
 
@@ -182,7 +183,8 @@ def shares(
         min_group: a group with fewer pool texts is marked ``small`` (its interval is unreliable).
         oof_folds: the fold of each out-of-fold text, or None. Given, each replicate first draws whole folds
             (with replacement), then texts within them, so that the differences between the fold models'
-            error rates enter the intervals.
+            error rates enter the intervals; as G folds drawn with replacement vary (G - 1) / G as much as
+            folds do, the interval's distances from the estimate are widened by sqrt(G / (G - 1)).
 
     Returns:
         One row per group × class × method: ``group`` ("" for the whole pool), ``class`` (name), ``method``,
@@ -210,10 +212,14 @@ def shares(
         for name, idx in members.items():
             boot[name][b] = _estimate(quantifiers, pool_probs[rng.choice(idx, len(idx))])
     alpha = (1 - level) / 2
+    # drawing G folds with replacement gives (G - 1) / G of the variance between them: widened by its inverse
+    widen = 1.0 if oof_folds is None else np.sqrt(len(np.unique(oof_folds)) / max(len(np.unique(oof_folds)) - 1, 1))
     rows = []
     for name, idx in members.items():
         low, high = (
-            np.quantile(boot[name], q, axis=0) if n_boot else np.full_like(point[name], np.nan)
+            point[name] + widen * (np.quantile(boot[name], q, axis=0) - point[name])
+            if n_boot
+            else np.full_like(point[name], np.nan)
             for q in (alpha, 1 - alpha)
         )
         for m, method in enumerate(methods):
@@ -273,13 +279,30 @@ def shifted_sample(
     return np.concatenate([rng.choice(np.flatnonzero(gold == c), t, replace=False) for c, t in enumerate(take)])
 
 
-def _held_out(probs: np.ndarray, gold: np.ndarray, folds: np.ndarray, test_fold: int, up: int | None, down: int | None):
-    """Training and held-out parts of the out-of-fold results, and the default classes to shift."""
+def _held_out(
+    probs: np.ndarray,
+    gold: np.ndarray,
+    folds: np.ndarray,
+    test_fold: int,
+    up: int | None,
+    down: int | None,
+    calibrate: bool,
+):
+    """Training and held-out parts of the out-of-fold results, and the default classes to shift.
+
+    With ``calibrate``, class biases are added as a run adds them, without the held-out fold's labels: the
+    training folds' cross-fitted among themselves, the held-out fold's fitted on all training folds.
+    """
     train, test = folds != test_fold, folds == test_fold
+    tr_p, te_p = probs[train], probs[test]
+    if calibrate:
+        if len(np.unique(folds[train])) >= 2:
+            tr_p = apply_per_fold(tr_p, folds[train], cross_fitted(tr_p, gold[train], folds[train], {}))
+        te_p = Calibration(bias=tuple(fit_class_bias(probs[train], gold[train]))).apply(te_p)
     counts = np.bincount(gold[train], minlength=probs.shape[1])
     up = int(np.argmin(counts)) if up is None else up
     down = int(np.argmax(counts)) if down is None else down
-    return (probs[train], gold[train]), (probs[test], gold[test]), up, down
+    return (tr_p, gold[train]), (te_p, gold[test]), up, down
 
 
 def shift_check(
@@ -293,11 +316,13 @@ def shift_check(
     factor: float = 2.0,
     methods: Sequence[str] = METHODS,
     seed: int = 0,
+    calibrate: bool = True,
 ) -> pd.DataFrame:
     """Hold out one fold, shift its class shares, and estimate them from the other folds' error rates.
 
     Args:
-        probs: out-of-fold class probabilities of the labelled texts.
+        probs: out-of-fold class probabilities of the labelled texts, each fold's scaled by its validation
+            temperature (``ModelResults.temperature_scaled_probs``).
         gold: their gold label ids.
         folds: the fold of each text.
         class_names: the name of each class id.
@@ -307,6 +332,8 @@ def shift_check(
         factor: the strength of the shift.
         methods: which of :data:`METHODS`.
         seed: sampling seed.
+        calibrate: add class biases to the probabilities as a run does (``nblib.calibration``), without the
+            held-out fold's labels; False: take them as they are.
 
     Returns:
         One row per class and a last row ``mean`` (mean over classes): ``training share``, ``true share`` (of
@@ -314,7 +341,7 @@ def shift_check(
         all fractions; ``attrs["texts"]`` is the size of the shifted sample.
     """
     probs, gold, folds = np.asarray(probs, dtype=float), np.asarray(gold, dtype=int), np.asarray(folds)
-    (tr_p, tr_y), (te_p, te_y), up, down = _held_out(probs, gold, folds, test_fold, up, down)
+    (tr_p, tr_y), (te_p, te_y), up, down = _held_out(probs, gold, folds, test_fold, up, down, calibrate)
     idx = shifted_sample(te_y, up, down, np.random.default_rng(seed), factor)
     k = probs.shape[1]
     truth = np.bincount(te_y[idx], minlength=k) / len(idx)
@@ -342,6 +369,7 @@ def coverage(
     methods: Sequence[str] = METHODS,
     seed: int = 0,
     fold_bootstrap: bool = True,
+    calibrate: bool = True,
 ) -> pd.DataFrame:
     """How often the bootstrap intervals contain the true shares of shifted held-out samples.
 
@@ -351,7 +379,8 @@ def coverage(
     taken as a sample of a population of texts, whose shares are what the study reports.
 
     Args:
-        probs: out-of-fold class probabilities of the labelled texts.
+        probs: out-of-fold class probabilities of the labelled texts, each fold's scaled by its validation
+            temperature (``ModelResults.temperature_scaled_probs``).
         gold: their gold label ids.
         folds: the fold of each text.
         repeats: shifted samples drawn.
@@ -364,6 +393,7 @@ def coverage(
         seed: sampling seed.
         fold_bootstrap: draw whole training folds before texts in the bootstrap (``oof_folds`` of :func:`shares`),
             as :func:`pool_shares` does; False: texts only.
+        calibrate: as in :func:`shift_check`.
 
     Returns:
         One row per method (index ``method``): ``coverage`` (fraction of class intervals holding the truth),
@@ -372,9 +402,10 @@ def coverage(
     probs, gold, folds = np.asarray(probs, dtype=float), np.asarray(gold, dtype=int), np.asarray(folds)
     rng = np.random.default_rng(seed)
     fold_ids = np.unique(folds)
+    held = {f: _held_out(probs, gold, folds, f, up, down, calibrate) for f in fold_ids}
     parts = []
     for r in range(repeats):
-        (tr_p, tr_y), (te_p, te_y), u, d = _held_out(probs, gold, folds, fold_ids[r % len(fold_ids)], up, down)
+        (tr_p, tr_y), (te_p, te_y), u, d = held[fold_ids[r % len(fold_ids)]]
         idx = shifted_sample(te_y, u, d, rng, factor)
         truth = shifted_prevalence(np.bincount(te_y, minlength=probs.shape[1]).astype(float), u, d, factor)
         names = [str(c) for c in range(probs.shape[1])]
@@ -532,7 +563,7 @@ def pool_shares(
     if len(pool.probs) == 0:
         raise DataError("No pool texts left to estimate shares from (all empty, or all repeat labelled texts).")
     return shares(
-        res.calibrated_probs,  # as calibrated as the pool's, which nblib.predict writes with the saved temperature
+        res.calibrated_probs,  # as calibrated as the pool's, which nblib.predict writes with the saved calibration
         res.predictions["gold"].to_numpy(),
         pool.probs,
         res.config["label_names"],

@@ -1,4 +1,4 @@
-"""Temperature scaling, expected calibration error, and where the temperatures are fitted and applied."""
+"""Temperature scaling with class biases, expected calibration error, and where calibrations are fitted and applied."""
 
 from __future__ import annotations
 
@@ -54,35 +54,89 @@ def test_ece_of_calibrated_probabilities_is_near_zero_and_ece_is_computed_by_han
     assert calibration.ece(probs, gold) == pytest.approx((2 * 0.4 + 2 * 0.4) / 4)
 
 
-def test_apply_temperature_takes_one_per_row_and_handles_zero_probabilities():
+def test_calibration_applies_temperature_then_biases_and_handles_zero_probabilities():
     probs = np.array([[0.7, 0.3, 0.0], [0.2, 0.5, 0.3]])
-    out = calibration.apply_temperature(probs, np.array([2.0, 1.0]))
-    assert np.allclose(out[1], probs[1]) and np.allclose(out.sum(1), 1)
-    assert np.allclose(out[0, :2], softmax(np.log([0.7, 0.3]) / 2)[:2], atol=1e-5)
+    out = calibration.Calibration(2.0).apply(probs)
+    assert np.allclose(out.sum(1), 1) and np.allclose(out[0, :2], softmax(np.log([0.7, 0.3]) / 2)[:2], atol=1e-5)
+    biased = calibration.Calibration(2.0, (1.0, 0.0, 0.0)).apply(probs)
+    assert np.allclose(biased[1], softmax(np.log(probs[1]) / 2 + [1, 0, 0]))
+    assert np.allclose(calibration.Calibration().apply(probs[1:]), probs[1:])
+    per_fold = calibration.apply_per_fold(probs, np.array([0, 1]), {0: calibration.Calibration(2.0)})
+    assert np.allclose(per_fold, [out[0], probs[1]])  # a fold without a calibration is left as it is
     assert calibration.fit_temperature(np.empty((0, 3)), np.empty(0, dtype=int)) == 1.0
     assert calibration.fit_temperature(None, np.array([0, 1])) == 1.0  # trained without a validation part
 
 
-def results_with_folds(temperatures: dict | None) -> ModelResults:
-    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.3, 0.7]])
-    pred = pd.DataFrame({"index": range(4), "fold": [0, 1, 0, 1], "gold": [0, 1, 0, 1], "pred": probs.argmax(1)})
+def skewed(n: int = 30_000, seed: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A model that over-predicts class 0 and under-predicts class 3 (class biases), the labels, five folds."""
+    logits, labels = synthetic(n, seed=seed)
+    model = softmax(logits + np.array([0.8, 0.0, 0.0, -0.8]), axis=1)
+    return model, labels, np.arange(n) % 5
+
+
+def test_class_biases_undo_a_class_skew_that_a_temperature_cannot():
+    probs, labels, _ = skewed()
+    bias = calibration.fit_class_bias(probs[:10_000], labels[:10_000])
+    assert bias == pytest.approx(np.array([-0.8, 0, 0, 0.8]), abs=0.1)
+    t = calibration.fit_temperature(calibration.log_probs(probs[:10_000]), labels[:10_000])
+    held_out, gold = probs[10_000:], labels[10_000:]
+    by_t, by_b = calibration.Calibration(t).apply(held_out), calibration.Calibration(1.0, tuple(bias)).apply(held_out)
+    assert calibration.ece(by_b, gold) < calibration.ece(by_t, gold) / 2
+    nll_t, nll_b = (calibration.nll(calibration.log_probs(p), gold) for p in (by_t, by_b))
+    assert nll_b < nll_t - 0.05
+    shares = np.bincount(gold) / len(gold)  # the mean probabilities (PCC) match the class shares only with biases
+    assert np.abs(by_b.mean(0) - shares).max() < 0.02 < 0.1 < np.abs(by_t.mean(0) - shares).max()
+    # a class without any held-out text keeps a finite bias
+    some = labels[:200] != 3
+    assert np.isfinite(calibration.fit_class_bias(probs[:200][some], labels[:200][some])).all()
+
+
+def test_cross_fitted_biases_of_a_fold_never_use_that_folds_labels():
+    probs, labels, folds = skewed(10_000)
+    cals = calibration.cross_fitted(probs, labels, folds, {0: 2.0})
+    assert sorted(cals) == [0, 1, 2, 3, 4]
+    assert cals[0].temperature == 2.0 and cals[1].temperature == 1.0  # each fold keeps its own temperature
+    assert "folds 1, 2, 3, 4, 8000 texts" in cals[0].fitted_on
+    changed = labels.copy()
+    changed[folds == 0] = 0
+    again = calibration.cross_fitted(probs, changed, folds, {0: 2.0})
+    assert again[0].bias == pytest.approx(cals[0].bias)  # fold 0's labels changed, its biases did not
+    assert again[1].bias != pytest.approx(cals[1].bias)
+    with pytest.raises(ValueError, match="at least two folds"):
+        calibration.cross_fitted(probs[folds == 0], labels[folds == 0], folds[folds == 0], {})
+
+
+def results_with_folds(temperatures: dict | None, folds: tuple = (0, 1, 0, 1)) -> ModelResults:
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.3, 0.7]])[: len(folds)]
+    gold = [0, 1, 0, 1][: len(folds)]
+    pred = pd.DataFrame({"index": range(len(folds)), "fold": folds, "gold": gold, "pred": probs.argmax(1)})
     pred[["prob_0", "prob_1"]] = probs
-    metrics = pd.DataFrame({"fold": [0, 1]})
+    metrics = pd.DataFrame({"fold": sorted(set(folds))})
     if temperatures is not None:
-        metrics["temperature"] = [temperatures.get(0), temperatures.get(1)]
+        metrics["temperature"] = [temperatures.get(k) for k in metrics["fold"]]
     return ModelResults("m", {}, pred, metrics, None)
 
 
-def test_calibrated_out_of_fold_probabilities_apply_each_folds_temperature():
-    res = results_with_folds({0: 2.0, 1: 0.5})
-    assert res.temperatures.tolist() == [2.0, 0.5, 2.0, 0.5]
-    expected = calibration.apply_temperature(res.probs, np.array([2.0, 0.5, 2.0, 0.5]))
-    assert np.allclose(res.calibrated_probs, expected)
-    assert res.calibrated_probs[0, 0] < 0.9 and res.calibrated_probs[1, 0] > 0.8  # softened, sharpened
-    assert np.allclose(res.probs[:, 0], [0.9, 0.8, 0.6, 0.3])  # the raw ones are kept
-    # folds without a temperature (older runs, TF-IDF + LR) are left as they are
-    assert np.allclose(results_with_folds(None).calibrated_probs, res.probs)
-    assert results_with_folds({0: 2.0}).temperatures.tolist() == [2.0, 1.0, 2.0, 1.0]
+def test_one_fold_takes_its_validation_temperature_and_two_folds_add_cross_fitted_biases():
+    one = results_with_folds({0: 2.0}, folds=(0, 0))
+    assert not one.cross_fitted
+    assert one.calibrations == {0: calibration.Calibration(2.0, None, "fold 0's validation part")}
+    assert np.allclose(one.calibrated_probs, calibration.Calibration(2.0).apply(one.probs))
+    assert np.allclose(one.probs[:, 0], [0.9, 0.8])  # the raw ones are kept
+    two = results_with_folds({0: 2.0, 1: 0.5})
+    assert two.cross_fitted and two.calibrations[1].temperature == 0.5 and two.calibrations[0].bias is not None
+    scaled = two.temperature_scaled_probs
+    assert np.allclose(scaled[[0, 2]], calibration.Calibration(2.0).apply(two.probs[[0, 2]]))
+    bias_0 = calibration.fit_class_bias(scaled[[1, 3]], [1, 1])  # fold 0's biases: fold 1's texts only
+    assert two.calibrations[0].bias == pytest.approx(bias_0)
+    assert np.allclose(two.calibrated_probs[[0, 2]], two.calibrations[0].apply(two.probs[[0, 2]]))
+    # folds without a temperature (older runs, TF-IDF + LR) get T = 1, and biases all the same
+    plain = results_with_folds(None)
+    assert {c.temperature for c in plain.calibrations.values()} == {1.0} and plain.calibrations[0].bias is not None
+    assert results_with_folds(None, folds=(0, 0)).calibrations == {}
+    final = two.pooled_calibration()
+    assert final.temperature == pytest.approx(np.median([2.0, 0.5]))
+    assert final.bias == pytest.approx(calibration.fit_class_bias(scaled, [0, 1, 0, 1]))
 
 
 def test_a_saved_models_calibration_is_applied_by_predict(tmp_path, caplog):
@@ -93,13 +147,17 @@ def test_a_saved_models_calibration_is_applied_by_predict(tmp_path, caplog):
     texts = ["文物", "舞美灯光", "精神"]
     with caplog.at_level("INFO"):
         raw = predict.predict_texts(*predict.load_model(saved), texts, progress=False).filter(like="prob_").to_numpy()
-    assert "no calibration.json: temperature 1" in caplog.text
-    calibration.save_temperature(saved, 0.05, "a test")
+    assert "no calibration.json: its probabilities are not calibrated" in caplog.text
+    cal = calibration.Calibration(0.05, (2.0, 0.0, -2.0), "a test")
+    calibration.save_calibration(saved, cal)
+    assert calibration.load_calibration(saved) == cal
     model, tok = predict.load_model(saved)
     scaled = predict.predict_texts(model, tok, texts, progress=False).filter(like="prob_").to_numpy()
-    assert np.allclose(scaled, calibration.apply_temperature(raw, 0.05), atol=1e-4)
+    assert np.allclose(scaled, cal.apply(raw), atol=1e-4)
     assert scaled.max(1).min() > raw.max(1).max()  # T < 1 sharpens every row
-    assert json.loads((saved / "calibration.json").read_text())["fitted_on"] == "a test"
+    # a file written before class biases existed holds a temperature only
+    (saved / "calibration.json").write_text(json.dumps({"temperature": 0.5, "fitted_on": "old"}))
+    assert calibration.load_calibration(saved) == calibration.Calibration(0.5, None, "old")
 
 
 @pytest.fixture
@@ -139,10 +197,18 @@ def test_bert_fold_temperature_is_fitted_on_validation_texts_only_and_saved_with
     assert len(spy) == 1 and spy[0][0] == len(split.val) and (spy[0][1] == study.data.labels[split.val]).all()
     assert not set(split.val) & set(split.test)
     t = job.fold_results(0).metrics["temperature"].item()
-    assert calibration.load_temperature(job.run.fold_model_dir(0)) == pytest.approx(t)
-    job.train_final()
-    saved = json.loads((job.run.final_dir / "calibration.json").read_text())
-    assert saved["temperature"] == pytest.approx(t) and "median" in saved["fitted_on"]
+    assert calibration.load_calibration(job.run.fold_model_dir(0)) == calibration.Calibration(
+        t, None, f"fold 0's validation part, {len(split.val)} texts"
+    )
+    job.train_final()  # one fold finished: its temperature, and biases fitted on its out-of-fold texts
+    saved = calibration.load_calibration(job.run.final_dir)
+    assert saved.temperature == pytest.approx(t) and "median" in saved.fitted_on
+    assert len(saved.bias) == len(study.data.label_names)
+    job.run_folds([1, 2])
+    job.save_calibrations()  # every fold finished: the fold models get their cross-fitted calibrations
+    cross = bert_cv.read_folds(job.run.path, [0, 1, 2]).calibrations
+    assert cross[0].temperature == t and cross[0].bias is not None
+    assert [calibration.load_calibration(job.run.fold_model_dir(k)) for k in range(3)] == [cross[k] for k in range(3)]
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
@@ -157,16 +223,22 @@ def test_neural_baselines_fit_their_temperature_on_validation_texts_and_lr_keeps
     assert [n for n, _ in spy] == [len(v) for v in vals]
     assert all((labels == study.data.labels[v]).all() for (_, labels), v in zip(spy, vals))
     assert (res.metrics["temperature"] > 0).all() and len(set(res.metrics["temperature"])) == 3
-    lr = suite.run("lr_tfidf_char")
-    assert "temperature" not in lr.metrics and (lr.temperatures == 1).all()
-    assert np.allclose(lr.calibrated_probs, lr.probs)
+    lr = suite.run("lr_tfidf_char")  # fitted on training + validation parts: no temperature, biases all the same
+    assert "temperature" not in lr.metrics and {c.temperature for c in lr.calibrations.values()} == {1.0}
+    assert all(c.bias is not None for c in lr.calibrations.values())
 
 
 def test_calibration_table_reports_each_model_before_and_after():
-    fitted, plain = results_with_folds({0: 2.0, 1: 2.0}), results_with_folds(None)
-    table = calibration.calibration_table({"fitted": fitted, "plain": plain})
-    assert table.loc["fitted", "fitted"] == "per fold" and table.loc["plain", "fitted"] == "no (T = 1)"
+    fitted, plain = results_with_folds({0: 2.0, 1: 2.0}), results_with_folds(None, folds=(0, 0))
+    one = results_with_folds({0: 2.0}, folds=(0, 0))
+    table = calibration.calibration_table({"fitted": fitted, "plain": plain, "one": one})
+    assert table.loc["fitted", "calibration"] == "temperature + class biases (cross-fitted)"
+    assert (
+        table.loc["plain", "calibration"] == "none"
+        and table.loc["one", "calibration"] == "temperature (validation part)"
+    )
     assert table.loc["fitted", "temperature"] == 2.0 and table.loc["plain", "temperature"] == 1.0
+    assert 0 <= table.loc["fitted", "top class changed"] <= 1 and table.loc["one", "top class changed"] == 0
     gold = fitted.predictions["gold"].to_numpy()
     assert table.loc["fitted", "ECE after"] == pytest.approx(calibration.ece(fitted.calibrated_probs, gold))
     assert table.loc["plain", "ECE after"] == table.loc["plain", "ECE before"]

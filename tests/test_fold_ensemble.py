@@ -26,7 +26,9 @@ def run_dir(tmp_path_factory):
     for k, folder in enumerate([run / "fold_models" / "fold_0", run / "fold_models" / "fold_1", run / "final"]):
         torch.manual_seed(k)  # a different head per model
         bert.save_checkpoint(bert.load_classifier(str(enc), LABELS), tok, folder)
-    calibration.save_temperature(run / "fold_models" / "fold_1", 0.5, "a test")
+    calibration.save_calibration(
+        run / "fold_models" / "fold_1", calibration.Calibration(0.5, (0.3, 0.0, -0.3), "a test")
+    )
     return run
 
 

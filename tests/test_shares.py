@@ -123,6 +123,19 @@ def test_shift_check_adjusted_estimates_beat_the_count_on_a_shifted_held_out_fol
     assert f"CC {100 * errors['CC error']:.1f}" in sentence and f"({table.attrs['texts']} texts)" in sentence
 
 
+def test_the_shift_check_calibrates_without_the_held_out_folds_labels(labelled):
+    probs, gold, folds = labelled
+    changed = gold.copy()
+    changed[folds == 0] = 0  # other labels in the held-out fold: its calibration and the others' stay the same
+    (tr_p, _), (te_p, _), _, _ = shares._held_out(probs, gold, folds, 0, None, None, calibrate=True)
+    (tr_q, _), (te_q, _), _, _ = shares._held_out(probs, changed, folds, 0, None, None, calibrate=True)
+    np.testing.assert_allclose(te_p, te_q)
+    np.testing.assert_allclose(tr_p, tr_q)
+    (_, _), (raw, _), _, _ = shares._held_out(probs, gold, folds, 0, None, None, calibrate=False)
+    np.testing.assert_allclose(raw, probs[folds == 0])
+    assert not np.allclose(te_p, raw)  # class biases fitted on the other folds were added
+
+
 def test_coverage_of_the_intervals_on_repeated_shifted_samples(labelled):
     probs, gold, folds = labelled
     cov = shares.coverage(probs, gold, folds, repeats=6, n_boot=60, methods=["CC", "ACC", "PACC"])
