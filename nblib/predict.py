@@ -5,9 +5,9 @@ the average of a run's fold models.
     python -m nblib.predict RUN_DIR in.xlsx out.xlsx --column Sentence --ensemble folds
 
 Probabilities are calibrated: each saved model's logits are divided by the temperature in its
-``calibration.json`` and shifted by its class biases (``nblib.calibration``; none there means uncalibrated). ``--ensemble folds`` averages
-the k fold models' calibrated probabilities (``<run>/fold_models/fold_<k>``, saved by 03_bert_cv with
-``save_fold_models=True``) instead of using the one final model.
+``calibration.json`` and shifted by its class biases (``nblib.calibration``; no file means uncalibrated).
+``--ensemble folds`` averages the k fold models' calibrated probabilities (``<run>/fold_models/fold_<k>``, saved
+by 03_bert_cv with ``save_fold_models=True``) instead of using the one final model.
 Texts are batched in length order (least padding) with a progress bar, on GPU when there is one.
 Empty texts are kept in place with no prediction; nothing is dropped.
 """

@@ -213,7 +213,8 @@ def shares(
             boot[name][b] = _estimate(quantifiers, pool_probs[rng.choice(idx, len(idx))])
     alpha = (1 - level) / 2
     # drawing G folds with replacement gives (G - 1) / G of the variance between them: widened by its inverse
-    widen = 1.0 if oof_folds is None else np.sqrt(len(np.unique(oof_folds)) / max(len(np.unique(oof_folds)) - 1, 1))
+    n_folds = 0 if oof_folds is None else len(np.unique(oof_folds))
+    widen = np.sqrt(n_folds / (n_folds - 1)) if n_folds > 1 else 1.0
     rows = []
     for name, idx in members.items():
         low, high = (
