@@ -43,6 +43,7 @@ from accelerate import Accelerator, PartialState
 from . import bert, calibration, cv, self_training
 from .data import path_list
 from .folds import FoldSplit
+from .hardware import keep_freed_memory
 from .results import ModelResults, read_folds
 from .settings import ModelSelection, StudySettings, from_params, identity, runtime, to_params
 from .study import Study, open_study
@@ -351,6 +352,7 @@ class FineTuneJob:
 
     def train_final(self) -> None:
         """One model on all labelled texts, for the median of the folds' best epochs; saved in ``final/``."""
+        keep_freed_memory()
         best = self.run.best_epochs()
         epochs = int(np.median(best)) if best else self.settings.epochs
         train = self.encoded.join(self.pseudo_labelled(None)) if self.teacher else self.encoded

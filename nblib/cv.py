@@ -15,6 +15,7 @@ from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
 from .folds import FoldSplit
+from .hardware import keep_freed_memory
 from .results import ModelRun
 from .study import Study
 
@@ -89,6 +90,7 @@ def _fit_fold(
     fit_predict: Callable[[FoldSplit], FoldOutput], split: FoldSplit, threads: int | None
 ) -> tuple[FoldSplit, FoldOutput, float]:
     """One fold, seeded, with its wall time (in this process or a worker); PyTorch's threads are restored after."""
+    keep_freed_memory()
     before = torch.get_num_threads()
     torch.set_num_threads(threads or before)
     try:

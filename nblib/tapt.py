@@ -50,6 +50,7 @@ from transformers import logging as hf_logging
 from . import bert
 from .bert_cv import FineTuneConfig, Hardware, absolute_paths, launch_torchrun, model_source
 from .cv import set_seed
+from .hardware import keep_freed_memory
 from .results import ResultsExistError, environment, same_source, write_atomic
 from .settings import StudySettings, from_params, identity, runtime, to_params
 from .study import Study, open_study
@@ -490,6 +491,7 @@ def _train(
     folder: Path,
     progress: bool,
 ) -> None:
+    keep_freed_memory()
     precision = cfg.resolved_precision()
     accelerator = Accelerator(
         cpu=cfg.use_cpu(), mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
