@@ -348,9 +348,11 @@ def accuracy_by_length(
     counts = table.groupby(table["bucket"].astype(str), observed=True)["texts"].first()
     labelled = {b: f"{b}\n(n = {counts[b]})" for b in buckets}
     data = table.assign(bucket=table["bucket"].astype(str).map(labelled))
-    return grouped_bars(
+    fig = grouped_bars(
         data, "bucket", "accuracy", "model", title, "Accuracy", [labelled[b] for b in buckets], display_names
     )
+    fig.axes[0].set_xlabel("Length (characters)")
+    return fig
 
 
 def reliability_diagram(curves: dict[str, pd.DataFrame], title: str = "Reliability diagram") -> plt.Figure:
