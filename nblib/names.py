@@ -40,10 +40,7 @@ DISPLAY_NAMES: dict[str, str] = {
     "PCC": "PCC",
     "PACC": "PACC",
     "EMQ": "EMQ",
-    # active-learning strategies and fine-tuning arms
-    "random": "Random",
-    "margin": "Margin",
-    "entropy": "Entropy",
+    # fine-tuning arms of 06_unlabelled
     "tapt": "TAPT",
     "self": "Self-training",
     "both": "TAPT + self-training",

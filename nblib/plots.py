@@ -509,12 +509,10 @@ def active_learning_curves(
             (default: none of these).
         title: the figure title.
     """
-    names = {s: display(s) for s in curve["strategy"].unique()}
+    names = {s: s for s in curve["strategy"].unique()}
     if saved is not None:
         names |= {
-            s: f"{display(s)} ({row['labels_saved']:.0%} fewer labels)"
-            for s, row in saved.iterrows()
-            if row["labels_saved"] > 0
+            s: f"{s} ({row['labels_saved']:.0%} fewer labels)" for s, row in saved.iterrows() if row["labels_saved"] > 0
         }
     fig, ax = plt.subplots(figsize=(6.4, 4))
     data = curve.assign(strategy=curve["strategy"].map(names))
