@@ -45,9 +45,20 @@ DISPLAY_NAMES: dict[str, str] = {
     "self": "Self-training",
     "both": "TAPT + self-training",
 }
+STUDY_NAMES: dict[str, str] = {}  # the study's overrides, set by use()
 UNITS = {"word": "words", "char": "characters"}
 ARMS = {"_tapt_self": " + TAPT + self-training", "_tapt": " + TAPT", "_self": " + self-training"}
 _BASELINE = re.compile(r"^(?P<model>(?:mlp|lstm)_[a-z0-9]+)_(?P<unit>word|char)$")
+
+
+def use(display_names: Mapping[str, str] | None) -> None:
+    """Make ``display_names`` (e.g. the study file's) the overrides every figure and table uses from now on.
+
+    Args:
+        display_names: display names by id; None or empty: the built-in names only.
+    """
+    STUDY_NAMES.clear()
+    STUDY_NAMES.update({str(k): str(v) for k, v in (display_names or {}).items()})
 
 
 def display(name: object, display_names: Mapping[str, str] | None = None) -> str:
@@ -55,14 +66,16 @@ def display(name: object, display_names: Mapping[str, str] | None = None) -> str
 
     Args:
         name: the id, e.g. ``lr_tfidf_char``, ``mlp_tfidf_word``, ``bert_tiny-random``, ``macro_f1``, ``PACC``.
-        display_names: overrides by id (e.g. the study file's ``display_names``); they win over the built-in names.
+        display_names: overrides by id; they win over those set by :func:`use` (the study's), which win over the
+            built-in names.
 
     Returns:
         The display name; an id this module does not know comes back unchanged (as text).
     """
     text = str(name)
-    if display_names and text in display_names:
-        return str(display_names[text])
+    for overrides in (display_names or {}, STUDY_NAMES):
+        if text in overrides:
+            return str(overrides[text])
     if text in DISPLAY_NAMES:
         return DISPLAY_NAMES[text]
     if m := _BASELINE.match(text):

@@ -45,3 +45,13 @@ def test_rename_changes_index_and_columns_not_cells():
     out = names.rename(table)
     assert list(out.index) == ["BERT (x)"] and list(out.columns) == ["Macro-F1"]
     assert out.iloc[0, 0] == "accuracy"
+
+
+def test_a_study_sets_its_names_once_for_every_figure_and_table():
+    try:
+        names.use({"bert_tiny-random": "Demo BERT"})
+        assert names.display("bert_tiny-random") == "Demo BERT"
+        assert names.display("bert_tiny-random", {"bert_tiny-random": "Mine"}) == "Mine"  # an explicit one wins
+    finally:
+        names.use(None)
+    assert names.display("bert_tiny-random") == "BERT (tiny-random)"
