@@ -154,6 +154,7 @@ def length_comparison(
         ax=ax,
     )
     ax.set(xlabel=f"Length ({unit}, up to the 99th percentile)", ylabel="Density", title=title)
+    sns.move_legend(ax, title="", **LEGEND_OUTSIDE)  # clear of the histograms
     return fig
 
 
