@@ -131,7 +131,7 @@ def styled(table: pd.DataFrame, display_names: Mapping[str, str] | None = None, 
     bold = bold_cells(table).to_numpy()
     shown = shown_names(table, display_names)
     p_columns = [c for c in shown.columns if is_p_column(c)]
-    styler = shown.style.format(precision=digits, na_rep="").format(format_p, subset=p_columns)
+    styler = shown.style.format(precision=digits, na_rep="").format(_p_cell, subset=p_columns)
     return styler.apply(lambda d: np.where(bold, "font-weight: bold", ""), axis=None)
 
 

@@ -68,6 +68,10 @@ def test_model_comparison_bold_best_and_dagger_where_mcnemar_is_significant():
     r = runs()["best"].metrics["accuracy"]
     assert table.loc["best", "accuracy"] == f"{r.mean():.3f} ± {r.std():.3f}"  # no marks in the text
     assert "McNemar" in table.attrs["note"] and "best" in table.attrs["note"]
+    html = tables.styled(table).to_html()  # as 04 shows it: bold cells bold, no ** marks
+    bold_rule = html.split("</style>")[0]  # one CSS rule lists the bold cells
+    assert bold_rule.count("_row0_col") == 2 and "_row1_" not in bold_rule and "font-weight: bold" in bold_rule
+    assert "**" not in html and "× 10⁻" in html
 
 
 def test_per_class_marks_the_best_model_per_class():
