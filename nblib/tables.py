@@ -275,7 +275,7 @@ def model_comparison(
     table.index = bold.index = pd.Index([f"{n}{DAGGER}" if p[n] < alpha else n for n in order], name="model")
     table.attrs["bold"] = _bold_set(bold)
     table.attrs["note"] = (
-        f"Mean ± standard deviation over folds; best in bold. {DAGGER}: exact McNemar test against {best} "
+        f"Mean ± standard deviation over folds; best in bold. {DAGGER}: exact McNemar test against {display(best)} "
         f"on the out-of-fold predictions, p < {alpha}."
     )
     return table
