@@ -88,6 +88,20 @@ def display(name: object, display_names: Mapping[str, str] | None = None) -> str
     return text
 
 
+def display_words(text: object, display_names: Mapping[str, str] | None = None) -> str:
+    """``text`` (e.g. a column name such as ``macro_f1 gain CI`` or ``only lr_tfidf_char right``) with each word
+    that is a known id replaced by its display name (``Macro-F1 gain CI``); other words stay.
+
+    Args:
+        text: the text.
+        display_names: overrides by id.
+    """
+    whole = display(text, display_names)
+    if whole != str(text):
+        return whole
+    return " ".join(display(w, display_names) for w in str(text).split(" "))
+
+
 def rename(table: pd.DataFrame, display_names: Mapping[str, str] | None = None, columns: bool = True) -> pd.DataFrame:
     """``table`` with display names in its index (every level) and, if ``columns``, its column names.
 

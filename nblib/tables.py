@@ -23,7 +23,7 @@ import pandas as pd
 
 from .analysis import mcnemar
 from .metrics import HEADLINE
-from .names import display
+from .names import display, display_words
 from .results import ModelResults
 from .sheets import write_table
 
@@ -96,8 +96,9 @@ def _bold_set(mask: pd.DataFrame) -> set[tuple]:
 
 
 def shown_names(table: pd.DataFrame, display_names: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """``table`` with display names (:mod:`nblib.names`) in its index, column names and id columns
-    (``model``, ``method``, …); a trailing † stays. Texts of the sheet are never renamed.
+    """``table`` with display names (:mod:`nblib.names`) in its index, id columns (``model``, ``method``, …)
+    and column names (each word that is an id, e.g. ``macro_f1 gain``); a trailing † stays. Texts of the sheet
+    are never renamed.
 
     Args:
         table: a result table with ids.
@@ -110,11 +111,14 @@ def shown_names(table: pd.DataFrame, display_names: Mapping[str, str] | None = N
         mark = DAGGER if value.endswith(DAGGER) else ""
         return display(value.removesuffix(DAGGER), display_names) + mark
 
+    def header(value: object) -> object:
+        return display_words(value, display_names) if isinstance(value, str) else value
+
     out = table.copy()
     for c in out.columns:
         if str(c) in NAMED_COLUMNS:
             out[c] = out[c].map(name)
-    return out.rename(index=name, columns=name)
+    return out.rename(index=name).rename(columns=header)
 
 
 def styled(table: pd.DataFrame, display_names: Mapping[str, str] | None = None, digits: int = 3) -> Styler:

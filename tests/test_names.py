@@ -55,3 +55,9 @@ def test_a_study_sets_its_names_once_for_every_figure_and_table():
     finally:
         names.use(None)
     assert names.display("bert_tiny-random") == "BERT (tiny-random)"
+
+
+def test_ids_inside_column_names():
+    assert names.display_words("macro_f1 gain CI") == "Macro-F1 gain CI"
+    assert names.display_words("only lr_tfidf_char right") == "only TF-IDF (char 1–3) + LR right"
+    assert names.display_words("p (McNemar)") == "p (McNemar)" and names.display_words("train_loss") == "Training loss"
