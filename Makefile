@@ -24,8 +24,9 @@ $(STAMP): pyproject.toml constraints.txt
 BERT_MODEL ?= tiny-random
 BERT_PARAMS := -p model $(BERT_MODEL) $(if $(filter tiny-random,$(BERT_MODEL)),-p epochs 10 -p lr 0.001)
 
-# --log-output streams each cell's output (per-fold progress) to the terminal while it runs.
-run_nb = $(BIN)/papermill --log-output --cwd notebooks notebooks/$(1).ipynb $(EXECUTED)/$(1).ipynb $(2)
+# --log-output streams each cell's output (per-fold progress) to the terminal while it runs; --engine nblib runs
+# the kernel over IPC sockets, so ipykernel does not warn about TCP on every notebook (nblib/papermill_engine.py).
+run_nb = $(BIN)/papermill --engine nblib --log-output --cwd notebooks notebooks/$(1).ipynb $(EXECUTED)/$(1).ipynb $(2)
 
 # The main job: run every notebook headless on the bundled demo data, in order.
 # Executed copies go to executed/, figures to figures/, results to results/.

@@ -96,7 +96,7 @@ def characteristic_terms(data: LabelledData, unit: Unit = "word", top: int = 10,
         rate_in = np.asarray(x[inside].mean(axis=0)).ravel()
         rate_out = np.asarray(x[~inside].mean(axis=0)).ravel()
         scores = np.where(rate_in > rate_out, np.nan_to_num(scores), -1.0)
-        for j in np.argsort(-scores)[:top]:
+        for j in np.argsort(-scores, kind="stable")[:top]:  # ties by term (the vocabulary is sorted)
             if scores[j] > 0:
                 rows.append(
                     {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -13,17 +13,35 @@ import seaborn as sns
 from matplotlib import font_manager
 from matplotlib.ticker import PercentFormatter
 
+from .names import display
+
 log = logging.getLogger(__name__)
 FORMATS = ("png", "pdf")
+# The Simplified-Chinese face of the Noto Sans CJK collection (the package ships JP, KR, SC, TC and HK faces in
+# one .ttc): mainland glyph forms of 写, 真, 骨… (the TC face draws the Taiwanese ones).
+CJK_FONT = "Noto Sans CJK SC"
+LEGEND_OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "borderaxespad": 0.0, "frameon": False}
+
+
+def cjk_font() -> str:
+    """Register the bundled Noto Sans CJK collection with matplotlib and return the Simplified-Chinese face's name.
+
+    Raises:
+        RuntimeError: the collection has no face named :data:`CJK_FONT` (a broken font package).
+    """
+    import noto_cjk_sans_otc
+
+    path = str(noto_cjk_sans_otc.FONT_PATH)
+    font_manager.fontManager.addfont(path)  # every face of the .ttc
+    faces = {f.name for f in font_manager.fontManager.ttflist if str(f.fname) == path}
+    if CJK_FONT not in faces:
+        raise RuntimeError(f"{path} has no face {CJK_FONT!r} (it has {sorted(faces)}): reinstall noto-cjk-sans-otc.")
+    return CJK_FONT
 
 
 def setup_style() -> str:
-    """Seaborn paper style with a CJK font (bundled Noto Sans CJK); returns the font name."""
-    import cvttf_NotoSansCJK_Regular as noto
-
-    path = noto.get_TTF_path()
-    font_manager.fontManager.addfont(path)
-    name = font_manager.FontProperties(fname=path).get_name()
+    """Seaborn paper style with the Simplified-Chinese face of the bundled Noto Sans CJK; returns the font name."""
+    name = cjk_font()
     sns.set_theme(context="paper", style="whitegrid", font=name, font_scale=1.2)
     plt.rcParams.update(
         {
@@ -104,7 +122,7 @@ def top_terms(terms: pd.DataFrame, unit_label: str, title: str | None = None, ma
     for ax in axes.flat[len(classes) :]:
         ax.set_visible(False)
     for ax, cls in zip(axes.flat, classes, strict=False):  # the grid may have more panels than classes
-        part = terms[terms["class"] == cls]
+        part = terms[terms["class"] == cls].sort_values(["score", "term"], ascending=[False, True])  # ties: by term
         sns.barplot(data=part, y="term", x="score", ax=ax, color=sns.color_palette()[0], orient="h")
         ax.set(title=str(cls), xlabel="χ² score", ylabel="")
     fig.suptitle(title or f"Most characteristic {unit_label} per class")
@@ -136,6 +154,7 @@ def length_comparison(
         ax=ax,
     )
     ax.set(xlabel=f"Length ({unit}, up to the 99th percentile)", ylabel="Density", title=title)
+    sns.move_legend(ax, title="", **LEGEND_OUTSIDE)  # clear of the histograms
     return fig
 
 
@@ -187,46 +206,153 @@ def confusion_matrices(
     return fig
 
 
+def confusion_grid(
+    cms: Sequence[np.ndarray],
+    label_names: Sequence[str],
+    title: str,
+    panel_titles: Sequence[str] | None = None,
+    max_columns: int = 3,
+) -> plt.Figure:
+    """Several row-normalised confusion matrices (e.g. one per fold) as a compact grid with one shared colour bar.
+
+    Args:
+        cms: K × K matrices of counts (rows: gold, columns: predicted).
+        label_names: the class names (long ones shortened on the axes).
+        title: the figure title.
+        panel_titles: a title per matrix (default "1", "2", …); each gets its number of texts appended.
+        max_columns: panels per row.
+    """
+    cms = list(cms)
+    k, names = len(label_names), _tick_names(label_names)
+    ncols = min(len(cms), max_columns)
+    nrows = -(-len(cms) // ncols)
+    size = max(2.6, 0.45 * k + 1.6)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(size * ncols + 1.2, size * nrows + 0.6), squeeze=False, layout="constrained"
+    )
+    for ax in axes.flat[len(cms) :]:
+        ax.set_visible(False)
+    for i, (ax, cm) in enumerate(zip(axes.flat, cms, strict=False)):
+        rows = cm.sum(axis=1, keepdims=True)
+        norm = np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0)
+        sns.heatmap(
+            norm,
+            annot=True,
+            fmt=".2f",
+            annot_kws={"fontsize": 7 if k > 4 else 9},
+            cmap="Blues",
+            vmin=0,
+            vmax=1,
+            cbar=False,
+            square=True,
+            ax=ax,
+            xticklabels=names if i // ncols == nrows - 1 or i + ncols >= len(cms) else False,
+            yticklabels=names if i % ncols == 0 else False,
+        )
+        name = panel_titles[i] if panel_titles else str(i + 1)
+        ax.set_title(f"{name} (n = {int(cm.sum())})", fontsize=10)
+        ax.set(xlabel="Predicted" if i + ncols >= len(cms) else "", ylabel="Gold" if i % ncols == 0 else "")
+        ax.tick_params(axis="x", rotation=45 if k > 4 else 0)
+        ax.tick_params(axis="y", rotation=0)
+    mappable = plt.cm.ScalarMappable(norm=plt.Normalize(0, 1), cmap="Blues")
+    fig.colorbar(mappable, ax=axes, shrink=0.8, label="Share of the gold class (row-normalised)")
+    fig.suptitle(title)
+    return fig
+
+
 def model_comparison(
     per_fold: dict[str, pd.DataFrame],
     columns: Sequence[str] = ("accuracy", "macro_f1"),
     title: str = "Cross-validated scores (mean ± sd over folds)",
+    display_names: Mapping[str, str] | None = None,
 ) -> plt.Figure:
     """Grouped bars of each model's mean score with error bars of the standard deviation across folds.
 
     Args:
-        per_fold: each model's per-fold metrics, by model name.
+        per_fold: each model's per-fold metrics, by model name (id).
         columns: the metrics to show (models are sorted by the first).
         title: the figure title.
+        display_names: overrides of the display names (:mod:`nblib.names`) of models and metrics.
     """
     long = pd.concat([m[list(columns)].assign(model=name) for name, m in per_fold.items()]).melt(
         id_vars="model", var_name="metric", value_name="score"
     )
     order = long[long["metric"] == columns[0]].groupby("model")["score"].mean().sort_values(ascending=False).index
+    long = long.assign(model=long["model"].map(lambda n: display(n, display_names)))
+    long["metric"] = long["metric"].map(lambda n: display(n, display_names))
     fig, ax = plt.subplots(figsize=(max(6.4, 0.9 * len(order) + 2), 4))
-    sns.barplot(data=long, x="model", y="score", hue="metric", order=order, errorbar="sd", capsize=0.1, ax=ax)
+    sns.barplot(
+        data=long,
+        x="model",
+        y="score",
+        hue="metric",
+        order=[display(n, display_names) for n in order],
+        errorbar="sd",
+        capsize=0.1,
+        ax=ax,
+    )
     ax.set(xlabel="", ylabel="Score", ylim=(0, 1), title=title)
     ax.tick_params(axis="x", rotation=30)
     plt.setp(ax.get_xticklabels(), ha="right")
-    ax.legend(title="", loc="lower right")
+    ax.legend(title="", **LEGEND_OUTSIDE)
     return fig
 
 
-def grouped_bars(table: pd.DataFrame, x: str, y: str, hue: str, title: str, ylabel: str) -> plt.Figure:
-    """Bars of ``y`` per ``x`` with one colour per ``hue`` (e.g. per-class F1 of several models), y in [0, 1].
+def grouped_bars(
+    table: pd.DataFrame,
+    x: str,
+    y: str,
+    hue: str,
+    title: str,
+    ylabel: str,
+    order: Sequence[str] | None = None,
+    display_names: Mapping[str, str] | None = None,
+) -> plt.Figure:
+    """Bars of ``y`` per ``x`` with one colour per ``hue`` (e.g. per-class F1 of several models), y in [0, 1];
+    the legend right of the axes, clear of the bars.
 
     Args:
         table: the data in long form.
         x: the column on the x axis (its capitalised name is the axis label).
         y: the column of bar heights.
-        hue: the column that sets the colour.
+        hue: the column that sets the colour (ids, shown by their display names).
         title: the figure title.
         ylabel: the y-axis label.
+        order: the x categories in this order (default: as they first occur); only those that occur are drawn.
+        display_names: overrides of the display names (:mod:`nblib.names`) of the ``hue`` ids.
     """
-    fig, ax = plt.subplots(figsize=(max(6.4, 1.2 * table[x].nunique() + 3), 4))
-    sns.barplot(data=table, x=x, y=y, hue=hue, ax=ax)
+    present = list(dict.fromkeys(table[x].astype(str)))
+    order = [str(c) for c in order if str(c) in present] if order is not None else present
+    data = table.assign(**{x: table[x].astype(str), hue: table[hue].map(lambda n: display(n, display_names))})
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.2 * len(order) + 3), 4))
+    sns.barplot(data=data, x=x, y=y, hue=hue, order=order, ax=ax)
     ax.set(xlabel=x.capitalize(), ylabel=ylabel, ylim=(0, 1), title=title)
-    ax.legend(title="", fontsize=8, loc="lower right")
+    ax.legend(title="", fontsize=8, **LEGEND_OUTSIDE)
+    return fig
+
+
+def accuracy_by_length(
+    table: pd.DataFrame,
+    title: str = "Accuracy by text length (characters)",
+    display_names: Mapping[str, str] | None = None,
+) -> plt.Figure:
+    """Accuracy of each model per length bucket, each bucket labelled with its number of texts; empty buckets
+    are not drawn.
+
+    Args:
+        table: :func:`nblib.analysis.accuracy_by_length` (columns bucket, model, accuracy, texts).
+        title: the figure title.
+        display_names: overrides of the models' display names.
+    """
+    table = table[table["texts"] > 0]
+    buckets = list(dict.fromkeys(table["bucket"].astype(str)))
+    counts = table.groupby(table["bucket"].astype(str), observed=True)["texts"].first()
+    labelled = {b: f"{b}\n(n = {counts[b]})" for b in buckets}
+    data = table.assign(bucket=table["bucket"].astype(str).map(labelled))
+    fig = grouped_bars(
+        data, "bucket", "accuracy", "model", title, "Accuracy", [labelled[b] for b in buckets], display_names
+    )
+    fig.axes[0].set_xlabel("Length (characters)")
     return fig
 
 
@@ -251,20 +377,27 @@ def reliability_diagram(curves: dict[str, pd.DataFrame], title: str = "Reliabili
             color=colour,
             alpha=0.5,
         )
-    ax.set(ylabel="Accuracy", xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.set(ylabel="Accuracy", xlim=(-0.02, 1.02), ylim=(-0.02, 1.05), title=title)  # points at 0 and 1 whole
     ax.legend(fontsize=8, loc="upper left")
     counts.set(xlabel="Confidence (top-class probability)", ylabel="Texts")
     return fig
 
 
-def per_class_scores(table: pd.DataFrame, title: str = "Per-class F1 (mean over folds)") -> plt.Figure:
+def per_class_scores(
+    table: pd.DataFrame,
+    title: str = "Per-class F1 (mean over folds)",
+    label_names: Sequence[str] | None = None,
+    display_names: Mapping[str, str] | None = None,
+) -> plt.Figure:
     """Grouped bars of per-class F1 for several models (columns: model, class, f1).
 
     Args:
         table: per-class scores in long form (``nblib.metrics.per_class_long``).
         title: the figure title.
+        label_names: the classes in their order (by id), as in every table (default: as they occur).
+        display_names: overrides of the models' display names.
     """
-    return grouped_bars(table, "class", "f1", "model", title, "F1")
+    return grouped_bars(table, "class", "f1", "model", title, "F1", label_names, display_names)
 
 
 def learning_curves(history: pd.DataFrame, title: str, best_epochs: dict[int, int] | None = None) -> plt.Figure:
@@ -276,20 +409,21 @@ def learning_curves(history: pd.DataFrame, title: str, best_epochs: dict[int, in
         title: the figure title.
         best_epochs: the epoch kept in each fold, marked by a dashed line (default: not marked).
     """
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     long = history.melt(
         id_vars=["fold", "epoch"], value_vars=["train_loss", "val_loss"], var_name="split", value_name="loss"
     )
+    long["split"] = long["split"].map(display)
+    folds = history.assign(fold=[f"fold {f}" for f in history["fold"]])  # a legend of "fold 0", not "0"
     sns.lineplot(data=long, x="epoch", y="loss", hue="split", units="fold", estimator=None, alpha=0.7, ax=axes[0])
-    sns.lineplot(data=history, x="epoch", y="val_macro_f1", hue="fold", palette="tab10", marker="o", ax=axes[1])
-    axes[0].set(title="Loss", ylabel="Cross-entropy")
-    axes[1].set(title="Validation macro-F1", ylabel="Macro-F1")
+    sns.lineplot(data=folds, x="epoch", y="val_macro_f1", hue="fold", palette="tab10", marker="o", ax=axes[1])
+    axes[0].set(title="Loss", xlabel="Epoch", ylabel="Cross-entropy")
+    axes[1].set(title=display("val_macro_f1"), xlabel="Epoch", ylabel=display("macro_f1"))
     for ax in axes:
         ax.xaxis.get_major_locator().set_params(integer=True)
-        for epoch in sorted(set((best_epochs or {}).values())):
-            ax.axvline(epoch, color="grey", linestyle="--", linewidth=1, label="epoch kept")
-    if best_epochs:
-        axes[1].legend(fontsize=8)
+        for i, epoch in enumerate(sorted(set((best_epochs or {}).values()))):
+            ax.axvline(epoch, color="grey", linestyle="--", linewidth=1, label="epoch kept" if i == 0 else None)
+        ax.legend(title="", fontsize=8, **LEGEND_OUTSIDE)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -389,5 +523,5 @@ def active_learning_curves(
         reached = saved.dropna(subset=["labels_to_target"])
         ax.scatter(reached["labels_to_target"], reached["target"], color="black", marker="x", zorder=3)
     ax.set(xlabel="Labelled texts", ylabel="Macro-F1 (held-out part)", title=title)
-    ax.legend(title="", loc="lower right", fontsize=9)
+    ax.legend(title="", fontsize=9, **LEGEND_OUTSIDE)
     return fig

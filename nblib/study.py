@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from . import results
+from . import notebook, results
 from .data import LabelledData, load_labelled, load_unlabelled
 from .folds import FoldSplit, load_or_make_folds, split_fold
 from .metrics import mean_std_table
@@ -46,6 +46,9 @@ class Study:
     data: LabelledData
     folds: np.ndarray
     path: Path
+
+    def __post_init__(self) -> None:
+        notebook.attach(self.path)  # a notebook's log file goes into the study folder (no-op outside notebooks)
 
     @property
     def n_folds(self) -> int:

@@ -3,31 +3,47 @@
 :func:`save_table` writes every table three times: ``.csv`` (formula-safe, read back by
 :func:`nblib.sheets.read_machine_table`), ``.tex`` (a booktabs ``tabular`` for LaTeX; Chinese needs ``ctex`` or
 ``xeCJK`` in the document) and ``.md`` (a Markdown pipe table). The paper tables (:func:`model_comparison`,
-:func:`per_class`, :func:`class_shares`) are tables of formatted strings; ``**…**`` marks the best value,
-written bold in LaTeX and Markdown and left out of the CSV.
+:func:`per_class`, :func:`class_shares`) are tables of formatted strings. Bold (the best value) is a property of
+a cell, not of its text: the (row, column) labels of the bold cells in ``table.attrs["bold"]``, set bold in LaTeX,
+Markdown and the notebook (:func:`styled`), and left out of the CSV. Every text is escaped for LaTeX and
+Markdown, and the CSV keeps it exactly. The ``.tex`` and ``.md`` show display names (:mod:`nblib.names`);
+the CSV keeps the ids, for machines. p-values read ``3.2 × 10⁻⁷`` (:func:`format_p`).
 """
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from .analysis import mcnemar
 from .metrics import HEADLINE
+from .names import display, display_words
 from .results import ModelResults
 from .sheets import write_table
 
-BOLD = re.compile(r"\*\*(.+?)\*\*")
+if TYPE_CHECKING:
+    from pandas.io.formats.style import Styler
+
 DAGGER = "†"
 _LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
     "\\": r"\textbackslash{}",
+    DAGGER: r"\textsuperscript{\dag}",
+    "±": r"$\pm$",
+    "×": r"$\times$",
 }
+_MARKDOWN_SPECIAL = set("\\`*_<>|~$")  # not [ ]: intervals "[0.1, 0.2]" stay as they are
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+_P_COLUMN = re.compile(r"^p(-value)?\b")
+NAMED_COLUMNS = ("model", "method", "metric", "strategy")  # columns whose cells are ids shown by display name
 
 
 def flat(table: pd.DataFrame) -> pd.DataFrame:
@@ -43,8 +59,97 @@ def flat(table: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(names=[n or "name" for n in out.index.names]) if has_index else out
 
 
-def save_table(table: pd.DataFrame, folder: str | Path, name: str, note: str | None = None) -> list[Path]:
+def format_p(p: float) -> str:
+    """A p-value as a paper shows it: ``0.032`` from 0.001 up, ``3.2 × 10⁻⁷`` below, ``< 10⁻³⁰⁰`` for 0.
+
+    Args:
+        p: the p-value (NaN: an empty string).
+    """
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return ""
+    p = float(p)
+    if p >= 1e-3:
+        return f"{p:.3f}"
+    if p <= 0:
+        return "< 10⁻³⁰⁰"
+    mantissa, exponent = f"{p:.1e}".split("e")
+    return f"{mantissa} × 10{str(int(exponent)).translate(_SUPERSCRIPT)}"
+
+
+def is_p_column(name: object) -> bool:
+    """Whether a column holds p-values (its name starts with ``p `` or ``p-value``, e.g. ``p (McNemar)``)."""
+    return bool(_P_COLUMN.match(str(name)))
+
+
+def bold_cells(table: pd.DataFrame) -> pd.DataFrame:
+    """Which cells of ``table`` are bold (a boolean table of its shape), from the (row, column) labels in
+    ``table.attrs["bold"]`` (none where it has none)."""
+    cells = table.attrs.get("bold", set())
+    return pd.DataFrame(
+        [[(r, c) in cells for c in table.columns] for r in table.index], index=table.index, columns=table.columns
+    )
+
+
+def _bold_set(mask: pd.DataFrame) -> set[tuple]:
+    """The (row, column) labels of the True cells of ``mask`` (what ``attrs["bold"]`` holds)."""
+    return {(r, c) for c in mask.columns for r in mask.index[mask[c].to_numpy(bool)]}
+
+
+def shown_names(table: pd.DataFrame, display_names: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """``table`` with display names (:mod:`nblib.names`) in its index, id columns (``model``, ``method``, …)
+    and column names (each word that is an id, e.g. ``macro_f1 gain``); a trailing † stays. Texts of the sheet
+    are never renamed.
+
+    Args:
+        table: a result table with ids.
+        display_names: overrides by id (e.g. a study's ``display_names``).
+    """
+
+    def name(value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        mark = DAGGER if value.endswith(DAGGER) else ""
+        return display(value.removesuffix(DAGGER), display_names) + mark
+
+    def header(value: object) -> object:
+        return display_words(value, display_names) if isinstance(value, str) else value
+
+    out = table.copy()
+    for c in out.columns:
+        if str(c) in NAMED_COLUMNS:
+            out[c] = out[c].map(name)
+    return out.rename(index=name).rename(columns=header)
+
+
+def styled(table: pd.DataFrame, display_names: Mapping[str, str] | None = None, digits: int = 3) -> Styler:
+    """``table`` for a notebook: display names, bold cells bold, p-values as :func:`format_p`, numbers rounded.
+
+    Args:
+        table: a result table (the labels of its bold cells in ``attrs["bold"]``, if any).
+        display_names: overrides by id.
+        digits: decimals of the other numbers.
+
+    Returns:
+        A pandas ``Styler`` (a notebook shows it as an HTML table).
+    """
+    bold = bold_cells(table).to_numpy()
+    shown = shown_names(table, display_names)
+    p_columns = [c for c in shown.columns if is_p_column(c)]
+    styler = shown.style.format(precision=digits, na_rep="").format(_p_cell, subset=p_columns)
+    return styler.apply(lambda d: np.where(bold, "font-weight: bold", ""), axis=None)
+
+
+def save_table(
+    table: pd.DataFrame,
+    folder: str | Path,
+    name: str,
+    note: str | None = None,
+    display_names: Mapping[str, str] | None = None,
+) -> list[Path]:
     """Write ``table`` as ``<folder>/<name>.csv`` (formula-safe, see :mod:`nblib.sheets`), ``.tex`` and ``.md``.
+
+    The CSV keeps the values and ids as they are (texts round-trip exactly); the ``.tex`` and ``.md`` show
+    display names, bold cells (``table.attrs["bold"]``) bold, p-values as :func:`format_p` and every text escaped.
 
     Args:
         table: the table; its index is written as the first column(s).
@@ -52,19 +157,23 @@ def save_table(table: pd.DataFrame, folder: str | Path, name: str, note: str | N
         name: file name without suffix.
         note: a line printed under the table in ``.tex`` and ``.md`` (e.g. what † means); None: the table's
             ``attrs["note"]`` if it has one (the paper tables do).
+        display_names: overrides of the display names by id (e.g. a study's ``display_names``).
 
     Returns:
         The paths written: .csv, .tex, .md.
     """
     note = table.attrs.get("note") if note is None else note
-    table = flat(table)
-    shown = table.map(_cell)
-    shown.columns = [str(c) for c in shown.columns]
     folder = Path(folder)
-    csv = write_table(table.map(lambda v: BOLD.sub(r"\1", v) if isinstance(v, str) else v), folder / f"{name}.csv")
+    csv = write_table(flat(table), folder / f"{name}.csv")
+    shown = flat(shown_names(table, display_names))
+    shown = pd.DataFrame(
+        {str(c): shown[c].map(_p_cell if is_p_column(c) else _cell) for c in shown.columns}, index=shown.index
+    )
+    bold = bold_cells(table).to_numpy()
+    mask = np.hstack([np.zeros((len(shown), shown.shape[1] - bold.shape[1]), bool), bold])
     tex, md = folder / f"{name}.tex", folder / f"{name}.md"
-    tex.write_text(to_latex(shown, note), encoding="utf-8")
-    md.write_text(to_markdown(shown, note), encoding="utf-8")
+    tex.write_text(to_latex(shown, note, mask), encoding="utf-8")
+    md.write_text(to_markdown(shown, note, mask), encoding="utf-8")
     return [csv, tex, md]
 
 
@@ -81,43 +190,65 @@ def _cell(value: object) -> str:
     return "" if value is None else str(value)
 
 
-def _latex_text(text: str) -> str:
-    escaped = "".join(_LATEX_SPECIAL.get(c, c) for c in text)
-    return BOLD.sub(r"\\textbf{\1}", escaped).replace(DAGGER, r"\textsuperscript{\dag}").replace("±", r"$\pm$")
+def _p_cell(value: object) -> str:
+    """A p-value cell as :func:`format_p` (a text, e.g. already formatted, as it is)."""
+    return format_p(value) if isinstance(value, float | np.floating | int | np.integer) else _cell(value)
 
 
-def to_latex(table: pd.DataFrame, note: str | None = None) -> str:
+def latex_text(text: str) -> str:
+    """``text`` escaped for LaTeX: special characters as commands, † as a superscript dagger, a line break as a space."""
+    return "".join(_LATEX_SPECIAL.get(c, c) for c in _LINE_BREAK.sub(" ", text))
+
+
+def markdown_text(text: str) -> str:
+    """``text`` escaped for a Markdown table cell: Markdown's marks backslash-escaped, a line break as ``<br>``."""
+    escaped = "".join("\\" + c if c in _MARKDOWN_SPECIAL else c for c in text)
+    return _LINE_BREAK.sub("<br>", escaped)
+
+
+def _marked(table: pd.DataFrame, bold: np.ndarray | None, escape, mark) -> pd.DataFrame:
+    """The cells escaped, the bold ones (and only those with text) wrapped by ``mark``."""
+    body = table.map(lambda v: escape(str(v)))
+    if bold is not None:
+        body = body.mask(bold & (body != "").to_numpy(), body.map(mark))
+    return body
+
+
+def to_latex(table: pd.DataFrame, note: str | None = None, bold: np.ndarray | None = None) -> str:
     """A table of strings as a booktabs ``tabular`` (``\\toprule``, ``\\midrule``, ``\\bottomrule``).
 
     Args:
-        table: the cells as strings; ``**…**`` is set bold, † as a superscript dagger, LaTeX's special characters escaped.
+        table: the cells as strings (escaped here: LaTeX's special characters, † as a superscript dagger).
         note: a line under the table, or None.
+        bold: which cells to set bold (a boolean array of the table's shape), or None.
     """
-    body = table.map(_latex_text)
-    body.columns = [_latex_text(str(c)) for c in table.columns]
+    body = _marked(table, bold, latex_text, lambda c: f"\\textbf{{{c}}}")
+    body.columns = [latex_text(str(c)) for c in table.columns]
     latex = body.to_latex(index=False, escape=False, column_format="l" * table.shape[1])
-    return latex + (f"\\par\\smallskip{{\\footnotesize {_latex_text(note)}}}\n" if note else "")
+    return latex + (f"\\par\\smallskip{{\\footnotesize {latex_text(note)}}}\n" if note else "")
 
 
-def to_markdown(table: pd.DataFrame, note: str | None = None) -> str:
+def to_markdown(table: pd.DataFrame, note: str | None = None, bold: np.ndarray | None = None) -> str:
     """A table of strings as a Markdown pipe table.
 
     Args:
-        table: the cells as strings (``**…**`` stays Markdown bold; ``|`` is escaped).
+        table: the cells as strings (escaped here: ``|``, ``*``, ``_`` and the other marks; a line break as ``<br>``).
         note: a paragraph under the table, or None.
+        bold: which cells to set bold (a boolean array of the table's shape), or None.
     """
+    body = _marked(table, bold, markdown_text, lambda c: f"**{c}**")
 
     def row(cells) -> str:
-        return "| " + " | ".join(str(c).replace("|", r"\|").replace("\n", " ") for c in cells) + " |"
+        return "| " + " | ".join(cells) + " |"
 
-    lines = [row(table.columns), "|" + "---|" * table.shape[1], *(row(r) for r in table.itertuples(index=False))]
-    return "\n".join(lines) + "\n" + (f"\n{note}\n" if note else "")
+    header = row(markdown_text(str(c)) for c in table.columns)
+    lines = [header, "|" + "---|" * table.shape[1], *(row(r) for r in body.itertuples(index=False))]
+    return "\n".join(lines) + "\n" + (f"\n{markdown_text(note)}\n" if note else "")
 
 
-def _bold_best(means: pd.Series, cells: pd.Series) -> pd.Series:
-    """``cells`` with the one at the highest mean (all ties) marked bold."""
-    best = means == means.max()
-    return cells.where(~best, "**" + cells + "**")
+def _best(means: pd.Series) -> pd.Series:
+    """Whether each entry is the highest mean (all ties)."""
+    return means == means.max()
 
 
 def model_comparison(
@@ -140,14 +271,15 @@ def model_comparison(
     order = means.sort_values(columns[0], ascending=False).index
     means, stds = means.loc[order], stds.loc[order]
     best = order[0]
-    table = pd.DataFrame(
-        {c: _bold_best(means[c], means[c].map("{:.3f}".format) + " ± " + stds[c].map("{:.3f}".format)) for c in columns}
-    )
+    table = pd.DataFrame({c: means[c].map("{:.3f}".format) + " ± " + stds[c].map("{:.3f}".format) for c in columns})
+    bold = pd.DataFrame({c: _best(means[c]) for c in columns})
     p = pd.Series({n: np.nan if n == best else mcnemar(runs[best], runs[n])["p-value (exact McNemar)"] for n in order})
-    table["p (McNemar vs. best)"] = p.map(lambda v: "" if np.isnan(v) else _cell(float(v)))
-    table.index = pd.Index([f"{n}{DAGGER}" if p[n] < alpha else n for n in order], name="model")
+    table["p (McNemar vs. best)"] = p.map(format_p)
+    bold["p (McNemar vs. best)"] = False
+    table.index = bold.index = pd.Index([f"{n}{DAGGER}" if p[n] < alpha else n for n in order], name="model")
+    table.attrs["bold"] = _bold_set(bold)
     table.attrs["note"] = (
-        f"Mean ± standard deviation over folds; best in bold. {DAGGER}: exact McNemar test against {best} "
+        f"Mean ± standard deviation over folds; best in bold. {DAGGER}: exact McNemar test against {display(best)} "
         f"on the out-of-fold predictions, p < {alpha}."
     )
     return table
@@ -161,14 +293,14 @@ def per_class(runs: dict[str, ModelResults], label_names: Sequence[str], metric:
         label_names: the class names by id.
         metric: ``precision``, ``recall`` or ``f1``.
     """
-    rows = {}
+    rows, bold = {}, {}
     for k, name in enumerate(label_names):
         scores = {n: r.metrics[f"{metric}_{k}"] for n, r in runs.items()}
-        means = pd.Series({n: s.mean() for n, s in scores.items()})
-        cells = pd.Series({n: f"{s.mean():.3f} ± {s.std():.3f}" for n, s in scores.items()})
-        rows[str(name)] = _bold_best(means, cells)
+        rows[str(name)] = pd.Series({n: f"{s.mean():.3f} ± {s.std():.3f}" for n, s in scores.items()})
+        bold[str(name)] = _best(pd.Series({n: s.mean() for n, s in scores.items()}))
     table = pd.DataFrame(rows).T
     table.index.name = "class"
+    table.attrs["bold"] = _bold_set(pd.DataFrame(bold).T)
     table.attrs["note"] = f"Per-class {metric}, mean ± standard deviation over folds; best per class in bold."
     return table
 
