@@ -24,12 +24,20 @@ $(STAMP): pyproject.toml constraints.txt
 BERT_MODEL ?= tiny-random
 BERT_PARAMS := -p model $(BERT_MODEL) $(if $(filter tiny-random,$(BERT_MODEL)),-p epochs 10 -p lr 0.001)
 
-# --log-output streams each cell's output (per-fold progress) to the terminal while it runs.
-run_nb = $(BIN)/papermill --log-output --cwd notebooks notebooks/$(1).ipynb $(EXECUTED)/$(1).ipynb $(2)
+# The study the series runs on: a study file (docs/study-file.md). The demo's sends figures to figures/ and results
+# to results/; your own sheet: python -m nblib.study init my_sheet.xlsx -o my_study.yaml, then
+# make notebooks STUDY=my_study.yaml (results/ and figures/ next to it unless it names others).
+STUDY ?= data/demo_study.yaml
 
-# The main job: run every notebook headless on the bundled demo data, in order.
-# Executed copies go to executed/, figures to figures/, results to results/.
+# --log-output streams each cell's output (per-fold progress) to the terminal while it runs.
+run_nb = $(BIN)/papermill --log-output --cwd notebooks notebooks/$(1).ipynb $(EXECUTED)/$(1).ipynb \
+	-p study $(abspath $(STUDY)) $(2)
+
+# The main job: run every notebook headless on the study (the bundled demo by default), in order.
+# Executed copies go to executed/, figures and results where the study file says.
 notebooks: setup
+	@test -f "$(STUDY)" || { echo "make: study file $(STUDY) not found; write one with:" \
+	  "$(BIN)/python -m nblib.study init my_sheet.xlsx -o $(STUDY)"; exit 2; }
 	mkdir -p $(EXECUTED)
 	$(call run_nb,01_eda)
 	$(call run_nb,02_baselines)
