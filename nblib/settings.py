@@ -415,7 +415,7 @@ class StudySettings:
     data_path: str = setting("../data/demo_labelled.xlsx", "the labelled sheet: .xlsx, .csv or .tsv", path="input")
     text_col: str = setting("Sentence", "the labelled sheet's column of texts")
     label_col: str = setting("Label", "the labelled sheet's column of labels")
-    sheet: str | int | None = setting(None, "sheet name or index in an .xlsx (None: the first)")
+    sheet: str | int | None = setting(None, "sheet name or index in an .xlsx (None: the first)", ge=0)
     header_row: int = setting(1, "the sheet row that holds the column names", ge=1)
     encoding: str | None = setting(None, "of a .csv/.tsv (None: detected)")
     label_table: str | dict | None = setting(None, "{label: name}, or a file with Label/Name/Description", path="input")
@@ -466,7 +466,7 @@ class PredictSettings:
     ensemble: Literal["final", "folds"] = setting("final", "final: the final model; folds: the mean of the fold models")
     input_path: str | None = setting(None, "the texts to label (None: the study's unlabelled_path)", path="input")
     input_col: str | None = setting(None, "their column (None: unlabelled_text_col)")
-    input_sheet: str | int | None = setting(None, "sheet name or index of an .xlsx input (None: the first)")
+    input_sheet: str | int | None = setting(None, "sheet name or index of an .xlsx input (None: the first)", ge=0)
     input_header_row: int = setting(1, "the input's row that holds the column names", ge=1)
     input_encoding: str | None = setting(None, "of a .csv/.tsv input (None: detected)")
     truncation: Literal["head", "head+tail"] = setting(
