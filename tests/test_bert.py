@@ -83,7 +83,9 @@ def test_local_folder_and_clear_errors(tmp_path, tiny_encoder, monkeypatch):
     with pytest.raises(bert.ModelNotAvailableError, match="no config.json"):
         bert.resolve_model(str(tmp_path / "empty"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(bert.ModelNotAvailableError, match=r"(?s)bert-base-chinese.*HF_HUB_OFFLINE is set.*pass the folder"):
+    with pytest.raises(
+        bert.ModelNotAvailableError, match=r"(?s)bert-base-chinese.*HF_HUB_OFFLINE is set.*pass the folder"
+    ):
         bert.resolve_model("bert-base-chinese")
 
 
@@ -103,7 +105,12 @@ def test_an_unreachable_hub_fails_at_once_with_the_ways_to_get_the_model(tmp_pat
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120).stdout
     assert float(out.rsplit("seconds=", 1)[1]) < 5, out  # it was 23 s of "Retrying in 8s [Retry 5/5]"
     assert f"127.0.0.1:{port} cannot be reached" in out
-    for way in ("HF_ENDPOINT=https://hf-mirror.com hf download", "modelscope download --model", "BERT_MODEL=", "-p model"):
+    for way in (
+        "HF_ENDPOINT=https://hf-mirror.com hf download",
+        "modelscope download --model",
+        "BERT_MODEL=",
+        "-p model",
+    ):
         assert way in out, (way, out)
 
 

@@ -65,7 +65,9 @@ def test_parameters_cell_is_written_from_the_settings(name):
 
 def all_fields():
     classes = {c for cs in NOTEBOOK_SETTINGS.values() for c in cs}
-    return {(c.__name__, n): (f, settings.flat_types(c)[n]) for c in classes for n, f in settings.flat_fields(c).items()}
+    return {
+        (c.__name__, n): (f, settings.flat_types(c)[n]) for c in classes for n, f in settings.flat_fields(c).items()
+    }
 
 
 def test_every_parameter_has_help_and_every_number_a_range():

@@ -27,7 +27,9 @@ def write(path: Path, text: str) -> Path:
 
 
 def test_paths_are_relative_to_the_file_and_folders_default_beside_it(tmp_path, monkeypatch):
-    study = write(tmp_path / "my" / "study.yaml", "data_path: sheet.xlsx\nextra_labelled_paths: [a.xlsx, /abs/b.xlsx]\n")
+    study = write(
+        tmp_path / "my" / "study.yaml", "data_path: sheet.xlsx\nextra_labelled_paths: [a.xlsx, /abs/b.xlsx]\n"
+    )
     monkeypatch.chdir(ROOT)  # wherever the notebook runs
     values = read_study_file(study)
     assert values["data_path"] == str(tmp_path / "my" / "sheet.xlsx")
@@ -135,7 +137,9 @@ def test_the_eda_notebook_runs_from_the_repo_root_on_a_study_file(tmp_path):
     """A study file beside the user's data, the notebook started from the repository root: paths from the file,
     results and figures beside it, a parameter given with -p over the file's."""
     demo = ROOT / "data" / "demo_labelled.xlsx"
-    study = write(tmp_path / "mine" / "study.yaml", f"data_path: {os.path.relpath(demo, tmp_path / 'mine')}\ntop_terms: 4\n")
+    study = write(
+        tmp_path / "mine" / "study.yaml", f"data_path: {os.path.relpath(demo, tmp_path / 'mine')}\ntop_terms: 4\n"
+    )
     out = tmp_path / "out.ipynb"
     papermill.execute_notebook(
         str(NOTEBOOKS / "01_eda.ipynb"),
@@ -212,3 +216,9 @@ def test_init_writes_next_to_the_sheet_by_default(tmp_path, tiny_sheet):
     assert read_study_file(out)["data_path"] == str(sheet)
     with pytest.raises(FileExistsError):
         init(sheet)
+
+
+def test_the_docs_list_every_key():
+    page = (ROOT / "docs" / "study-file.md").read_text(encoding="utf-8")
+    missing = [k for k in study_file.known_keys() if f"| `{k}` |" not in page]
+    assert not missing, f"docs/study-file.md lacks {missing}: regenerate its key tables"
