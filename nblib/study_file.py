@@ -209,6 +209,8 @@ def use_parameters(namespace: MutableMapping[str, Any], notebook: str) -> dict[s
     params = _parameters(classes)
     taken: dict[str, Any] = {}
     study_path = namespace.get(STUDY_PARAMETER)
+    if study_path and not isinstance(study_path, (str, os.PathLike)):
+        study_path = None  # the Study an earlier run of the data cell opened: the file's values are in place already
     if study_path:
         declared = {n: f.default if f.default is not MISSING else f.default_factory() for n, (f, _) in params.items()}
         given = given_explicitly(namespace, declared)

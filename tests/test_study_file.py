@@ -105,6 +105,8 @@ def test_parameters_given_explicitly_override_the_file(tmp_path, tiny_sheet):
     assert ns["max_len"] == 64 and ns["data_path"] == str(tmp_path / sheet.name)  # from the file
     assert ns["results_dir"] == str(tmp_path / "results") and ns["fig_dir"] == str(tmp_path / "figures")
     assert "epochs" not in taken and taken["max_len"] == 64
+    ns["study"] = open_study(str(tmp_path / sheet.name), n_folds=2, results_dir=str(tmp_path / "res"))  # run again
+    assert use_parameters(ns, "03_bert_cv") == {} and ns["max_len"] == 64
 
 
 def test_without_a_study_file_the_parameters_are_only_checked(tmp_path, tiny_sheet):
