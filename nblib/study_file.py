@@ -330,8 +330,9 @@ def init(
         "# Results and figures go to results/ and figures/ next to this file; or name other folders:",
         "# results_dir: results",
         "# fig_dir: figures",
+        "model: bert-base-chinese  # 03's encoder: a hub id or a local folder (docs/models.md); tiny-random: a smoke run",
+        "plain_run: bert_bert-base-chinese  # the 03 run 06 builds on: bert_ + the model folder's name",
         "# Any notebook parameter may be set here (papermill notebooks/03_bert_cv.ipynb --help-notebook), e.g.:",
-        "# model: bert-base-chinese",
         "# epochs: 4",
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
