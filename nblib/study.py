@@ -99,9 +99,7 @@ class Study:
         s = self.settings
         if s.unlabelled_path and not (nonempty and self._unseen_pool.texts.empty):
             return
-        where = (
-            f"{s.unlabelled_path} has no unlabelled texts to use" if s.unlabelled_path else "unlabelled_path is None"
-        )
+        where = f"{s.unlabelled_path} has no texts to use" if s.unlabelled_path else "unlabelled_path is None"
         instead = f"Pass {alternative} (-p {alternative} my_texts.xlsx), or set" if alternative else "Set"
         raise DataError(
             f"{needed_by} needs unlabelled texts, but {where}. {instead} unlabelled_path (and unlabelled_text_col) "
