@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import types
 import typing
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -192,10 +193,10 @@ def _admits(hint: Any, value: Any) -> bool:
             if value is None:
                 return True
         elif origin is float:
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, numbers.Real) and not isinstance(value, bool):
                 return True
         elif origin is int:
-            if isinstance(value, int) and not isinstance(value, bool):
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool):
                 return True
         elif isinstance(origin, type) and isinstance(value, origin):
             return True
@@ -231,7 +232,7 @@ def check(name: str, value: Any, hint: Any, f: Field) -> None:
     if bounds is None:
         return
     what = f" ({help_of(f)})" if help_of(f) else ""
-    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    numeric = isinstance(value, numbers.Real) and not isinstance(value, bool)
     if not _admits(hint, value):
         raise SettingsError(f"{name} = {value!r}: it must be {_kind(hint)}, {bounds}{what}.")
     if numeric and (value not in bounds or math.isnan(value)):

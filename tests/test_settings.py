@@ -7,6 +7,7 @@ import json
 import typing
 from dataclasses import dataclass, field
 
+import numpy as np
 import pytest
 from helpers import NOTEBOOKS
 
@@ -108,6 +109,7 @@ def test_numbers_out_of_range_are_refused_naming_the_parameter_and_range(cls, na
 def test_auto_and_none_pass_the_numeric_checks():
     cfg = settings.from_params(FineTuneConfig, {"num_processes": "auto", "head_lr": None, "epochs": 1, "lr": 1})
     assert (cfg.num_processes, cfg.train.head_lr, cfg.train.lr) == ("auto", None, 1)
+    assert settings.from_params(StudySettings, {"n_folds": np.int64(3)}).n_folds == 3  # numpy numbers are numbers
 
 
 @dataclass
