@@ -47,6 +47,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from . import features
 from .data import LABEL_SHEET, LabelledData
+from .settings import setting
 from .sheets import DataError, clean_text, write_table
 
 log = logging.getLogger(__name__)
@@ -58,13 +59,15 @@ STRATEGIES = ("random", "uncertain", "uncertain+diverse")  # what the simulation
 class ActiveLearningSettings:
     """What to label next (05_predict): the annotator sheet, and the simulated learning curve that tests it."""
 
-    n_to_label: int = 50  # texts in the annotator sheet
-    uncertainty: Measure = "margin"  # "margin" (gap between the two likeliest classes) or "entropy"
-    al_start: int = 100  # simulated learning curve: labelled texts at the start
-    al_batch: int = 50  # texts added per round
-    al_rounds: int = 6  # rounds of adding al_batch texts
-    al_seeds: int = 3  # repetitions, each with its own test part and start
-    al_test_fraction: float = 0.25  # held-out share of the labelled texts, where macro-F1 is measured
+    n_to_label: int = setting(50, "texts in the annotator sheet", ge=1)
+    uncertainty: Measure = setting("margin", "margin (gap between the two likeliest classes) or entropy")
+    al_start: int = setting(100, "simulated learning curve: labelled texts at the start", ge=2)
+    al_batch: int = setting(50, "texts added per round", ge=1)
+    al_rounds: int = setting(6, "rounds of adding al_batch texts", ge=1)
+    al_seeds: int = setting(3, "repetitions, each with its own test part and start", ge=1)
+    al_test_fraction: float = setting(
+        0.25, "held-out share of the labelled texts, where macro-F1 is measured", gt=0, lt=1
+    )
 
 
 def uncertainty(probs: np.ndarray, measure: Measure = "margin") -> np.ndarray:

@@ -29,7 +29,7 @@ from .cv import FoldOutput, run_folds
 from .folds import FoldSplit
 from .metrics import improves, validation_scores
 from .results import ModelResults
-from .settings import ModelSelection, SelectOn, choices
+from .settings import ModelSelection, SelectOn, choices, runtime, setting
 from .study import Study
 from .text import Unit, tokenize_all
 
@@ -45,29 +45,40 @@ def model_list(models: str | Iterable[str]) -> list[str]:
 
 
 @dataclass
+class BaselineChoice:
+    """Which baselines 02_baselines trains."""
+
+    models: list[str] | str = setting(
+        default_factory=lambda: list(MODELS), help="the baselines to train: a list, or -p models mlp_tf,lr_tfidf_char"
+    )
+
+
+@dataclass
 class BaselineConfig:
     """Every setting of the baselines (the notebook's parameters), written to each model's config.json."""
 
-    unit: Unit = "word"  # text units for the bags, word2vec and the LSTM: "char" or "word" (jieba)
-    min_df: int = 2  # a unit must occur in this many training texts to enter a bag
-    max_features: int = 20000
-    w2v_dim: int = 100
-    w2v_window: int = 5
-    w2v_epochs: int = 10
-    w2v_min_count: int = 2
-    mlp_hidden: int = 256
-    lstm_hidden: int = 64
-    max_len: int = 128  # units per text for the LSTM
-    dropout: float = 0.3
-    epochs: int = 20  # upper bound; early stopping on the validation part decides
-    patience: int = 2
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    lr_C: float = 10.0  # inverse regularisation of the logistic regression
-    ngram_max: int = 3  # character n-grams 1..ngram_max for TF-IDF + LR
+    unit: Unit = setting("word", "text units for the bags, word2vec and the LSTM: char, or word (jieba)")
+    min_df: int = setting(2, "a unit must occur in this many training texts to enter a bag", ge=1)
+    max_features: int = setting(20000, "the most units in a bag (the most frequent)", ge=1)
+    w2v_dim: int = setting(100, "word2vec vector size", ge=1)
+    w2v_window: int = setting(5, "word2vec context window", ge=1)
+    w2v_epochs: int = setting(10, "word2vec training epochs", ge=1)
+    w2v_min_count: int = setting(2, "word2vec: a unit must occur this often", ge=1)
+    mlp_hidden: int = setting(256, "hidden units of the MLPs", ge=1)
+    lstm_hidden: int = setting(64, "hidden units of the LSTMs", ge=1)
+    max_len: int = setting(128, "units per text for the LSTM", ge=1)
+    dropout: float = setting(0.3, "dropout of the MLPs and LSTMs", ge=0, lt=1)
+    epochs: int = setting(20, "upper bound; early stopping on the validation part decides", ge=1)
+    patience: int = setting(2, "stop after this many epochs without a better validation score", ge=1)
+    batch_size: int = setting(128, "texts per optimizer step", ge=1)
+    lr: float = setting(2e-3, "learning rate of the MLPs and LSTMs (Adam)", gt=0)
+    weight_decay: float = setting(1e-4, "weight decay of the MLPs and LSTMs", ge=0)
+    lr_C: float = setting(10.0, "inverse regularisation of the logistic regression", gt=0)
+    ngram_max: int = setting(3, "character n-grams 1..ngram_max for TF-IDF + LR", ge=1)
     selection: ModelSelection = field(default_factory=ModelSelection)
-    n_jobs: int | Literal["auto"] = settings.runtime("auto")  # folds trained side by side; auto: one per CPU core
+    n_jobs: int | Literal["auto"] = runtime(
+        "auto", "folds trained side by side, one process each; auto: one per CPU core", ge=1
+    )
 
     def parallelism(self, folds: int) -> tuple[int, int]:
         """The folds trained side by side, and the PyTorch threads of each fold.

@@ -41,7 +41,7 @@ from transformers.utils import logging as hf_logging
 
 from .cv import set_seed
 from .metrics import improves, validation_scores
-from .settings import SelectOn, runtime
+from .settings import SelectOn, runtime, setting
 
 log = logging.getLogger(__name__)
 TINY_RANDOM = "tiny-random"
@@ -58,8 +58,9 @@ class ModelNotAvailableError(RuntimeError):
 def resolve_model(model: str) -> str:
     """Return a loadable source for ``model`` (a local folder, or a hub id found in the cache or online).
 
-    Fails fast with instructions when the model cannot be had: many servers have no internet, so
-    the usual way is to download the model once elsewhere and pass the folder.
+    Fails fast with instructions when the model cannot be had: the hub is probed once with a short timeout
+    (no retry loop), and the message says how to get the model where the hub is unreachable: a hub mirror
+    (``HF_ENDPOINT``), ModelScope, or a folder copied from another machine (see docs/models.md).
     """
     path = Path(model).expanduser()
     if path.is_dir():
@@ -71,21 +72,55 @@ def resolve_model(model: str) -> str:
         return str(path.resolve())  # absolute: worker processes may start elsewhere
     if model.startswith((".", "/", "~")) or os.sep in model and not _looks_like_hub_id(model):
         raise ModelNotAvailableError(f"Model folder {path.resolve()} does not exist.")
+    with contextlib.suppress(OSError, ValueError):
+        AutoConfig.from_pretrained(model, local_files_only=True)
+        return model
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    for local_only in (True,) if offline else (True, False):
+    unreachable = "HF_HUB_OFFLINE is set" if offline else _hub_unreachable(hub_endpoint())
+    if not unreachable:
         try:
-            AutoConfig.from_pretrained(model, local_files_only=local_only)
+            AutoConfig.from_pretrained(model)
             return model
-        except (OSError, ValueError):
-            continue
-    raise ModelNotAvailableError(
-        f"Model '{model}' is not a local folder and could not be loaded from the Hugging Face cache or hub "
-        f"(no internet here?). On a machine with internet run:\n"
-        f'    python -c "from transformers import AutoModel, AutoTokenizer; '
-        f"AutoTokenizer.from_pretrained('{model}').save_pretrained('{Path(model).name}'); "
-        f"AutoModel.from_pretrained('{model}').save_pretrained('{Path(model).name}')\"\n"
-        f"(or: hf download {model} --local-dir {Path(model).name}), copy the folder '{Path(model).name}' to this "
-        f"machine and pass its path as the model (e.g. -p model /data/models/{Path(model).name})."
+        except (OSError, ValueError) as e:
+            unreachable = f"the hub answered: {str(e).splitlines()[0][:200]}"
+    raise ModelNotAvailableError(model_help(model, unreachable))
+
+
+def hub_endpoint() -> str:
+    """The Hugging Face hub this process downloads from: ``HF_ENDPOINT`` (a mirror), else huggingface.co."""
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+
+
+def _hub_unreachable(endpoint: str, timeout: float = 3.0) -> str | None:
+    """Why the hub at ``endpoint`` cannot be reached (one request, ``timeout`` seconds, no retries); None: it
+    answers (any HTTP status)."""
+    import httpx
+
+    try:
+        httpx.head(endpoint, timeout=timeout)
+    except httpx.HTTPError as e:
+        return f"{endpoint} cannot be reached ({type(e).__name__}: {e})"
+    return None
+
+
+def model_help(model: str, why: str) -> str:
+    """What to do when ``model`` is neither a local folder nor in the cache and cannot be downloaded.
+
+    Args:
+        model: the hub id asked for.
+        why: why it could not be downloaded.
+    """
+    folder = f"models/{Path(model).name}"
+    return (
+        f"Model '{model}' is not a local folder, not in the Hugging Face cache, and could not be downloaded: {why}.\n"
+        f"Get it into a local folder one of these ways (docs/models.md):\n"
+        f"  - a hub mirror (e.g. in China): HF_ENDPOINT=https://hf-mirror.com hf download {model} --local-dir {folder}\n"
+        f"  - ModelScope: pip install modelscope; modelscope download --model <its ModelScope id> --local_dir {folder}\n"
+        f"    (search modelscope.cn for {Path(model).name})\n"
+        f"  - on a machine with internet: hf download {model} --local-dir {folder}, then copy the folder here\n"
+        f"Then pass the folder: make notebooks BERT_MODEL=$PWD/{folder}, or papermill … -p model /path/to/{folder}."
     )
 
 
@@ -420,15 +455,15 @@ def per_device_batch(batch_size: int, processes: int, grad_accum: int) -> int:
 class TrainSettings:
     """How each fold's model is fine-tuned (03_bert_cv's parameters of the same names)."""
 
-    epochs: int = 4
-    batch_size: int = 32  # texts per optimizer step, over all processes and accumulation steps
-    lr: float = 2e-5
-    head_lr: float | None = None  # learning rate of the new head (and of a pooler the checkpoint lacks); None: lr
-    freeze_embeddings: bool = False  # keep the input word embeddings fixed: 1.6x faster CPU steps for e5-small
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    grad_accum: int = runtime(1)  # micro-batches per step (same effective batch): memory, not results
+    epochs: int = setting(4, "training epochs per fold (the best on the validation part is kept)", ge=1)
+    batch_size: int = setting(32, "texts per optimizer step, over all GPUs and accumulation steps", ge=1)
+    lr: float = setting(2e-5, "peak learning rate (AdamW, linear warm-up and decay)", gt=0)
+    head_lr: float | None = setting(None, "learning rate of the new classification head (None: lr)", gt=0)
+    freeze_embeddings: bool = setting(False, "keep the input word embeddings fixed (much faster on CPU)")
+    warmup_ratio: float = setting(0.1, "share of the steps spent warming up the learning rate", ge=0, lt=1)
+    weight_decay: float = setting(0.01, "AdamW weight decay (not on biases and LayerNorm)", ge=0)
+    max_grad_norm: float = setting(1.0, "gradients clipped to this norm", gt=0)
+    grad_accum: int = runtime(1, "micro-batches per optimizer step (same effective batch, less memory)", ge=1)
 
 
 def param_groups(

@@ -45,7 +45,7 @@ from .data import path_list
 from .folds import FoldSplit
 from .hardware import keep_freed_memory
 from .results import ModelResults, read_folds
-from .settings import ModelSelection, StudySettings, from_params, identity, runtime, to_params
+from .settings import ModelSelection, StudySettings, from_params, identity, runtime, setting, to_params
 from .study import Study, open_study
 
 log = logging.getLogger(__name__)
@@ -103,21 +103,25 @@ class FineTuneConfig(Hardware):
 
     study: StudySettings = runtime(default_factory=StudySettings)
     model: str = runtime(
-        "bert-base-chinese"
-    )  # hub id, local folder, or "tiny-random" (a small random model, for smoke runs)
-    run_name: str | None = runtime(None)  # results folder name; default "bert_<model folder name>"
-    max_len: int = 128  # tokens per text (longer texts are cut, and counted)
-    truncation: Literal["head", "head+tail"] = "head"  # what a cut text keeps
+        "bert-base-chinese", "hub id, or a local folder (offline servers), or tiny-random for a smoke run", path="model"
+    )
+    run_name: str | None = runtime(None, "results folder name (default bert_ + model folder name)")
+    max_len: int = setting(128, "tokens per text; longer texts are cut (and counted)", ge=1)
+    truncation: Literal["head", "head+tail"] = setting("head", "what a cut text keeps: head, or head+tail")
     train: bert.TrainSettings = field(default_factory=bert.TrainSettings)
     selection: ModelSelection = field(default_factory=ModelSelection)
-    train_final: bool = True  # also train one model on all labelled texts
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = runtime("auto")
-    device: Literal["auto", "cpu", "cuda"] = runtime("auto")
-    num_processes: int | Literal["auto"] = runtime("auto")  # auto: every visible GPU (1 on CPU)
-    parallel: Literal["auto", "folds", "ddp"] = runtime("auto")
-    save_fold_models: bool = runtime(True)
-    oom_retry: bool = runtime(True)  # on CUDA out-of-memory halve the per-device batch and retry
-    teacher: str | None = None  # self-training: the run whose fold-k model pseudo-labels the pool for fold k
+    train_final: bool = setting(True, "also train one model on all labelled texts")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = runtime("auto", "auto, fp32, bf16 or fp16")
+    device: Literal["auto", "cpu", "cuda"] = runtime("auto", "auto, cpu or cuda")
+    num_processes: int | Literal["auto"] = runtime("auto", "auto: every visible GPU (1 on CPU)", ge=1)
+    parallel: Literal["auto", "folds", "ddp"] = runtime(
+        "auto", "auto, folds (whole folds side by side) or ddp (one fold over every GPU)"
+    )
+    save_fold_models: bool = runtime(True, "keep each fold's model (05's fold ensemble, self-training teachers)")
+    oom_retry: bool = runtime(True, "on CUDA out-of-memory halve the per-device batch and retry")
+    teacher: str | None = setting(
+        None, "self-training: a run of this study whose fold-k model labels the pool for fold k"
+    )
     pseudo: self_training.PseudoLabelling = field(default_factory=self_training.PseudoLabelling)
 
     @property

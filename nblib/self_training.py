@@ -31,6 +31,7 @@ from accelerate import PartialState
 
 from .predict import load_model, predict_texts
 from .results import RunFolder, fold_hash, write_atomic
+from .settings import setting
 from .sheets import DataError, read_machine_table, write_table
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,13 @@ PSEUDO_RULES = ("per_class", "threshold")
 class PseudoLabelling:
     """Which pool texts the teacher's pseudo-labels add (06's parameters; used when a run has a ``teacher``)."""
 
-    pseudo_rule: PseudoRule = "per_class"  # per_class: top share per predicted class; threshold: confidence cut
-    pseudo_share: float = 0.5  # per_class: share of each class's pool texts kept, most confident first
-    pseudo_threshold: float = 0.9  # threshold: the least calibrated confidence kept
+    pseudo_rule: PseudoRule = setting(
+        "per_class", "per_class: top share per predicted class; threshold: confidence cut"
+    )
+    pseudo_share: float = setting(
+        0.5, "per_class: share of each class's pool texts kept, most confident first", gt=0, le=1
+    )
+    pseudo_threshold: float = setting(0.9, "threshold: the least calibrated confidence kept", ge=0, le=1)
 
     def check(self) -> None:
         """A clear error for a rule or number out of range."""

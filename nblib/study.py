@@ -9,7 +9,9 @@ study.comparison()               # their mean ± sd table (also written to compa
 
 from __future__ import annotations
 
+import argparse
 import logging
+import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -80,14 +82,33 @@ class Study:
             required_by: what needs the pool (e.g. "self-training"): a missing or empty pool is then an error that
                 says so; None: an empty result.
         """
-        s, pool = self.settings, self._unseen_pool
+        pool = self._unseen_pool
         if pool.texts.empty and required_by:
-            where = f"{s.unlabelled_path} has no texts to use" if s.unlabelled_path else "unlabelled_path is None"
-            raise DataError(
-                f"{required_by} needs unlabelled texts, but {where}. Set unlabelled_path (and unlabelled_text_col) "
-                f"to a sheet of unlabelled comments."
-            )
+            self.require_pool(required_by, nonempty=True)
         return pool
+
+    def require_pool(self, needed_by: str, alternative: str | None = None, nonempty: bool = False) -> None:
+        """Stop with one message saying what to pass when the study names no unlabelled pool (``unlabelled_path``
+        defaults to none: a study's own sheet never gets the demo's pool).
+
+        Args:
+            needed_by: what needs the pool, e.g. "06_unlabelled (TAPT and self-training)".
+            alternative: a parameter that may name other texts instead (05's ``input_path``).
+            nonempty: also stop when the pool has no usable text.
+
+        Raises:
+            DataError: no pool (or, with ``nonempty``, an empty one).
+        """
+        s = self.settings
+        if s.unlabelled_path and not (nonempty and self._unseen_pool.texts.empty):
+            return
+        where = f"{s.unlabelled_path} has no texts to use" if s.unlabelled_path else "unlabelled_path is None"
+        instead = f"Pass {alternative} (-p {alternative} my_texts.xlsx), or set" if alternative else "Set"
+        raise DataError(
+            f"{needed_by} needs unlabelled texts, but {where}. {instead} unlabelled_path (and unlabelled_text_col) "
+            f"to a sheet of unlabelled comments: 'unlabelled_path: my_pool.xlsx' in the study file, or "
+            f"-p unlabelled_path my_pool.xlsx."
+        )
 
     @cached_property
     def _unseen_pool(self) -> UnseenPool:
@@ -222,3 +243,33 @@ def open_study(data_path: str | Path | StudySettings, **settings: Any) -> Study:
     path = results.study_path(s.results_dir, data)
     folds = load_or_make_folds(data, results.folds_file(path, s.n_folds, s.seed), s.n_folds, s.seed)
     return Study(s, data, folds, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m nblib.study init my_sheet.xlsx [-o my_study.yaml]``: write a first study file for a sheet.
+
+    Args:
+        argv: the command-line arguments (default: ``sys.argv[1:]``).
+    """
+    from .study_file import init
+
+    parser = argparse.ArgumentParser(prog="python -m nblib.study", description="Study files (see docs/study-file.md).")
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("init", help="write a first study file from a labelled sheet")
+    p.add_argument("sheet_path", type=Path, help="the labelled sheet (.xlsx, .csv, .tsv)")
+    p.add_argument("-o", "--out", type=Path, help="the study file to write (default: <sheet>_study.yaml beside it)")
+    p.add_argument("--sheet", help="the sheet of an .xlsx, by name (default: the first)")
+    p.add_argument("--header-row", type=int, default=1, help="the row that holds the column names (default: 1)")
+    args = parser.parse_args(argv)
+    if args.header_row < 1:
+        parser.error(f"--header-row {args.header_row}: rows are numbered from 1, as in Excel.")
+    try:
+        init(args.sheet_path, args.out, args.sheet, args.header_row)
+    except (DataError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -52,7 +52,7 @@ from .bert_cv import FineTuneConfig, Hardware, absolute_paths, launch_torchrun, 
 from .cv import set_seed
 from .hardware import keep_freed_memory
 from .results import ResultsExistError, environment, same_source, write_atomic
-from .settings import StudySettings, from_params, identity, runtime, to_params
+from .settings import StudySettings, from_params, identity, runtime, setting, to_params
 from .study import Study, open_study
 from .text import is_content
 
@@ -67,16 +67,16 @@ INFO_FILE = "tapt.json"
 class TaptSettings:
     """How the encoder is adapted (06's parameters of the same names)."""
 
-    masking: Masking = "word"  # char: tokens one by one; word: jieba words whole (Chinese BERT-wwm)
-    mask_rate: float = 0.15  # share of each text's tokens predicted
-    tapt_epochs: int = 3
-    tapt_lr: float = 1e-4
-    tapt_batch_size: int = 32  # texts per optimizer step, over all processes
-    tapt_max_len: int = 128  # tokens per text; longer texts are cut
-    tapt_warmup_ratio: float = 0.06
-    tapt_freeze_embeddings: bool = False  # keep the input word embeddings (and a head tied to them) fixed
-    tapt_name: str | None = runtime(None)  # encoder folder under <study>/encoders (default tapt_<model folder>)
-    save_every: int = runtime(200)  # optimizer steps between checkpoints of an unfinished run
+    masking: Masking = setting("word", "char: tokens one by one; word: jieba words whole (Chinese BERT-wwm)")
+    mask_rate: float = setting(0.15, "share of each text's tokens predicted", gt=0, lt=1)
+    tapt_epochs: int = setting(3, "passes over the labelled and pool texts", ge=1)
+    tapt_lr: float = setting(1e-4, "peak learning rate of the masked-language-model training", gt=0)
+    tapt_batch_size: int = setting(32, "texts per optimizer step, over all processes", ge=1)
+    tapt_max_len: int = setting(128, "tokens per text; longer texts are cut", ge=1)
+    tapt_warmup_ratio: float = setting(0.06, "share of the steps spent warming up the learning rate", ge=0, lt=1)
+    tapt_freeze_embeddings: bool = setting(False, "keep the input word embeddings (and a head tied to them) fixed")
+    tapt_name: str | None = runtime(None, "encoder folder under <study>/encoders (default tapt_<model folder>)")
+    save_every: int = runtime(200, "optimizer steps between checkpoints of an unfinished TAPT run", ge=1)
 
 
 @dataclass

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -82,8 +83,35 @@ def test_local_folder_and_clear_errors(tmp_path, tiny_encoder, monkeypatch):
     with pytest.raises(bert.ModelNotAvailableError, match="no config.json"):
         bert.resolve_model(str(tmp_path / "empty"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(bert.ModelNotAvailableError, match=r"(?s)bert-base-chinese.*save_pretrained.*pass its path"):
+    with pytest.raises(
+        bert.ModelNotAvailableError, match=r"(?s)bert-base-chinese.*HF_HUB_OFFLINE is set.*pass the folder"
+    ):
         bert.resolve_model("bert-base-chinese")
+
+
+def test_an_unreachable_hub_fails_at_once_with_the_ways_to_get_the_model(tmp_path):
+    """With the hub blocked (HF_ENDPOINT at a closed local port), no retry loop: the message within seconds."""
+    with socket.socket() as s:  # a port nobody listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = (
+        "import time\nfrom nblib import bert\nt = time.perf_counter()\n"
+        "try:\n    bert.resolve_model('bert-base-chinese')\n"
+        "except bert.ModelNotAvailableError as e:\n    print(e)\n"
+        "print(f'seconds={time.perf_counter() - t:.1f}')\n"
+    )
+    env = os.environ | {"HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HOME": str(tmp_path / "hf")}
+    env.pop("HF_HUB_OFFLINE", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120).stdout
+    assert float(out.rsplit("seconds=", 1)[1]) < 5, out  # it was 23 s of "Retrying in 8s [Retry 5/5]"
+    assert f"127.0.0.1:{port} cannot be reached" in out
+    for way in (
+        "HF_ENDPOINT=https://hf-mirror.com hf download",
+        "modelscope download --model",
+        "BERT_MODEL=",
+        "-p model",
+    ):
+        assert way in out, (way, out)
 
 
 def test_batches_are_padded_dynamically_with_attention_masks(tiny_encoder):

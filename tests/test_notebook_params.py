@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import subprocess
+import sys
+from dataclasses import MISSING
+from pathlib import Path
 
 import pandas as pd
-from helpers import cell_text
+import papermill
+import pytest
+from helpers import NOTEBOOKS, cell_text
+
+from nblib import settings
+from nblib.study_file import notebook_settings
 
 
 def test_baselines_notebook_on_the_benchmark_sheet(tmp_path, run_notebook, shared_labelled):
@@ -57,3 +67,38 @@ def test_bert_notebook_takes_its_parameters(tmp_path, run_notebook, tiny_data):
     assert config["freeze_embeddings"] is True
     assert not (folder / "final").exists() and len(pd.read_csv(folder / "metrics.csv")) == 3
     assert (tmp_path / "figs" / "smoke_confusion_per_fold.png").exists()
+
+
+@pytest.mark.parametrize("name", sorted(notebook_settings()))
+def test_help_notebook_lists_every_parameter_with_its_type_default_and_help(name):
+    """papermill's own inspection (what --help-notebook prints) finds every setting of the notebook's classes."""
+    classes = notebook_settings()[name]
+    inferred = papermill.inspect_notebook(str(NOTEBOOKS / f"{name}.ipynb"))
+    fields = {n: (f, settings.flat_types(c)[n]) for c in classes for n, f in settings.flat_fields(c).items()}
+    assert set(inferred) == {settings.STUDY_PARAMETER, *fields}
+    assert inferred["study"]["help"] == settings.STUDY_HELP
+    for n, (f, hint) in fields.items():
+        p = inferred[n]
+        assert p["help"] == settings.help_of(f) != "", n
+        assert p["inferred_type_name"] == settings.annotation(hint), n
+        default = f.default if f.default is not MISSING else f.default_factory()
+        assert ast.literal_eval(p["default"]) == default, n
+
+
+def test_help_notebook_command_shows_the_parameters_it_used_to_drop():
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("papermill")), "--help-notebook", "05_predict.ipynb"],
+        cwd=NOTEBOOKS,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    for line in (
+        "input_path: Optional[str] (default None)",
+        "output_path: Optional[str] (default None)",
+        "group_col: Optional[str] (default None)",
+        "unlabelled_path: Optional[str] (default None)",
+        "extra_labelled_paths: Union[str, list[str], None] (default None)",
+    ):
+        assert line in out, (line, out)
+    assert "the texts to label (None: the study's unlabelled_path)" in out
