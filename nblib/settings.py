@@ -432,9 +432,10 @@ class StudySettings:
 
 @dataclass
 class FigureSettings:
-    """Where the notebook saves its figures."""
+    """Where the notebook saves its figures, and the names they show."""
 
     fig_dir: str = runtime("../figures", "folder for the figures (png and pdf)", path="output")
+    display_names: dict | None = runtime(None, "names in figures and paper tables, by id: {lr_tfidf_char: TF-IDF + LR}")
 
 
 @dataclass

@@ -29,6 +29,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from . import names
 from .settings import (
     STUDY_PARAMETER,
     AnalysisSettings,
@@ -227,6 +228,7 @@ def use_parameters(namespace: MutableMapping[str, Any], notebook: str) -> dict[s
             check(name, namespace[name], hint, f)
     for cls in classes:
         from_params(cls, namespace)
+    names.use(namespace.get("display_names"))  # every figure and table of this notebook shows them
     return taken
 
 
