@@ -639,6 +639,7 @@ def main(argv: list[str] | None = None) -> None:
         argv: the command-line arguments (default: ``sys.argv[1:]``).
     """
     ap = argparse.ArgumentParser(
+        prog="python -m nblib.bert_cv",
         description="Train folds (or the final model) of a fine-tuning run.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
