@@ -48,7 +48,6 @@ class PredictParams(Params):
     max_len: str = "max_len="
     batch_size: str = "batch_size="
     device: str = "device="
-    output: str = "output_path="
 
 
 NOTEBOOK_PARAMS = PredictParams(
@@ -63,7 +62,6 @@ CLI_PARAMS = PredictParams(
     max_len="--max-len ",
     batch_size="--batch-size ",
     device="--device ",
-    output="the output ",
 )
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -241,14 +239,13 @@ def check_device(device: str, params: PredictParams = NOTEBOOK_PARAMS) -> None:
         )
 
 
-def check_output(out_path: str | Path, overwrite: bool = False, params: PredictParams = NOTEBOOK_PARAMS) -> Path:
+def check_output(out_path: str | Path, overwrite: bool = False) -> Path:
     """Check before any work that the predictions can be written to ``out_path``: a known format, an existing
     folder (not a file) that this process may write to, and no file there unless ``overwrite``.
 
     Args:
         out_path: the output file.
         overwrite: an existing file may be replaced.
-        params: how the caller names the parameters.
 
     Raises:
         FileExistsError: the file exists and ``overwrite`` is False.
@@ -260,15 +257,12 @@ def check_output(out_path: str | Path, overwrite: bool = False, params: PredictP
             f"{out_path} exists; choose another output file, or pass overwrite=True (--overwrite on the command line)."
         )
     if out_path.is_dir():
-        raise DataError(f"{params.output}{out_path} is a folder: give a file name in it, e.g. {out_path / 'out.xlsx'}.")
+        raise DataError(f"The output {out_path} is a folder: give a file name in it, e.g. {out_path / 'out.xlsx'}.")
     writer_kind(out_path)
     folder = out_path.parent
     above = next((p for p in [folder, *folder.parents] if p.exists()), None)
     if above is not None and not above.is_dir():
-        raise DataError(
-            f"Cannot write {out_path}: {above} is a file, not a folder. Choose an output path in a folder "
-            f"({params.output.strip()})."
-        )
+        raise DataError(f"Cannot write {out_path}: {above} is a file, not a folder. Choose an output path in a folder.")
     if not folder.is_dir():
         raise DataError(f"Cannot write {out_path}: the folder {folder} does not exist. Create it, or choose another.")
     try:
@@ -277,7 +271,7 @@ def check_output(out_path: str | Path, overwrite: bool = False, params: PredictP
     except OSError as e:
         raise DataError(
             f"Cannot write to {folder} ({e.strerror}): the folder is read-only, full or not yours. Choose an output "
-            f"path on a writable disk ({params.output.strip()})."
+            f"path on a writable disk."
         ) from None
     return out_path
 
@@ -379,7 +373,7 @@ def predict_file(
     Returns:
         The input's columns followed by the prediction columns (see :func:`predict_texts`).
     """
-    out_path = check_output(out_path, overwrite, params)  # before the model loads and the texts are predicted
+    out_path = check_output(out_path, overwrite)  # before the model loads and the texts are predicted
     check_device(device, params)
     model, tokenizer = load_model(model_dir, ensemble, params)
     table = read_sheet(in_path, [column], sheet, header_row, encoding, params)
