@@ -255,23 +255,20 @@ def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def check_vocabulary(
-    tokenizer: PreTrainedTokenizerBase, ids: Sequence[Sequence[int]], texts: Sequence[str], refuse: bool = True
-) -> None:
-    """Refuse (or warn about) a tokenizer that reads most of these texts' tokens as unknown (``[UNK]``): a
-    vocabulary that does not fit them (a missing or wrong tokenizer file, a model for another language) would
-    give meaningless labels.
+def check_vocabulary(tokenizer: PreTrainedTokenizerBase, ids: Sequence[Sequence[int]], texts: Sequence[str]) -> None:
+    """Refuse a tokenizer that reads most of these texts' tokens as unknown (``[UNK]``): a vocabulary that does not
+    fit them (a missing or wrong tokenizer file, a model for another language) would give meaningless labels.
+
+    A small vocabulary (under :data:`SMALL_VOCABULARY` tokens) is a smoke-test model's, e.g. tiny-random's, made of
+    the labelled texts' characters, which other texts need not share: it gets a warning instead.
 
     Args:
         tokenizer: the tokenizer.
         ids: the token ids of ``texts`` (special tokens left out).
         texts: the texts, for the message.
-        refuse: raise (for the labelled sheet's texts, which a fitting vocabulary must read); False: raise unless
-            the vocabulary is a small one (under :data:`SMALL_VOCABULARY` tokens, e.g. tiny-random's, made of the
-            labelled texts' characters, which new texts may not share), and log a warning then.
 
     Raises:
-        ModelNotAvailableError: more than :data:`MAX_UNKNOWN_SHARE` of the tokens are unknown, with ``refuse``.
+        ModelNotAvailableError: more than :data:`MAX_UNKNOWN_SHARE` of the tokens are unknown.
     """
     unk = tokenizer.unk_token_id
     total = sum(len(i) for i in ids)
@@ -287,9 +284,9 @@ def check_vocabulary(
         f"missing or from another model, or a model for another language). {COPY_AGAIN.capitalize()}, or use "
         f"an encoder for Chinese."
     )
-    if refuse or len(tokenizer) >= SMALL_VOCABULARY:
+    if len(tokenizer) >= SMALL_VOCABULARY:
         raise ModelNotAvailableError(message)
-    log.warning("%s Its predictions for such texts mean little.", message)
+    log.warning("%s (A small test vocabulary of %d tokens: going on.)", message, len(tokenizer))
 
 
 def max_positions(config: PretrainedConfig) -> int | None:
@@ -448,7 +445,7 @@ class Encoded(torch.utils.data.Dataset):
                 f"{max_len - room + 1}."
             )
         ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
-        check_vocabulary(tokenizer, ids, texts, refuse=labels is not None)
+        check_vocabulary(tokenizer, ids, texts)
         self.truncated = np.array([len(i) > room for i in ids], dtype=bool)
         if self.truncated.any():
             log.info(

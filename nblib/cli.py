@@ -81,7 +81,8 @@ def float_in(
 
 
 def int_list(low: int | None = 0) -> Callable[[str], list[int]]:
-    """An argparse ``type`` for a comma-separated list of whole numbers, each ``≥ low`` (e.g. folds ``0,2``).
+    """An argparse ``type`` for a comma-separated list of whole numbers, each ``≥ low`` (e.g. folds ``0,2``; an
+    empty string is an empty list).
 
     Args:
         low: the smallest value allowed (None: no bound).
@@ -89,10 +90,7 @@ def int_list(low: int | None = 0) -> Callable[[str], list[int]]:
     one = int_in(low)
 
     def parse(text: str) -> list[int]:
-        values = [one(part.strip()) for part in text.split(",") if part.strip()]
-        if not values:
-            raise argparse.ArgumentTypeError(f"{text!r} holds no number; give e.g. 0,2")
-        return values
+        return [one(part.strip()) for part in text.split(",") if part.strip()]
 
     parse.__name__ = "list of whole numbers"
     return parse

@@ -153,7 +153,7 @@ def token_groups(
         return_offsets_mapping=masking == "word",
     )
     plain = [[t for t, s in zip(ids, sm) if not s] for ids, sm in zip(enc["input_ids"], enc["special_tokens_mask"])]
-    bert.check_vocabulary(tokenizer, plain, texts, refuse=False)
+    bert.check_vocabulary(tokenizer, plain, texts)
     items = []
     for i, text in enumerate(texts):
         unknown = [t == tokenizer.unk_token_id for t in enc["input_ids"][i]]  # nothing to learn from
