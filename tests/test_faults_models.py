@@ -235,7 +235,12 @@ def test_every_numeric_option_of_predict_is_checked_before_any_work(
     assert stop.value.code == 2 and expected in capsys.readouterr().err
 
 
-def test_bert_cv_worker_checks_its_folds(tmp_path, capsys):
+def test_bert_cv_worker_checks_its_folds(tmp_path, tiny_sheet, capsys):
+    cfg = bert_cv.from_params(bert_cv.FineTuneConfig, {"data_path": str(tiny_sheet()), "n_folds": 3})
+    (tmp_path / "launch.json").write_text(json.dumps(bert_cv.to_params(cfg)))
+    with pytest.raises(SystemExit):
+        bert_cv.main(["--config", str(tmp_path / "launch.json"), "--folds", "1,7"])
+    assert "argument --folds: fold(s) [7] out of range: this run has folds 0 to 2" in capsys.readouterr().err
     for value, expected in [
         ("-1", "-1 is out of range"),
         ("0,x", "'x' is not a whole number"),
