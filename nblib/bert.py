@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
+import json
 import logging
 import math
 import os
@@ -22,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 from accelerate import Accelerator
+from safetensors import SafetensorError, safe_open
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import (
@@ -32,6 +34,7 @@ from transformers import (
     BertModel,
     BertTokenizer,
     DataCollatorWithPadding,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     get_linear_schedule_with_warmup,
@@ -41,15 +44,24 @@ from transformers.utils import logging as hf_logging
 
 from .cv import set_seed
 from .metrics import improves, validation_scores
+from .results import TINY_RANDOM as TINY_RANDOM
+from .results import ModelNotAvailableError, finished_model
 from .settings import SelectOn, runtime, setting
+from .sheets import DataError
 
 log = logging.getLogger(__name__)
-TINY_RANDOM = "tiny-random"
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-
-
-class ModelNotAvailableError(RuntimeError):
-    """The encoder is neither a local folder nor downloadable from here."""
+# any one of these makes a tokenizer (fast tokenizer, WordPiece, BPE, SentencePiece vocabularies)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+MAX_UNKNOWN_SHARE = 0.5  # a tokenizer that maps more of a sheet's tokens to [UNK] does not fit the texts
+SMALL_VOCABULARY = 2000  # fewer tokens: a smoke-test vocabulary of the labelled texts' characters (tiny-random)
+COPY_AGAIN = "copy the complete model folder again (or save it again with save_pretrained()), or retrain it"
 
 
 # --- finding and building encoders ------------------------------------------------------------------
@@ -183,13 +195,182 @@ def build_tiny_encoder(
     return out_dir
 
 
+def check_model_folder(folder: str | Path, weights: bool = True) -> Path:
+    """A local model folder, checked before loading: completely saved (its done marker,
+    :func:`nblib.results.finished_model`), a readable ``config.json`` of a model, undamaged weights and
+    tokenizer files. Without this, transformers loads a folder that lacks its tokenizer files with a
+    5-token vocabulary (every character ``[UNK]``), and damaged files give tracebacks that name no file.
+
+    Args:
+        folder: the model folder.
+        weights: check the weights too (False: an encoder's config and tokenizer only).
+
+    Raises:
+        ModelNotAvailableError: what is wrong, with the file and what to do.
+    """
+    path = finished_model(folder)
+    config = path / "config.json"
+    try:
+        saved = json.loads(config.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ModelNotAvailableError(f"Cannot read {config} ({e.strerror}): check its permissions.") from None
+    except ValueError as e:
+        raise ModelNotAvailableError(
+            f"{config} is damaged: not valid JSON ({e}); it was cut off or edited. {COPY_AGAIN.capitalize()}."
+        ) from None
+    if not isinstance(saved, dict) or "model_type" not in saved:
+        raise ModelNotAvailableError(
+            f"{config} is not the config of a Hugging Face model (it has no model_type): pass the folder that "
+            f"save_pretrained() wrote, or {COPY_AGAIN}."
+        )
+    present = [f for f in TOKENIZER_FILES if (path / f).is_file()]
+    if not present:
+        raise ModelNotAvailableError(
+            f"{path} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); without them every character "
+            f"would be read as [UNK]. {COPY_AGAIN.capitalize()} — a saved model folder holds its tokenizer too."
+        )
+    if weights:
+        _check_weights(path)
+    return path
+
+
+def _check_weights(path: Path) -> None:
+    """A clear error when a model folder has no weights, or its safetensors files are cut off or damaged."""
+    found = [f for f in WEIGHT_FILES if (path / f).is_file()]
+    if not found:
+        raise ModelNotAvailableError(f"{path} has no model weights (none of {', '.join(WEIGHT_FILES)}): {COPY_AGAIN}.")
+    files = [path / found[0]]
+    if found[0].endswith(".index.json"):
+        try:
+            shards = sorted(set(json.loads(files[0].read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ModelNotAvailableError(f"{files[0]} is damaged ({type(e).__name__}: {e}): {COPY_AGAIN}.") from None
+        files = [path / f for f in shards]
+    for f in files:
+        if not f.is_file():
+            raise ModelNotAvailableError(f"{f} is missing (listed in {found[0]}): {COPY_AGAIN}.")
+        if f.stat().st_size == 0:
+            raise ModelNotAvailableError(f"{f} is empty (0 bytes): the save or the copy was cut off; {COPY_AGAIN}.")
+        if f.suffix == ".safetensors":
+            try:
+                with safe_open(str(f), "pt"):
+                    pass
+            except (SafetensorError, OSError) as e:
+                raise ModelNotAvailableError(
+                    f"{f} is damaged ({e}; {f.stat().st_size} bytes): the save or the copy was cut off. {COPY_AGAIN.capitalize()}."
+                ) from None
+
+
+def _local(source: str) -> bool:
+    return Path(source).expanduser().is_dir()
+
+
 def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
-    """The tokenizer of a pretrained model.
+    """The tokenizer of a pretrained model; a local folder is checked first (:func:`check_model_folder`), and a
+    tokenizer whose vocabulary holds nothing but special tokens is refused.
 
     Args:
         source: a model name on the Hub or a local folder.
+
+    Raises:
+        ModelNotAvailableError: the folder is half-written, damaged or lacks its tokenizer files.
     """
-    return AutoTokenizer.from_pretrained(source)
+    if _local(source):
+        check_model_folder(source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise ModelNotAvailableError(f"The tokenizer of {source} cannot be loaded ({e}): {COPY_AGAIN}.") from None
+    if len(tokenizer) <= len(tokenizer.all_special_tokens):
+        raise ModelNotAvailableError(
+            f"The tokenizer of {source} has {len(tokenizer)} tokens, all special ({', '.join(tokenizer.all_special_tokens)}): "
+            f"its vocabulary file is missing or empty, and every character would be read as "
+            f"{tokenizer.unk_token}. {COPY_AGAIN.capitalize()}."
+        )
+    return tokenizer
+
+
+def check_vocabulary(tokenizer: PreTrainedTokenizerBase, ids: Sequence[Sequence[int]], texts: Sequence[str]) -> None:
+    """Refuse a tokenizer that reads most of these texts' tokens as unknown (``[UNK]``): a vocabulary that does not
+    fit them (a missing or wrong tokenizer file, a model for another language) would give meaningless labels.
+
+    A small vocabulary (under :data:`SMALL_VOCABULARY` tokens) is a smoke-test model's, e.g. tiny-random's, made of
+    the labelled texts' characters, which other texts need not share: it gets a warning instead.
+
+    Args:
+        tokenizer: the tokenizer.
+        ids: the token ids of ``texts`` (special tokens left out).
+        texts: the texts, for the message.
+
+    Raises:
+        ModelNotAvailableError: more than :data:`MAX_UNKNOWN_SHARE` of the tokens are unknown.
+    """
+    unk = tokenizer.unk_token_id
+    total = sum(len(i) for i in ids)
+    if unk is None or not total:
+        return
+    unknown = sum(t == unk for i in ids for t in i)
+    if unknown <= MAX_UNKNOWN_SHARE * total:
+        return
+    example = next(t for t, i in zip(texts, ids) if unk in i)
+    message = (
+        f"The tokenizer of {tokenizer.name_or_path} reads {unknown} of the {total} tokens of these texts as "
+        f"{tokenizer.unk_token} (e.g. {example[:40]!r}): its vocabulary does not fit them (a tokenizer file "
+        f"missing or from another model, or a model for another language). {COPY_AGAIN.capitalize()}, or use "
+        f"an encoder for Chinese."
+    )
+    if len(tokenizer) >= SMALL_VOCABULARY:
+        raise ModelNotAvailableError(message)
+    log.warning("%s (A small test vocabulary of %d tokens: going on.)", message, len(tokenizer))
+
+
+def max_positions(config: PretrainedConfig) -> int | None:
+    """The most tokens per text (special tokens included) a model can read: its ``max_position_embeddings``, less
+    the positions RoBERTa-style models reserve for padding; None when the config does not say.
+
+    Args:
+        config: the model's config.
+    """
+    n = getattr(config, "max_position_embeddings", None)
+    if not isinstance(n, int):
+        return None
+    if (
+        config.model_type in ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl")
+        and config.pad_token_id is not None
+    ):
+        return n - config.pad_token_id - 1
+    return n
+
+
+def check_max_len(
+    max_len: int, config: PretrainedConfig | str, tokenizer: PreTrainedTokenizerBase, name: str = "max_len="
+) -> None:
+    """Refuse a ``max_len`` outside what the model can read: at least one text token besides the special tokens,
+    at most :func:`max_positions` (a longer one fails deep in the model with a tensor-size error).
+
+    Args:
+        max_len: tokens per text, special tokens included.
+        config: the model's config, or the model (a local folder or hub id) to read it from.
+        tokenizer: its tokenizer (how many special tokens each text gets).
+        name: the parameter as the caller spells it before a value, for the message (``max_len=``, ``--max-len ``).
+
+    Raises:
+        DataError: out of range, with the range.
+    """
+    if isinstance(config, str):
+        config = AutoConfig.from_pretrained(config)
+    low, high = tokenizer.num_special_tokens_to_add() + 1, max_positions(config)
+    if (
+        not isinstance(max_len, (int, np.integer))
+        or isinstance(max_len, bool)
+        or max_len < low
+        or (high and max_len > high)
+    ):
+        limit = f"to {high}, the model's max_position_embeddings" if high else "or more"
+        raise DataError(
+            f"{name}{max_len!r} is out of range: give a whole number from {low} (its {low - 1} special tokens and "
+            f"one token of text) {limit} ({getattr(config, '_name_or_path', '') or 'this model'})."
+        )
 
 
 def load_classifier_and_new(source: str, label_names: Sequence[str]) -> tuple[PreTrainedModel, set[str]]:
@@ -203,7 +384,8 @@ def load_classifier_and_new(source: str, label_names: Sequence[str]) -> tuple[Pr
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized: classifier" notice, expected for every fold
     try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(
+        model, info = load_pretrained(
+            AutoModelForSequenceClassification,
             source,
             num_labels=len(label_names),
             id2label=dict(enumerate(label_names)),
@@ -213,6 +395,28 @@ def load_classifier_and_new(source: str, label_names: Sequence[str]) -> tuple[Pr
     finally:
         hf_logging.set_verbosity(level)
     return model, set(info["missing_keys"])
+
+
+def load_pretrained(auto_class: type, source: str, **kwargs: object) -> object:
+    """``auto_class.from_pretrained(source, **kwargs)`` with a local folder checked first
+    (:func:`check_model_folder`), and a load error turned into one message that names the folder.
+
+    Args:
+        auto_class: e.g. ``AutoModelForSequenceClassification``, ``AutoModelForMaskedLM``.
+        source: a model name on the Hub or a local folder.
+        **kwargs: passed on to ``from_pretrained``.
+
+    Raises:
+        ModelNotAvailableError: the folder is half-written or damaged, or the model cannot be loaded from it.
+    """
+    if _local(source):
+        check_model_folder(source)
+    try:
+        return auto_class.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, SafetensorError) as e:
+        raise ModelNotAvailableError(
+            f"The model in {source} cannot be loaded ({type(e).__name__}: {str(e)[:300]}): {COPY_AGAIN}."
+        ) from None
 
 
 def load_classifier(source: str, label_names: Sequence[str]) -> PreTrainedModel:
@@ -270,9 +474,14 @@ class Encoded(torch.utils.data.Dataset):
             raise ValueError(f"truncation={truncation!r}: choose one of {TRUNCATIONS}.")
         texts = list(texts)
         room = max_len - tokenizer.num_special_tokens_to_add()
-        self.truncated = np.array(
-            [len(i) > room for i in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]], dtype=bool
-        )
+        if room < 1:
+            raise DataError(
+                f"max_len={max_len} leaves no room for text after the {max_len - room} special tokens: give at least "
+                f"{max_len - room + 1}."
+            )
+        ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+        check_vocabulary(tokenizer, ids, texts)
+        self.truncated = np.array([len(i) > room for i in ids], dtype=bool)
         if self.truncated.any():
             log.info(
                 "%d of %d texts are longer than max_len=%d tokens and were cut (truncation=%s).",

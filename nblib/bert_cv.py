@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
 
-from . import bert, calibration, cv, self_training
+from . import bert, calibration, cli, cv, self_training
 from .data import path_list
 from .folds import FoldSplit
 from .hardware import keep_freed_memory
@@ -218,6 +218,7 @@ class FineTuneJob:
             identity["pool_sha"] = hashlib.sha256("\n".join(self.pool["text"]).encode()).hexdigest()[:16]
         self.run = study.open_run(config.name, identity, write=write)
         self.tokenizer = bert.load_tokenizer(self.source)
+        bert.check_max_len(config.max_len, self.source, self.tokenizer)
         self.encoded = bert.Encoded(
             self.tokenizer, study.data.texts, config.max_len, study.data.labels, truncation=config.truncation
         )
@@ -643,13 +644,27 @@ def main(argv: list[str] | None = None) -> None:
     Args:
         argv: the command-line arguments (default: ``sys.argv[1:]``).
     """
-    ap = argparse.ArgumentParser(description="Train folds (or the final model) of a fine-tuning run.")
+    ap = argparse.ArgumentParser(
+        prog="python -m nblib.bert_cv",
+        description="Train folds (or the final model) of a fine-tuning run.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     ap.add_argument("--config", required=True, type=Path, help="a launch.json written by 03_bert_cv")
-    ap.add_argument("--folds", default=None, help="the folds to train, e.g. 0,2 (default: every fold without results)")
+    ap.add_argument(
+        "--folds",
+        type=cli.int_list(0),
+        default=None,
+        help="the folds to train, 0-based and comma-separated, e.g. 0,2 (none: every fold without results)",
+    )
     ap.add_argument("--final", action="store_true", help="train the final model on all labelled texts")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = from_params(FineTuneConfig, json.loads(args.config.read_text()))
+    out_of_range = [k for k in args.folds or [] if k >= cfg.study.n_folds]
+    if out_of_range:
+        ap.error(
+            f"argument --folds: fold(s) {out_of_range} out of range: this run has folds 0 to {cfg.study.n_folds - 1}"
+        )
     state = PartialState(cpu=cfg.use_cpu())
     job = FineTuneJob(cfg, open_study(cfg.study), write=state.is_main_process)
     if not state.is_main_process and state.is_local_main_process:
@@ -657,7 +672,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.final:
         job.train_final()
     else:
-        job.run_folds(None if args.folds is None else [int(k) for k in args.folds.split(",") if k])
+        job.run_folds(args.folds)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,8 @@ from accelerate import Accelerator
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from . import bert, calibration
-from .results import RunFolder
+from . import bert, calibration, cli
+from .results import RunFolder, finished_model, unfinished_model
 from .sheets import DataError, Params, clean_text, read_sheet, write_table, writer_kind
 
 log = logging.getLogger(__name__)
@@ -44,14 +45,25 @@ class PredictParams(Params):
     """:class:`nblib.sheets.Params` and the spelling of the ensemble choice."""
 
     ensemble: str = "ensemble="
+    max_len: str = "max_len="
+    batch_size: str = "batch_size="
+    device: str = "device="
 
 
 NOTEBOOK_PARAMS = PredictParams(
     columns="input_col=", sheet="input_sheet=", header_row="input_header_row=", encoding="input_encoding="
 )  # how 05_predict names predict_file's parameters
 CLI_PARAMS = PredictParams(
-    columns="--column ", sheet="--sheet ", header_row="--header-row ", encoding="--encoding ", ensemble="--ensemble "
+    columns="--column ",
+    sheet="--sheet ",
+    header_row="--header-row ",
+    encoding="--encoding ",
+    ensemble="--ensemble ",
+    max_len="--max-len ",
+    batch_size="--batch-size ",
+    device="--device ",
 )
+DEVICES = ("auto", "cpu", "cuda")
 
 
 class CalibratedClassifier(torch.nn.Module):
@@ -91,8 +103,14 @@ class CalibratedClassifier(torch.nn.Module):
 
 
 def _is_saved_model(folder: Path) -> bool:
+    """Whether ``folder`` holds a model's config.json (a damaged one counts: loading it names the damage)."""
     config = folder / "config.json"
-    return config.exists() and "model_type" in json.loads(config.read_text())
+    try:
+        return "model_type" in json.loads(config.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return config.is_file()
 
 
 def model_dirs(
@@ -126,6 +144,9 @@ def model_dirs(
                 f"{params.ensemble}folds needs one."
             )
         run = RunFolder(model_dir)
+        unfinished = [why for p in run.fold_model_dirs() if (why := unfinished_model(p))]
+        if unfinished:  # a fold model whose save did not finish: say so, rather than count it missing
+            raise bert.ModelNotAvailableError(unfinished[0] + ".")
         folds = [p for p in run.saved_models() if p != run.final_dir]
         n_folds = run.saved_config().get("n_folds") if run.config_file.exists() else None
         if not folds or (n_folds and len(folds) != n_folds):
@@ -148,7 +169,7 @@ def model_dirs(
             f"No saved model in {model_dir} (no model's config.json). Pass the 'final' folder or a "
             f"'fold_models/fold_<k>' folder written by 03_bert_cv, e.g. results/<study>/models/<run>/final."
         )
-    return [model_dir]
+    return [finished_model(model_dir)]
 
 
 def load_model(
@@ -167,11 +188,13 @@ def load_model(
         The model (:class:`CalibratedClassifier`; its softmax gives calibrated probabilities) and its tokenizer.
 
     Raises:
-        bert.ModelNotAvailableError: see :func:`model_dirs`; or fold models with different labels or vocabularies.
+        bert.ModelNotAvailableError: see :func:`model_dirs`; a folder whose save did not finish, or whose files are
+            missing or damaged (:func:`nblib.bert.check_model_folder`); fold models with different labels or
+            vocabularies.
     """
     dirs = model_dirs(model_dir, ensemble, params)
-    models = [AutoModelForSequenceClassification.from_pretrained(d) for d in dirs]
-    tokenizers = [bert.load_tokenizer(str(d)) for d in dirs]
+    tokenizers = [bert.load_tokenizer(str(d)) for d in dirs]  # checks each folder first
+    models = [bert.load_pretrained(AutoModelForSequenceClassification, str(d)) for d in dirs]
     differ = [
         d
         for d, m, t in zip(dirs, models, tokenizers)
@@ -179,9 +202,78 @@ def load_model(
     ]
     if differ:
         raise bert.ModelNotAvailableError(f"{differ} have other labels or another vocabulary than {dirs[0]}.")
-    cals = [calibration.load_calibration(d) for d in dirs]
+    cals = [_calibration(d) for d in dirs]
     log.info("%d model(s) from %s, calibration(s): %s", len(dirs), model_dir, [c.describe() for c in cals])
     return CalibratedClassifier(models, cals), tokenizers[0]
+
+
+def _calibration(model_dir: Path) -> calibration.Calibration:
+    """The saved calibration of a model; a damaged ``calibration.json`` is one message that names it."""
+    try:
+        return calibration.load_calibration(model_dir)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise bert.ModelNotAvailableError(
+            f"{Path(model_dir) / calibration.CALIBRATION_FILE} is damaged ({type(e).__name__}: {e}). Copy the model "
+            f"folder again; or, for a model of 03_bert_cv, rerun 03_bert_cv with the same run_name (it writes the "
+            f"calibration again); or delete the file to predict with uncalibrated probabilities."
+        ) from None
+
+
+def check_device(device: str, params: PredictParams = NOTEBOOK_PARAMS) -> None:
+    """Refuse an unknown device, and ``"cuda"`` where PyTorch sees no GPU (as training does) instead of running
+    on the CPU without a word.
+
+    Args:
+        device: "auto", "cpu" or "cuda".
+        params: how the caller names the parameter.
+
+    Raises:
+        DataError: the device cannot be used here.
+    """
+    if device not in DEVICES:
+        raise DataError(f"{params.device}{device!r} is not one of {DEVICES}.")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DataError(
+            f"{params.device}cuda, but PyTorch sees no CUDA GPU here (a CPU-only torch build, no driver, or "
+            f"CUDA_VISIBLE_DEVICES empty). Use {params.device}cpu or auto to predict on the CPU."
+        )
+
+
+def check_output(out_path: str | Path, overwrite: bool = False) -> Path:
+    """Check before any work that the predictions can be written to ``out_path``: a known format, an existing
+    folder (not a file) that this process may write to, and no file there unless ``overwrite``.
+
+    Args:
+        out_path: the output file.
+        overwrite: an existing file may be replaced.
+
+    Raises:
+        FileExistsError: the file exists and ``overwrite`` is False.
+        DataError: the format is unknown, or the folder is missing, a file or not writable.
+    """
+    out_path = Path(out_path)
+    if out_path.exists() and not overwrite:
+        raise FileExistsError(
+            f"{out_path} exists; choose another output file, or pass overwrite=True (--overwrite on the command line)."
+        )
+    if out_path.is_dir():
+        raise DataError(f"The output {out_path} is a folder: give a file name in it, e.g. {out_path / 'out.xlsx'}.")
+    writer_kind(out_path)
+    folder = out_path.parent
+    above = next((p for p in [folder, *folder.parents] if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise DataError(f"Cannot write {out_path}: {above} is a file, not a folder. Choose an output path in a folder.")
+    if not folder.is_dir():
+        raise DataError(f"Cannot write {out_path}: the folder {folder} does not exist. Create it, or choose another.")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise DataError(
+            f"Cannot write to {folder} ({e.strerror}): the folder is read-only, full or not yours. Choose an output "
+            f"path on a writable disk."
+        ) from None
+    return out_path
 
 
 def predict_texts(
@@ -193,6 +285,7 @@ def predict_texts(
     device: str = "auto",
     progress: bool = True,
     truncation: str = "head",
+    params: PredictParams = NOTEBOOK_PARAMS,
 ) -> pd.DataFrame:
     """Predicted label id and name, every class probability, and whether the text was cut, one row per text.
 
@@ -205,10 +298,18 @@ def predict_texts(
         device: "auto", "cpu" or "cuda".
         progress: show a progress bar.
         truncation: "head" (keep the start of a long text) or "head+tail" (its start and its end).
+        params: how the caller names the parameters, for the messages.
 
     Returns:
         Columns ``pred_id``, ``pred_label``, ``prob_<label>`` for every label, and ``truncated``.
+
+    Raises:
+        DataError: ``max_len`` outside what the model reads, ``batch_size`` below 1, or an unusable ``device``.
     """
+    bert.check_max_len(max_len, model.config, tokenizer, params.max_len)
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise DataError(f"{params.batch_size}{batch_size!r} is out of range: give a whole number ≥ 1.")
+    check_device(device, params)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     texts = [clean_text(t) for t in texts]
     present = [i for i, t in enumerate(texts) if t]
@@ -272,17 +373,14 @@ def predict_file(
     Returns:
         The input's columns followed by the prediction columns (see :func:`predict_texts`).
     """
-    out_path = Path(out_path)
-    if out_path.exists() and not overwrite:
-        raise FileExistsError(
-            f"{out_path} exists; choose another output file, or pass overwrite=True (--overwrite on the command line)."
-        )
-    writer_kind(out_path)
+    out_path = check_output(out_path, overwrite)  # before the model loads and the texts are predicted
+    check_device(device, params)
     model, tokenizer = load_model(model_dir, ensemble, params)
     table = read_sheet(in_path, [column], sheet, header_row, encoding, params)
     for problem, rows, action in table.notes:
         log.warning("%s: %d row(s) %s — %s", Path(in_path).name, len(rows), problem, action)
-    clash = [c for c in predict_texts(model, tokenizer, [], progress=False).columns if c in table.df.columns]
+    empty = predict_texts(model, tokenizer, [], batch_size, max_len, device, False, truncation, params)
+    clash = [c for c in empty.columns if c in table.df.columns]
     if clash:
         raise DataError(
             f"{Path(in_path).name} already has column(s) {clash} (a sheet of earlier predictions?): "
@@ -296,6 +394,7 @@ def predict_file(
         max_len,
         device,
         truncation=truncation,
+        params=params,
     )
     result = pd.concat([table.df.reset_index(drop=True), predictions], axis=1)
     write_table(result, out_path)
@@ -315,27 +414,46 @@ def main(argv: list[str] | None = None) -> int:
     Args:
         argv: the arguments (None: ``sys.argv[1:]``).
     """
-    ap = argparse.ArgumentParser(prog="python -m nblib.predict", description="Label texts with a saved model.")
+    ap = argparse.ArgumentParser(
+        prog="python -m nblib.predict",
+        description="Label texts with a saved model.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     ap.add_argument(
         "model_dir",
         help="a folder written by 03_bert_cv (…/final or …/fold_models/fold_<k>), or with --ensemble folds its run folder",
     )
-    ap.add_argument("input", help=".xlsx, .csv or .tsv")
+    ap.add_argument("input", help="the sheet to label: .xlsx, .csv or .tsv")
     ap.add_argument("output", help=".xlsx, .csv or .tsv to write (the suffix decides the format)")
-    ap.add_argument("--column", default="Sentence", help="the text column (default: Sentence)")
-    ap.add_argument("--sheet", default=None)
-    ap.add_argument("--header-row", type=int, default=1, help="the row of the column names (default: 1)")
-    ap.add_argument("--encoding", default=None, help="encoding of a CSV/TSV input (default: detected)")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--max-len", type=int, default=128)
+    ap.add_argument("--column", default="Sentence", help="the text column")
+    ap.add_argument(
+        "--sheet",
+        type=cli.sheet_choice,
+        default=None,
+        help="the sheet of an .xlsx input: its name, or its 0-based position (0 = the first); none: the first",
+    )
+    ap.add_argument("--header-row", type=cli.positive_int, default=1, help="the row of the column names (1-based)")
+    ap.add_argument("--encoding", default=None, help="encoding of a CSV/TSV input (none: detected)")
+    ap.add_argument("--batch-size", type=cli.positive_int, default=64, help="texts per batch (≥ 1)")
+    ap.add_argument(
+        "--max-len",
+        type=cli.positive_int,
+        default=128,
+        help="tokens read per text, special tokens included; at most the model's max_position_embeddings",
+    )
     ap.add_argument(
         "--truncation",
         default="head",
         choices=bert.TRUNCATIONS,
         help="what a text longer than --max-len keeps: its start, or its start and end",
     )
-    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument(
+        "--device",
+        default="auto",
+        choices=DEVICES,
+        help="auto: a GPU when there is one; cuda without a GPU is an error",
+    )
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     ap.add_argument(
         "--ensemble",
         default="final",

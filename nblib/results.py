@@ -91,6 +91,16 @@ class ResultsExistError(RuntimeError):
     """A results folder exists for a differently configured run."""
 
 
+class ModelNotAvailableError(RuntimeError):
+    """A model cannot be used: not a local folder nor downloadable from here, or its folder is half-written or
+    damaged (also known as ``nblib.bert.ModelNotAvailableError``)."""
+
+
+TINY_RANDOM = "tiny-random"  # the smoke-test encoder's folder under <study>/encoders (nblib.bert.build_tiny_encoder)
+FINAL_DONE = "training.json"  # written last into <run>/final by nblib.bert_cv: the final model is completely saved
+TAPT_DONE = "tapt.json"  # written last into <study>/encoders/<name> by nblib.tapt: the adapted encoder is saved
+
+
 def study_path(results_dir: str | Path, data: LabelledData) -> Path:
     """The study folder of exactly this data: ``results_dir/<sheet file name>-<fingerprint>``.
 
@@ -431,9 +441,13 @@ class RunFolder:
         return [int(json.loads(self._fold_file(k, ".json").read_text())["best_epoch"]) for k in self.done_folds()]
 
     def saved_models(self) -> list[Path]:
-        """Every saved model of this run: the fold models, then the final model."""
-        folds = sorted((self.path / "fold_models").glob("fold_*"), key=lambda p: int(p.name.removeprefix("fold_")))
-        return [p for p in [*folds, self.final_dir] if (p / "config.json").exists()]
+        """Every completely saved model of this run (:func:`unfinished_model`): the fold models, then the final model."""
+        return [p for p in [*self.fold_model_dirs(), self.final_dir] if unfinished_model(p) is None]
+
+    def fold_model_dirs(self) -> list[Path]:
+        """Every fold model folder of this run, finished or not, by fold."""
+        found = [p for p in (self.path / "fold_models").glob("fold_*") if p.name.removeprefix("fold_").isdigit()]
+        return sorted(found, key=lambda p: int(p.name.removeprefix("fold_")))
 
     def saved_config(self) -> dict:
         """The ``config.json`` of the run (its settings, seed, folds hash, data fingerprint, label names)."""
@@ -600,6 +614,76 @@ def run_of_saved_model(model_dir: str | Path) -> Path:
     if path.parent.name == "fold_models":
         return path.parents[1]
     return path
+
+
+def _is_run_folder(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "folds").is_dir()
+
+
+def done_marker(model_dir: str | Path) -> Path | None:
+    """The file whose presence marks a saved model as completely written, by where the model lies.
+
+    ``<run>/final`` → its ``training.json``; ``<run>/fold_models/fold_<k>`` → the fold's results
+    ``<run>/folds/fold_<k>.json`` (written after the fold model); ``<study>/encoders/<name>`` (a TAPT encoder)
+    → its ``tapt.json``; None for a model folder saved anywhere else (nothing marks it; its files are checked).
+
+    Args:
+        model_dir: a model folder.
+    """
+    path = Path(model_dir)
+    if path.name == "final" and _is_run_folder(path.parent):
+        return path / FINAL_DONE
+    if path.parent.name == "fold_models" and path.name.removeprefix("fold_").isdigit():
+        return path.parents[1] / "folds" / f"{path.name}.json"
+    if path.parent.name == "encoders" and path.name != TINY_RANDOM:
+        return path / TAPT_DONE
+    return None
+
+
+def unfinished_model(model_dir: str | Path) -> str | None:
+    """Why ``model_dir`` is not a completely saved model, with what to do; None when it is one.
+
+    The one test of "finished" for every lookup of a saved model (final and fold models, self-training teachers,
+    TAPT encoders): the folder has a ``config.json`` and its :func:`done_marker`. A model whose save was
+    interrupted (weights cut short, no marker) is never taken for a finished one.
+
+    Args:
+        model_dir: a model folder.
+    """
+    path = Path(model_dir)
+    if not path.is_dir():
+        return f"{path} does not exist" + (" (it is a file)" if path.exists() else "")
+    marker = done_marker(path)
+    if not (path / "config.json").exists():
+        if marker is None:
+            return f"{path} holds no config.json: it is not a saved model. Pass the folder that save_pretrained() wrote"
+        return f"{path} holds no config.json: the model was not saved there (yet)"
+    if marker is None or marker.exists():
+        return None
+    what = {FINAL_DONE: "final model", TAPT_DONE: "TAPT encoder"}.get(marker.name, f"model of {path.name}")
+    redo = {
+        FINAL_DONE: "rerun 03_bert_cv with the same run_name: it trains the final model again",
+        TAPT_DONE: "rerun the TAPT step (06_unlabelled) with the same settings: it resumes and saves it again",
+    }.get(marker.name, f"rerun 03_bert_cv with the same run_name: it trains {path.name} again")
+    return (
+        f"{path} is not a completely saved {what}: {marker} is missing, and it is written last, when the save is "
+        f"complete. Its training or saving was interrupted (or is still running); {redo}"
+    )
+
+
+def finished_model(model_dir: str | Path) -> Path:
+    """``model_dir`` when it holds a completely saved model (:func:`unfinished_model`); else an error saying why.
+
+    Args:
+        model_dir: a model folder.
+
+    Raises:
+        ModelNotAvailableError: the folder is missing, not a saved model, or its save did not finish.
+    """
+    reason = unfinished_model(model_dir)
+    if reason:
+        raise ModelNotAvailableError(reason + ".")
+    return Path(model_dir)
 
 
 def read_folds(path: str | Path, folds: Iterable[int]) -> ModelResults:

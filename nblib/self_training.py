@@ -30,7 +30,7 @@ import torch
 from accelerate import PartialState
 
 from .predict import load_model, predict_texts
-from .results import RunFolder, fold_hash, write_atomic
+from .results import RunFolder, fold_hash, unfinished_model, write_atomic
 from .settings import setting
 from .sheets import DataError, read_machine_table, write_table
 
@@ -108,16 +108,16 @@ def teacher_model(teacher: RunFolder, k: int | None) -> Path:
         k: the fold, or None.
     """
     model = teacher.final_dir if k is None else teacher.fold_model_dir(k)
-    finished = (model / "training.json").exists() if k is None else teacher.fold_done(k)
-    if not (model / "config.json").exists() or not finished:
+    why = unfinished_model(model)
+    if why is not None:
         if k is None:
             raise DataError(
-                f"Teacher run '{teacher.name}' has no final model to label the pool for the student's final model: "
-                f"set train_final=False, or train the teacher with train_final=True."
+                f"Teacher run '{teacher.name}' has no (finished) final model to label the pool for the student's final "
+                f"model: set train_final=False, or train the teacher with train_final=True ({why})."
             )
         raise DataError(
-            f"Teacher run '{teacher.name}' has no saved model for fold {k} (or that fold did not finish): the fold-k "
-            f"model labels the pool for fold k. Run that fold of the teacher first, with save_fold_models=True."
+            f"Teacher run '{teacher.name}' has no saved model for fold {k} (or its save did not finish): the fold-k "
+            f"model labels the pool for fold k. Run that fold of the teacher first, with save_fold_models=True ({why})."
         )
     return model
 

@@ -191,19 +191,32 @@ class Study:
         return out
 
     def final_model(self, name: str | None = None) -> Path:
-        """The folder of the model trained on all labelled texts by a BERT run of this study.
+        """The folder of the model trained on all labelled texts by a BERT run of this study; only a completely
+        saved one (:func:`nblib.results.unfinished_model`).
 
         Args:
-            name: the run's folder name (None: the newest run that has a final model).
+            name: the run's folder name (None: the newest run that has a finished final model).
+
+        Raises:
+            FileNotFoundError: no run (of that name) has a final model.
+            results.ModelNotAvailableError: the named run's final model is not completely saved.
         """
         finals = [RunFolder(p).final_dir for p in results.run_paths(self.path) if name in (None, p.name)]
-        finals = sorted((f for f in finals if (f / "model.safetensors").exists()), key=lambda f: f.stat().st_mtime)
-        if not finals:
+        finals = [f for f in finals if f.exists()]
+        unfinished = {f: results.unfinished_model(f) for f in finals}
+        done = sorted((f for f, why in unfinished.items() if why is None), key=lambda f: f.stat().st_mtime)
+        broken = [why for why in unfinished.values() if why is not None]
+        if name is not None and broken:
+            raise results.ModelNotAvailableError(broken[0] + ".")
+        if not done:
             raise FileNotFoundError(
                 f"No final model {'of ' + name + ' ' if name else ''}under {self.path / 'models'}; "
                 f"run 03_bert_cv with train_final=True first, or pass model_dir."
+                + "".join(f" ({why})" for why in broken)
             )
-        return finals[-1]
+        for why in broken:
+            log.warning("Left out: %s.", why)
+        return done[-1]
 
     def comparison(self, runs: dict[str, ModelResults] | None = None) -> pd.DataFrame:
         """Mean ± sd over folds of every finished model, best first; also written to ``comparison.csv``.

@@ -153,6 +153,8 @@ def token_groups(
         return_special_tokens_mask=True,
         return_offsets_mapping=masking == "word",
     )
+    plain = [[t for t, s in zip(ids, sm) if not s] for ids, sm in zip(enc["input_ids"], enc["special_tokens_mask"])]
+    bert.check_vocabulary(tokenizer, plain, texts)
     items = []
     for i, text in enumerate(texts):
         unknown = [t == tokenizer.unk_token_id for t in enc["input_ids"][i]]  # nothing to learn from
@@ -278,7 +280,7 @@ def load_mlm(source: str) -> tuple[PreTrainedModel, bool]:
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        model, info = AutoModelForMaskedLM.from_pretrained(source, output_loading_info=True)
+        model, info = bert.load_pretrained(AutoModelForMaskedLM, source, output_loading_info=True)
     finally:
         hf_logging.set_verbosity(level)
     head = Path(source) / HEAD_FILE
@@ -501,6 +503,7 @@ def _train(
     set_seed(cfg.study.seed)
     tokenizer = bert.load_tokenizer(source)
     mlm, new_head = load_mlm(source)
+    bert.check_max_len(cfg.tapt.tapt_max_len, mlm.config, tokenizer, "tapt_max_len=")
     if cfg.tapt.tapt_freeze_embeddings:
         mlm.get_input_embeddings().weight.requires_grad_(False)
     model = MaskedLMLoss(mlm)

@@ -29,6 +29,9 @@ def run_dir(tmp_path_factory):
     calibration.save_calibration(
         run / "fold_models" / "fold_1", calibration.Calibration(0.5, (0.3, 0.0, -0.3), "a test")
     )
+    for k in range(2):  # the marks of finished folds and final model (nblib.results.done_marker)
+        (run / "folds" / f"fold_{k}.json").write_text("{}")
+    (run / "final" / "training.json").write_text("{}")
     return run
 
 
@@ -74,6 +77,9 @@ def test_a_run_without_all_its_fold_models_names_the_setting_that_saves_them(tmp
         predict.load_model(run, ensemble="folds")
     (run / "fold_models").mkdir()
     (run / "fold_models" / "fold_0").symlink_to(run_dir / "fold_models" / "fold_0")
+    with pytest.raises(bert.ModelNotAvailableError, match=r"fold_0 is not a completely saved .*fold_0.json is missing"):
+        predict.load_model(run, ensemble="folds")  # saved, but its fold did not finish
+    (run / "folds" / "fold_0.json").write_text("{}")
     with pytest.raises(bert.ModelNotAvailableError, match=r"1 fold model\(s\) of 2 folds"):
         predict.load_model(run, ensemble="folds")
     with pytest.raises(bert.ModelNotAvailableError, match="not the results folder of a run"):

@@ -1,0 +1,109 @@
+"""Checked numeric arguments for the command lines (``argparse`` ``type=`` helpers), defined once.
+
+    ap.add_argument("--batch-size", type=cli.int_in(1), default=64)
+    ap.add_argument("--n-boot", type=cli.int_in(1, 100_000), default=1000)
+    ap.add_argument("--level", type=cli.float_in(0, 1, low_open=True, high_open=True), default=0.95)
+
+A value out of range (or not a number) stops the command before any work, with argparse's usual
+``error: argument --batch-size: …`` line that names the parameter and the allowed range.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+
+__all__ = ["float_in", "int_in", "int_list", "positive_int", "sheet_choice"]
+
+
+def _range_words(low: float | None, high: float | None, low_open: bool = False, high_open: bool = False) -> str:
+    """The allowed range in words, e.g. ``≥ 1``, ``from 1 to 512``, ``> 0 and < 1``."""
+    lo = None if low is None else f"{'>' if low_open else '≥'} {low:g}"
+    hi = None if high is None else f"{'<' if high_open else '≤'} {high:g}"
+    if lo and hi and not (low_open or high_open):
+        return f"from {low:g} to {high:g}"
+    return " and ".join(w for w in (lo, hi) if w) or "any number"
+
+
+def int_in(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type`` that accepts whole numbers from ``low`` to ``high`` (both included; None: no bound).
+
+    Args:
+        low: the smallest value allowed.
+        high: the largest value allowed.
+    """
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a whole number; give one {_range_words(low, high)}"
+            ) from None
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value} is out of range: give a whole number {_range_words(low, high)}")
+        return value
+
+    parse.__name__ = "whole number"  # argparse's "invalid <name> value" fallback
+    return parse
+
+
+positive_int = int_in(1)  # batch sizes, lengths, counts
+
+
+def float_in(
+    low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False
+) -> Callable[[str], float]:
+    """An argparse ``type`` that accepts finite numbers between ``low`` and ``high``.
+
+    Args:
+        low: the lower bound (None: none).
+        high: the upper bound (None: none).
+        low_open: ``low`` itself is not allowed.
+        high_open: ``high`` itself is not allowed.
+    """
+    words = _range_words(low, high, low_open, high_open)
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number; give one {words}") from None
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if not math.isfinite(value) or too_low or too_high:
+            raise argparse.ArgumentTypeError(f"{value:g} is out of range: give a number {words}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def int_list(low: int | None = 0) -> Callable[[str], list[int]]:
+    """An argparse ``type`` for a comma-separated list of whole numbers, each ``≥ low`` (e.g. folds ``0,2``; an
+    empty string is an empty list).
+
+    Args:
+        low: the smallest value allowed (None: no bound).
+    """
+    one = int_in(low)
+
+    def parse(text: str) -> list[int]:
+        return [one(part.strip()) for part in text.split(",") if part.strip()]
+
+    parse.__name__ = "list of whole numbers"
+    return parse
+
+
+def sheet_choice(text: str) -> str | int:
+    """An argparse ``type`` for a sheet of a workbook: a whole number selects by 0-based position (as the
+    notebooks' ``sheet`` parameter does), anything else by name.
+
+    Args:
+        text: the argument as typed.
+    """
+    stripped = text.strip()
+    if stripped.lstrip("-").isdigit():
+        return int_in(0)(stripped)
+    return text
