@@ -28,6 +28,11 @@ Writing
       start a formula (``= + - @``, tab, CR: OWASP's CSV-injection list) gets a leading apostrophe, which
       Excel and LibreOffice take as "this is text" and :func:`read_sheet` removes again. The trade-off:
       other programs (``pandas.read_csv``, R) see the apostrophe. For people, prefer .xlsx.
+    * What a file cannot hold is changed, never silently (:func:`fit_cells`, one warning naming the rows): a
+      lone surrogate becomes U+FFFD in every format; in an .xlsx also U+FFFE/U+FFFF (XML 1.0 forbids them), and
+      a text over Excel's 32,767 characters per cell is cut there. Decision: rather than refuse a whole
+      prediction for one text, the .xlsx is written and the exact texts go to a CSV copy beside it,
+      ``<name>_exact.csv`` (written only then), which holds U+FFFE/U+FFFF and the full long texts.
 """
 
 from __future__ import annotations
@@ -55,6 +60,13 @@ MARKED_START = FORMULA_START + (TEXT_MARK,)  # what may follow the apostrophe in
 TOP_ROWS = 30  # rows searched for the column names when they are not on the header row
 _OOXML_ESCAPED = re.compile(r"_x([0-9A-Fa-f]{4})_")
 _OOXML_TO_ESCAPE = re.compile(r"[\x00-\x08\x0b-\x1f]|_(?=x[0-9A-Fa-f]{4}_)")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_NOT_IN_XML = re.compile("[\ufffe\uffff]")  # what XML 1.0 forbids and OOXML's _xHHHH_ escapes do not cover
+XLSX_CELL_MAX = 32_767  # characters in an Excel cell
+EXACT_COPY = "_exact.csv"  # suffix of the CSV copy written beside an .xlsx whose texts had to be changed
+UNPAIRED = "lone surrogate character (half of a UTF-16 pair, from a bad decode) replaced by U+FFFD"
+NOT_IN_XLSX = "character U+FFFE or U+FFFF, which an .xlsx cannot hold, replaced by U+FFFD"
+TOO_LONG = f"text longer than Excel's {XLSX_CELL_MAX:,} characters per cell, cut there"
 _QUOTED_FIELD = re.compile(r'"((?:[^"]|"")*)"', re.S)
 BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 ENCODING_NAMES = {
@@ -419,6 +431,9 @@ def write_table(df: pd.DataFrame, path: str | Path, more_sheets: Mapping[str, pd
     Raises:
         DataError: a suffix that is not .xlsx/.csv/.tsv, duplicate column names, more sheets for a CSV/TSV,
             or (TSV) a text with a tab or line break, which TSV cannot hold.
+
+    Texts a file cannot hold (see :func:`fit_cells`) are changed with a warning that names the rows; for an .xlsx
+    the exact texts of ``df`` then also go to ``<name>_exact.csv`` beside it.
     """
     path = Path(path)
     kind = writer_kind(path)
@@ -434,10 +449,78 @@ def write_table(df: pd.DataFrame, path: str | Path, more_sheets: Mapping[str, pd
             raise DataError(f"Cannot write {path.name}: column name(s) {dup} occur more than once.")
     path.parent.mkdir(parents=True, exist_ok=True)
     if kind == "excel":
-        _write_xlsx([(name, _cells(table)) for name, table in tables], path)
+        sheets = [(name, *fit_cells(_cells(table), kind)) for name, table in tables]
+        _write_xlsx([(name, rows) for name, rows, _ in sheets], path)
+        changed = [(name, changes) for name, _, changes in sheets if changes]
+        exact = path.with_name(f"{path.stem}{EXACT_COPY}") if sheets[0][2] else None
+        if exact is not None:
+            _write_delimited(fit_cells(_cells(df), "csv")[0], exact, "csv")
+        for name, changes in changed:
+            _report_changes(path, name, changes, exact if name is None else None)
     else:
-        _write_delimited(_cells(df), path, kind)
+        rows, changes = fit_cells(_cells(df), kind)
+        _write_delimited(rows, path, kind)
+        _report_changes(path, None, changes, None)
     return path
+
+
+def fit_cells(rows: list[list], kind: str) -> tuple[list[list], dict[str, list[int]]]:
+    """The cells as a file of ``kind`` can hold them, and what was changed: {problem: sheet rows}.
+
+    Every writer goes through this: a lone surrogate (half of a UTF-16 pair, from a bad decode) fits no file
+    and becomes U+FFFD (a pair is joined into its character); an .xlsx (XML 1.0) also cannot hold U+FFFE or
+    U+FFFF (replaced by U+FFFD) nor more than 32,767 characters in a cell (Excel's limit: the text is cut there).
+
+    Args:
+        rows: the header and the rows (as from ``_cells``); row ``i`` (0-based) is sheet row ``i + 1``.
+        kind: "excel", "csv" or "tsv".
+    """
+    changes: dict[str, list[int]] = {}
+    out = []
+    for i, row in enumerate(rows, 1):
+        fitted = []
+        for v in row:
+            if isinstance(v, str):
+                v, problems = _fit_text(v, kind)
+                for problem in problems:
+                    changes.setdefault(problem, []).append(i)
+            fitted.append(v)
+        out.append(fitted)
+    return out, {problem: sorted(set(r)) for problem, r in changes.items()}
+
+
+def _fit_text(text: str, kind: str) -> tuple[str, list[str]]:
+    """One text as :func:`fit_cells` writes it, and the problems found."""
+    problems = []
+    if _SURROGATE.search(text):  # a pair is joined into its character, a lone half becomes U+FFFD
+        joined = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+        if joined.count("\ufffd") > text.count("\ufffd"):
+            problems.append(UNPAIRED)
+        text = joined
+    if kind == "excel":
+        if _NOT_IN_XML.search(text):
+            text = _NOT_IN_XML.sub("\ufffd", text)
+            problems.append(NOT_IN_XLSX)
+        if len(text) > XLSX_CELL_MAX:
+            text = text[:XLSX_CELL_MAX]
+            problems.append(TOO_LONG)
+    return text, problems
+
+
+def _report_changes(path: Path, sheet: str | None, changes: dict[str, list[int]], exact: Path | None) -> None:
+    """A warning that names the rows whose texts were changed to fit the file, what was done and where the exact
+    texts are."""
+    if not changes:
+        return
+    where = f"{path.name}{f', sheet {sheet!r}' if sheet else ''}"
+    done = "; ".join(f"{problem}: row(s) {_rows(rows)}" for problem, rows in changes.items())
+    copy = f" The exact texts (as far as a file can hold them) are in {exact}." if exact else ""
+    log.warning("%s: texts changed to fit the file. %s.%s", where, done, copy)
+
+
+def _rows(rows: list[int]) -> str:
+    """Row numbers for a message: the first ten, and how many more."""
+    return ", ".join(map(str, rows[:10])) + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
 
 
 def _cells(df: pd.DataFrame) -> list[list]:
