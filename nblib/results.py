@@ -479,10 +479,17 @@ class ModelRun(RunFolder):
                     for k in set(old) | set(self.config)
                     if old.get(k) != self.config.get(k)
                 }
+                folds = (
+                    f" 'folds_sha' is not a setting: that run was made on other folds than the study's folds "
+                    f"file holds now (folds_k<n_folds>_seed<seed>.csv in {study.path}: remade or edited?); put "
+                    f"that file back, or move the run folder away to train it again on the current folds."
+                    if "folds_sha" in diff
+                    else ""
+                )
                 raise ResultsExistError(
                     f"{self.path} holds results of '{name}' run with other settings {diff} (old, new). "
                     f"To resume it, set the differing settings back to the old values; to keep both, move that "
-                    f"folder away (baselines of 02) or give this run another run_name (BERT runs of 03)."
+                    f"folder away (baselines of 02) or give this run another run_name (BERT runs of 03).{folds}"
                 )
             log.info("%s: resuming; folds already done: %s", name, self.done_folds())
         self.lock = None

@@ -9,7 +9,9 @@ import openpyxl
 import pandas as pd
 import pytest
 
-from nblib.sheets import read_sheet, write_table
+from nblib import folds, results
+from nblib.data import DataError
+from nblib.sheets import read_machine_table, read_sheet, write_table
 
 # --- writers ------------------------------------------------------------------------------------------
 
@@ -48,3 +50,52 @@ def test_clean_xlsx_has_no_warning_and_no_copy(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="nblib.sheets"):
         write_table(pd.DataFrame({"text": ["好"]}), tmp_path / "ok.xlsx")
     assert not caplog.text and not (tmp_path / "ok_exact.csv").exists()
+
+
+# --- folds --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def saved_folds(tmp_path, tiny_data):
+    """A tiny study's data and the path of its saved folds (3 folds, seed 0)."""
+    data = tiny_data()
+    path = results.folds_file(tmp_path / "study", 3, 0)
+    folds.load_or_make_folds(data, path, 3, 0)
+    return data, path
+
+
+def test_folds_json_deleted_says_how_to_remake(saved_folds):
+    data, path = saved_folds
+    path.with_suffix(".json").unlink()
+    with pytest.raises(DataError, match=r"lost its partner folds_k3_seed0.json.*Delete both folds_k3_seed0.csv"):
+        folds.load_or_make_folds(data, path, 3, 0)
+
+
+def test_folds_json_damaged_says_how_to_remake(saved_folds):
+    data, path = saved_folds
+    path.with_suffix(".json").write_text("{")
+    with pytest.raises(DataError, match=r"folds_k3_seed0.json is damaged.*Delete both"):
+        folds.load_folds(path, data)
+
+
+@pytest.mark.parametrize("edit", ["move", "out_of_range", "text"])
+def test_folds_column_edited_by_hand_is_refused(saved_folds, edit):
+    data, path = saved_folds
+    table = read_machine_table(path)
+    if edit == "move":  # a valid-looking assignment: one text moved to another fold
+        table.loc[0, "fold"] = (table.loc[0, "fold"] + 1) % 3
+    else:
+        table["fold"] = table["fold"].astype(object)
+        table.loc[0, "fold"] = 7 if edit == "out_of_range" else "x"
+    write_table(table, path)
+    with pytest.raises(DataError, match=r"fold column of .*folds_k3_seed0.csv was changed.*Delete both"):
+        folds.load_or_make_folds(data, path, 3, 0)
+
+
+def test_folds_remade_after_deleting_both_are_the_same(saved_folds):
+    data, path = saved_folds
+    before = folds.load_folds(path, data)
+    path.unlink()
+    path.with_suffix(".json").unlink()
+    assert (folds.load_or_make_folds(data, path, 3, 0) == before).all()
+    assert folds.load_folds(path, data).tolist() == before.tolist()
