@@ -263,22 +263,56 @@ def _json_roundtrip(obj: dict) -> dict:
     return json.loads(json.dumps(obj, default=str))
 
 
-def same_source(old: dict, new: dict) -> dict:
-    """``old`` with its ``source`` replaced by ``new``'s when both name the same local folder (a run saved with a
-    relative model path, reopened with the absolute one).
+def stored_path(path: str, study: Path) -> str:
+    """How a path is written into a study's files: relative to the study folder (POSIX) when it is inside it, so
+    that the results folder can move to another disk or machine; anything else (a hub id, a folder elsewhere)
+    as given.
+
+    Args:
+        path: a path or hub id.
+        study: the study folder.
+    """
+    try:
+        return Path(path).resolve().relative_to(Path(study).resolve()).as_posix() if Path(path).exists() else path
+    except ValueError:
+        return path
+
+
+def located(path: str, study: Path) -> str:
+    """The folder a stored path names, as this process can open it: a path stored relative to the study folder
+    (:func:`stored_path`), or an absolute one from a run made before that folder moved (found under the study
+    folder by its part below the study's name); anything else as given.
+
+    Args:
+        path: a path as stored in a run's config.
+        study: the study folder.
+    """
+    study = Path(study)
+    p = Path(path)
+    if not p.is_absolute() and (study / p).exists():
+        return str(study / p)
+    if not p.exists() and study.name in p.parts[:-1]:
+        below = p.parts[len(p.parts) - 1 - p.parts[::-1].index(study.name) :]
+        if (study.joinpath(*below[1:])).exists():
+            return str(study.joinpath(*below[1:]))
+    return path
+
+
+def same_source(old: dict, new: dict, study: Path | None = None) -> dict:
+    """``old`` with its ``source`` replaced by ``new``'s when both name the same local folder: a run saved with a
+    relative model path reopened with the absolute one, or a run saved with an absolute path inside its study
+    folder (before paths were stored relative to it) reopened after the folder moved.
 
     Args:
         old: a saved identity.
         new: the identity of this process.
+        study: the study folder that relative sources are stored against.
     """
     a, b = old.get("source"), new.get("source")
-    if (
-        a != b
-        and isinstance(a, str)
-        and isinstance(b, str)
-        and Path(a).is_dir()
-        and Path(a).resolve() == Path(b).resolve()
-    ):
+    if a == b or not isinstance(a, str) or not isinstance(b, str):
+        return old
+    a_dir, b_dir = (Path(located(x, study)) if study is not None else Path(x) for x in (a, b))
+    if a_dir.is_dir() and a_dir.resolve() == b_dir.resolve():
         return old | {"source": b}
     return old
 
@@ -472,7 +506,7 @@ class ModelRun(RunFolder):
             }
         )
         if self.config_file.exists():
-            old = same_source(json.loads(self.config_file.read_text()), self.config)
+            old = same_source(json.loads(self.config_file.read_text()), self.config, study.path)
             if old != self.config:
                 diff = {
                     k: (old.get(k), self.config.get(k))

@@ -3,7 +3,9 @@ that says what happened and what to do (issue 19; see docs/faults-data.md)."""
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import openpyxl
 import pandas as pd
@@ -99,3 +101,55 @@ def test_folds_remade_after_deleting_both_are_the_same(saved_folds):
     path.with_suffix(".json").unlink()
     assert (folds.load_or_make_folds(data, path, 3, 0) == before).all()
     assert folds.load_folds(path, data).tolist() == before.tolist()
+
+
+# --- results folder -----------------------------------------------------------------------------------
+
+
+def _tiny_bert_config(sheet, results_dir):
+    from nblib import bert, bert_cv
+    from nblib.settings import from_params
+
+    params = {"data_path": str(sheet), "results_dir": str(results_dir), "model": bert.TINY_RANDOM, "n_folds": 3}
+    return from_params(bert_cv.FineTuneConfig, params | {"unlabelled_path": None, "device": "cpu", "max_len": 32})
+
+
+def _open_job(cfg):
+    from nblib import bert_cv
+    from nblib.study import open_study
+
+    job = bert_cv.FineTuneJob(cfg, open_study(cfg.study))
+    job.run.lock.release()
+    return job
+
+
+def test_moved_results_folder_reopens_its_tiny_random_run(tmp_path, tiny_sheet):
+    from nblib import bert_cv
+
+    sheet = tiny_sheet()
+    job = _open_job(_tiny_bert_config(sheet, tmp_path / "disk1" / "res"))
+    assert job.run.saved_config()["source"] == "encoders/tiny-random"  # stored relative to the study folder
+    (tmp_path / "disk1" / "res").rename(tmp_path / "res2")
+    moved = _open_job(_tiny_bert_config(sheet, tmp_path / "res2"))  # no ResultsExistError
+    assert moved.run.path.is_relative_to(tmp_path / "res2")
+    again = bert_cv.config_of_run(moved.study, moved.run.name)
+    assert Path(again.model).is_dir() and Path(again.model).is_relative_to(tmp_path / "res2")
+
+
+def test_run_saved_with_absolute_encoder_path_still_opens_after_a_move(tmp_path, tiny_sheet):
+    sheet = tiny_sheet()
+    job = _open_job(_tiny_bert_config(sheet, tmp_path / "res"))
+    config = job.run.saved_config()
+    config["source"] = f"/old/disk/results/{job.study.path.name}/encoders/tiny-random"  # as runs were stored before
+    job.run.config_file.write_text(json.dumps(config))
+    _open_job(_tiny_bert_config(sheet, tmp_path / "res"))  # no ResultsExistError
+    assert results.located(config["source"], job.study.path) == str(job.study.path / "encoders" / "tiny-random")
+
+
+def test_paths_outside_the_study_folder_are_stored_as_given(tmp_path):
+    (tmp_path / "models" / "enc").mkdir(parents=True)
+    assert results.stored_path(str(tmp_path / "models" / "enc"), tmp_path / "res" / "s") == str(
+        tmp_path / "models" / "enc"
+    )
+    assert results.stored_path("bert-base-chinese", tmp_path / "res" / "s") == "bert-base-chinese"
+    assert results.located("bert-base-chinese", tmp_path / "res" / "s") == "bert-base-chinese"
