@@ -8,7 +8,9 @@ under ``results/`` (folds, per-fold and combined predictions, metrics, compariso
 Reading
     * CSV/TSV encoding: a byte-order mark decides (UTF-8 with BOM, UTF-16 as Excel's "Unicode text"); else
       UTF-8 if the bytes are valid UTF-8, else GB18030 (a superset of GBK, what Excel on Chinese Windows
-      writes). ``encoding=`` overrides the guess; the encoding used is returned with the table.
+      writes), or Big5 when the GB18030 reading is mostly rare or private-use characters (traditional Chinese
+      saved in Big5 reads as such garbage) and the bytes are valid Big5. ``encoding=`` overrides the guess; the
+      encoding used is returned with the table.
     * CSV is parsed strictly (a stray quote is an error naming its line); a record that spans several lines
       (a quoted cell with line breaks, or quotes that merged rows) is listed with its lines. TSV is read with
       quoting off: one line is one row, so a stray quote cannot merge lines; only a cell that is entirely one
@@ -42,6 +44,7 @@ import csv
 import io
 import logging
 import re
+import unicodedata
 import zipfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -60,6 +63,8 @@ MARKED_START = FORMULA_START + (TEXT_MARK,)  # what may follow the apostrophe in
 TOP_ROWS = 30  # rows searched for the column names when they are not on the header row
 _OOXML_ESCAPED = re.compile(r"_x([0-9A-Fa-f]{4})_")
 _OOXML_TO_ESCAPE = re.compile(r"[\x00-\x08\x0b-\x1f]|_(?=x[0-9A-Fa-f]{4}_)")
+# zero-width and other invisible format characters: a text of only these (and whitespace) looks empty
+_INVISIBLE = re.compile(r"[\s\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u206a-\u206f\ufeff]*")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _NOT_IN_XML = re.compile("[\ufffe\uffff]")  # what XML 1.0 forbids and OOXML's _xHHHH_ escapes do not cover
 XLSX_CELL_MAX = 32_767  # characters in an Excel cell
@@ -74,7 +79,10 @@ ENCODING_NAMES = {
     "utf-8-sig": "UTF-8 with BOM",
     "utf-16": "UTF-16 (Excel's Unicode text)",
     "gb18030": "GB18030/GBK (detected)",
+    "big5": "Big5 (detected: read as GB18030/GBK its text is mostly rare or private-use characters; pass the "
+    "encoding if this is wrong)",
 }
+GARBLED = 0.5  # share of rare or private-use characters in a GB18030 reading that suggests another encoding
 
 
 class DataError(ValueError):
@@ -110,12 +118,14 @@ class Sheet:
 
 
 def clean_text(value: object) -> str:
-    """Remove byte-order marks and surrounding whitespace; keep everything else.
+    """Remove byte-order marks and surrounding whitespace; keep everything else. A text of nothing but
+    whitespace and zero-width characters (U+200B…, which look empty) is empty.
 
     Args:
         value: a cell value.
     """
-    return str(value).replace("\ufeff", "").strip()
+    text = str(value).replace("\ufeff", "").strip()
+    return "" if _INVISIBLE.fullmatch(text) else text
 
 
 def cell_text(value: object) -> str:
@@ -174,20 +184,27 @@ def read_sheet(
         raise DataError(f"{path.name} is empty ({len(data)} bytes): copy it again, or export the sheet again.")
     out = Sheet(pd.DataFrame(), path)
     if kind == "excel":
-        rows = _excel_rows(path, data, sheet, params)
+        rows = _excel_rows(path, data, sheet, params, out)
     else:
         text, out.encoding = _decode(data, encoding, path, params)
         if out.encoding not in ("utf-8", "utf-8-sig"):
-            log.info("%s: read as %s.", path.name, ENCODING_NAMES.get(out.encoding, out.encoding))
+            say = log.warning if out.encoding == "big5" else log.info
+            say("%s: read as %s.", path.name, ENCODING_NAMES.get(out.encoding, out.encoding))
         sep = "\t" if kind == "tsv" or _tab_separated(text) else ","
         rows = _tsv_rows(text, out) if sep == "\t" else _csv_rows(text, out)
     out.df = _table(rows, columns, header_row, path, params, strict_width=kind != "excel")
     return out
 
 
-def _excel_rows(path: Path, data: bytes, sheet: str | int | None, params: Params) -> list[list]:
+def _excel_rows(path: Path, data: bytes, sheet: str | int | None, params: Params, out: Sheet) -> list[list]:
     import openpyxl
 
+    if _encrypted(data):
+        raise DataError(
+            f"{path.name} is password-protected (an encrypted workbook), which nblib cannot open. Open it in Excel "
+            f"or WPS with its password, remove the password (Excel: File > Info > Protect Workbook > Encrypt with "
+            f"Password, clear it) and save it as .xlsx, or save a copy as 'CSV UTF-8'."
+        )
     if not data.startswith(b"PK"):
         what = (
             "an old Excel 97-2003 .xls workbook"
@@ -220,11 +237,50 @@ def _excel_rows(path: Path, data: bytes, sheet: str | int | None, params: Params
                 f"Pass {params.sheet}<name or 0-based index>."
             )
         ws.reset_dimensions()  # some writers record wrong dimensions, which read-only mode trusts
-        return [
+        rows = [
             [_unescape_ooxml(v) if isinstance(v, str) else v for v in row] for row in ws.iter_rows(values_only=True)
         ]
+        index = wb.worksheets.index(ws)
     except (zipfile.BadZipFile, KeyError, OSError, EOFError, SyntaxError) as e:
         raise DataError(f"{damaged} ({type(e).__name__}: {e})") from None
+    finally:
+        wb.close()
+    unsaved = _formulas_without_values(path, data, index, rows)
+    if unsaved:
+        out.notes.append(
+            (
+                "formula without a saved value (pandas' to_excel writes a text that starts with = so): open and save "
+                "the file in Excel/WPS, or save it as CSV",
+                unsaved,
+                "read as empty",
+            )
+        )
+    return rows
+
+
+def _encrypted(data: bytes) -> bool:
+    """A password-protected OOXML workbook: an OLE compound file that holds an ``EncryptedPackage`` stream."""
+    return data.startswith(b"\xd0\xcf\x11\xe0") and "EncryptedPackage".encode("utf-16-le") in data
+
+
+def _formulas_without_values(path: Path, data: bytes, index: int, rows: list[list]) -> list[int]:
+    """Sheet rows with a formula cell that has no saved result (read as empty); only looked for when the
+    workbook has formulas at all, so that a plain sheet is read once."""
+    import openpyxl
+
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        sheets = [n for n in z.namelist() if n.startswith("xl/worksheets/") and n.endswith(".xml")]
+        if not any(re.search(rb"<f[ >/]", z.read(n)) for n in sheets):
+            return []
+    wb = openpyxl.load_workbook(path, read_only=True, data_only=False)
+    try:
+        ws = wb.worksheets[index]
+        ws.reset_dimensions()
+        return [
+            i
+            for i, (formulas, values) in enumerate(zip(ws.iter_rows(values_only=True), rows), 1)
+            if any(isinstance(f, str) and f.startswith("=") and v is None for f, v in zip(formulas, values))
+        ]
     finally:
         wb.close()
 
@@ -244,13 +300,16 @@ def _decode(data: bytes, encoding: str | None, path: Path, params: Params) -> tu
     bom = next((enc for mark, enc in BOMS if data.startswith(mark)), None)
     for enc in [encoding] if encoding else [bom] if bom else ["utf-8", "gb18030"]:
         try:
-            return data.decode(enc), enc
+            text = data.decode(enc)
         except UnicodeDecodeError:
             continue
         except LookupError:
             raise DataError(
                 f"{params.encoding}{encoding!r} is not an encoding Python knows (try 'gb18030', 'utf-16' or 'big5')."
             ) from None
+        if enc == "gb18030" and not encoding and _garbled_share(text) >= GARBLED:
+            return _big5_or_warn(data, text, path, params)
+        return text, enc
     if encoding:
         raise DataError(
             f"{path.name} cannot be read as {encoding}. Leave {params.encoding} out to detect the "
@@ -260,6 +319,37 @@ def _decode(data: bytes, encoding: str | None, path: Path, params: Params) -> tu
         f"{path.name}: its text encoding is none of UTF-8, UTF-16 or GB18030/GBK. Pass "
         f"{params.encoding}'<encoding>' (e.g. 'big5'), or save the sheet as .xlsx or 'CSV UTF-8'."
     )
+
+
+def _garbled_share(text: str) -> float:
+    """The share of the letters beyond ASCII that are private-use, or not among GB2312's hanzi (rare characters,
+    kana, Greek…): near 0 for Chinese read in its own encoding, most of them for Big5 read as GB18030."""
+    letters = [c for c in text if ord(c) > 127 and unicodedata.category(c)[0] in "LC" and c not in "\r\n\t"]
+    return sum(not _gb2312_hanzi(c) for c in letters) / len(letters) if letters else 0.0
+
+
+def _gb2312_hanzi(char: str) -> bool:
+    try:
+        return 0xB0 <= char.encode("gb2312")[0] <= 0xF7
+    except UnicodeEncodeError:
+        return False
+
+
+def _big5_or_warn(data: bytes, text: str, path: Path, params: Params) -> tuple[str, str]:
+    """Bytes whose GB18030 reading is mostly rare or private-use characters: Big5 (traditional Chinese) when they
+    are valid Big5, else the GB18030 text with a warning."""
+    try:
+        big5 = data.decode("big5")
+    except UnicodeDecodeError:
+        log.warning(
+            "%s: read as GB18030/GBK, but %.0f%% of its characters are rare or private-use: garbled? Pass "
+            "%s'<encoding>' (e.g. 'big5'), or save the sheet as .xlsx or 'CSV UTF-8'.",
+            path.name,
+            100 * _garbled_share(text),
+            params.encoding,
+        )
+        return text, "gb18030"
+    return big5, "big5"
 
 
 def _tab_separated(text: str) -> bool:

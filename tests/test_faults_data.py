@@ -54,6 +54,73 @@ def test_clean_xlsx_has_no_warning_and_no_copy(tmp_path, caplog):
     assert not caplog.text and not (tmp_path / "ok_exact.csv").exists()
 
 
+# --- sheets -------------------------------------------------------------------------------------------
+
+
+def test_text_of_only_zero_width_characters_is_empty(write_sheet):
+    from helpers import sheet
+
+    from nblib import data as nbdata
+
+    texts = ["好", "\u200b", "\u200c\u200d", " \u2060\ufeff\u200b ", "\u200b棒"]
+    d = nbdata.load_labelled(write_sheet(sheet(texts, [0, 1, 0, 1, 1])))
+    assert d.texts == ["好", "\u200b棒"]  # a visible text keeps its zero-width characters (and its fingerprint)
+    rep = d.report.to_frame()
+    assert rep.loc[0, "sheet rows"] == "3, 4, 5" and "zero-width" in rep.loc[0, "problem"]
+
+
+def test_big5_csv_is_read_as_big5_not_garbled_gb18030(tmp_path, caplog):
+    texts = ["只此青綠的舞美絕了", "文物修復師太厲害了", "國家寶藏真好看"]
+    path = tmp_path / "trad.csv"
+    path.write_bytes(("Sentence\n" + "\n".join(texts) + "\n").encode("big5"))
+    with caplog.at_level(logging.WARNING, logger="nblib.sheets"):
+        table = read_sheet(path)
+    assert table.encoding == "big5" and table.df["Sentence"].tolist() == texts
+    assert "Big5" in caplog.text
+
+
+def test_garbled_gb18030_that_is_not_big5_names_big5_as_likely(tmp_path, caplog):
+    path = tmp_path / "odd.csv"
+    path.write_bytes(b"Sentence\n" + "只此青綠的舞美".encode("big5") + b"\x81\x30\x81\x30\n")
+    with caplog.at_level(logging.WARNING, logger="nblib.sheets"):
+        assert read_sheet(path).encoding == "gb18030"
+    assert "rare or private-use" in caplog.text and "'big5'" in caplog.text
+
+
+def test_gbk_sheet_with_some_traditional_characters_stays_gbk(tmp_path):
+    texts = ["只此青绿的舞美绝了", "文物修复师太厉害了🉑️", "國家寶藏真好看"]
+    path = tmp_path / "gbk.csv"
+    path.write_bytes(("Sentence\n" + "\n".join(texts) + "\n").encode("gb18030"))
+    table = read_sheet(path)
+    assert table.encoding == "gb18030" and table.df["Sentence"].tolist() == texts
+
+
+def test_password_protected_xlsx_is_called_so(tmp_path):
+    # what Excel writes for "Encrypt with Password": an OLE compound file holding an EncryptedPackage stream
+    ole = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(504) + "EncryptedPackage".encode("utf-16-le") + bytes(100)
+    path = tmp_path / "locked.xlsx"
+    path.write_bytes(ole)
+    with pytest.raises(DataError, match=r"locked.xlsx is password-protected.*remove the password"):
+        read_sheet(path)
+    (tmp_path / "old.xlsx").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(600))
+    with pytest.raises(DataError, match="old Excel 97-2003"):
+        read_sheet(tmp_path / "old.xlsx")
+
+
+def test_formula_without_saved_value_is_named_not_just_empty(tmp_path, caplog):
+    from nblib import data as nbdata
+
+    path = tmp_path / "pandas.xlsx"
+    texts = ["好看", "=_=", "不错", "=-=", "棒", "还行"]
+    pd.DataFrame({"Sentence": texts, "Label": [0, 1, 0, 1, 0, 1]}).to_excel(path, index=False)
+    with caplog.at_level(logging.WARNING):
+        d = nbdata.load_labelled(path)
+    rep = d.report.to_frame().set_index("problem")
+    problem = next(p for p in rep.index if p.startswith("formula without a saved value"))
+    assert rep.loc[problem, "sheet rows"] == "3, 5" and "open and save the file in Excel/WPS" in problem
+    assert "save it as CSV" in problem
+
+
 # --- folds --------------------------------------------------------------------------------------------
 
 
