@@ -16,7 +16,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from .data import DataError, LabelledData
-from .results import fold_hash
+from .results import fold_hash, writing
 from .sheets import read_machine_table, write_table
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,6 @@ def save_folds(path: str | Path, data: LabelledData, folds: np.ndarray, n_splits
         seed: splitter seed (recorded).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = data.df[["row", "label", "text"]].assign(fold=folds)
     meta = {
         "n_splits": n_splits,
@@ -73,8 +72,10 @@ def save_folds(path: str | Path, data: LabelledData, folds: np.ndarray, n_splits
         "n": len(table),
         "folds_sha": fold_hash(folds),
     }
-    write_table(table, path)
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2, ensure_ascii=False))  # last: the pair is whole
+    with writing():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_table(table, path)
+        path.with_suffix(".json").write_text(json.dumps(meta, indent=2, ensure_ascii=False))  # last: the pair is whole
 
 
 def _remake_advice(path: Path) -> str:

@@ -44,6 +44,7 @@ the same folder is refused with the process and host that hold it.
 from __future__ import annotations
 
 import atexit
+import errno
 import hashlib
 import json
 import logging
@@ -51,9 +52,9 @@ import os
 import platform
 import secrets
 import subprocess
-import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import metadata
@@ -64,7 +65,7 @@ import numpy as np
 import pandas as pd
 
 from .calibration import Calibration, apply_per_fold, cross_fitted, fit_class_bias
-from .data import LabelledData
+from .data import DataError, LabelledData
 from .metrics import fold_metrics
 from .sheets import read_machine_table, write_table
 
@@ -89,6 +90,29 @@ PACKAGES = [
 
 class ResultsExistError(RuntimeError):
     """A results folder exists for a differently configured run."""
+
+
+class ResultsFolderError(DataError):
+    """The results folder cannot be written (a read-only disk, no permission); the message says what to do."""
+
+
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+@contextmanager
+def writing() -> Iterator[None]:
+    """Turn a write refused in the results folder (read-only disk, no permission) into one
+    :class:`ResultsFolderError` that names the file and what to do; other errors pass unchanged."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in NOT_WRITABLE:
+            raise
+        raise ResultsFolderError(
+            f"Cannot write {e.filename}: {e.strerror}. The results folder must be writable: pass "
+            f"results_dir=<a folder you can write> (copy the study folder there first to keep its results), or "
+            f"make this folder writable."
+        ) from None
 
 
 def study_path(results_dir: str | Path, data: LabelledData) -> Path:
@@ -120,7 +144,8 @@ def study_subfolder(study: Path, kind: Literal["encoders", "analysis", "predicti
         kind: which folder.
     """
     path = study / kind
-    path.mkdir(parents=True, exist_ok=True)
+    with writing():
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -150,7 +175,8 @@ class RunLock:
     """``run.lock`` in a model folder: the process (pid, host) of the run writing there, one run at a time.
 
     The processes of one run share the lock through the environment variable ``NBLIB_RUN_LOCK``: the
-    opener sets it to its token, the workers it launches (fold workers, torchrun) inherit it and pass.
+    opener sets it to its token, the workers it launches (fold workers, torchrun) inherit it and pass, as long as
+    the holder is one of their ancestors (an inherited token alone does not let a second job in).
     A lock whose process is gone (same host, no such pid) is taken over with a warning; on another host
     liveness cannot be checked, so the message says when to delete the file.
     """
@@ -173,7 +199,7 @@ class RunLock:
                     os.link(tmp, self.path)  # atomic: fails if the lock exists, never leaves half a file
                 except FileExistsError:
                     other = self.holder()
-                    if other.get("token") == token:
+                    if other.get("token") == token and self._holder_is_my_run(other):
                         return
                     if not self._stale(other):
                         raise ResultsLockedError(self._message(other)) from None
@@ -202,6 +228,22 @@ class RunLock:
         """Remove the lock if this process took it (a worker that shares its opener's lock leaves it)."""
         if self.holder().get("pid") == os.getpid():
             self.path.unlink(missing_ok=True)
+
+    @staticmethod
+    def _holder_is_my_run(other: dict) -> bool:
+        """Whether the holder that has this process's token is its run: this process, or (same host) one of its
+        ancestors (the opener of the workers); a token inherited from elsewhere (a sibling started by the same
+        parent, a shell that exported it) does not pass while its holder lives. On another host ancestry cannot be
+        checked, and the token is trusted."""
+        import psutil
+
+        if other.get("host") != platform.node() or other.get("pid") == os.getpid():
+            return True
+        try:
+            ancestors = {p.pid for p in psutil.Process().parents()}
+        except psutil.Error:
+            return True
+        return other.get("pid") in ancestors
 
     @staticmethod
     def _stale(other: dict) -> bool:
@@ -321,19 +363,22 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     """Write through a temporary file so that an interrupted run never leaves half a file.
 
     The temporary name is unique (several processes may write the same file, e.g. config.json), and it
-    is in the same folder, so that the final rename is atomic.
+    is in the same folder, so that the final rename is atomic. The file gets the usual mode (0666 less the
+    umask, as ``open`` gives), so that others sharing the folder can read it.
 
     Args:
         path: the file to write.
         write: writes the content to the path it is given (the temporary file).
     """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp{path.suffix}")
+    with writing():
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # mode as open() gives, unlike mkstemp
     try:
-        write(Path(tmp))
-        os.replace(tmp, path)
+        with writing():
+            write(tmp)
+            os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -529,11 +574,13 @@ class ModelRun(RunFolder):
         self.lock = None
         if not write:
             return
-        (self.path / "folds").mkdir(parents=True, exist_ok=True)
-        self.lock = RunLock(self.path)
-        self.lock.acquire()
-        write_atomic(self.config_file, lambda p: p.write_text(json.dumps(self.config, indent=2, ensure_ascii=False)))
-        self.record_environment()
+        with writing():
+            (self.path / "folds").mkdir(parents=True, exist_ok=True)
+            self.lock = RunLock(self.path)
+            self.lock.acquire()
+            config = json.dumps(self.config, indent=2, ensure_ascii=False)
+            write_atomic(self.config_file, lambda p: p.write_text(config))
+            self.record_environment()
 
     def record_environment(self) -> Path:
         """Write this process's environment (versions, platform, devices) as a new file in ``environment/``."""

@@ -220,3 +220,109 @@ def test_paths_outside_the_study_folder_are_stored_as_given(tmp_path):
     )
     assert results.stored_path("bert-base-chinese", tmp_path / "res" / "s") == "bert-base-chinese"
     assert results.located("bert-base-chinese", tmp_path / "res" / "s") == "bert-base-chinese"
+
+
+SIBLING = """
+import sys, time
+from nblib.results import RunLock
+RunLock(sys.argv[1]).acquire()
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_an_inherited_lock_token_does_not_let_a_second_job_in(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    folder = tmp_path / "models" / "m"
+    folder.mkdir(parents=True)
+    # two jobs started by one parent that passes them the same token (e.g. a shell that exported it)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **{results.RunLock.ENV: "inherited"})
+    first = subprocess.Popen([sys.executable, "-c", SIBLING, str(folder)], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "locked"
+        second = subprocess.run([sys.executable, "-c", CHILD, str(folder)], env=env, capture_output=True, text=True)
+        assert second.returncode == 3 and f"process {first.pid}" in second.stdout
+    finally:
+        first.kill()
+        first.wait()
+
+
+CHILD = """
+import sys
+from nblib.results import RunLock, ResultsLockedError
+try:
+    RunLock(sys.argv[1]).acquire()
+except ResultsLockedError as e:
+    print(e)
+    sys.exit(3)
+"""
+
+
+def test_atomic_writes_get_the_usual_mode(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        results.write_atomic(tmp_path / "a.json", lambda p: p.write_text("{}"))
+        (tmp_path / "b.json").write_text("{}")
+        os.umask(0o027)
+        results.write_atomic(tmp_path / "c.json", lambda p: p.write_text("{}"))
+    finally:
+        os.umask(old)
+    mode = {name: (tmp_path / name).stat().st_mode & 0o777 for name in ["a.json", "b.json", "c.json"]}
+    assert mode == {"a.json": 0o644, "b.json": 0o644, "c.json": 0o640}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json", "c.json"]  # no temporary left
+
+
+@pytest.fixture
+def read_only_disk(monkeypatch):
+    """Writes under a folder fail as on a read-only disk (tests may run as root, whom permissions do not stop)."""
+    import errno
+    import os
+
+    def refuse(folder):
+        real_mkdir, real_open, real_write_text = Path.mkdir, os.open, Path.write_text
+
+        def check(path):
+            if Path(path).is_relative_to(folder):
+                raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+        def mkdir(self, *a, **kw):
+            if not self.exists():
+                check(self)
+            return real_mkdir(self, *a, **kw)
+
+        def open_(path, flags, *a, **kw):
+            if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+                check(path)
+            return real_open(path, flags, *a, **kw)
+
+        def write_text(self, *a, **kw):
+            check(self)
+            return real_write_text(self, *a, **kw)
+
+        monkeypatch.setattr(Path, "mkdir", mkdir)
+        monkeypatch.setattr(os, "open", open_)
+        monkeypatch.setattr(Path, "write_text", write_text)
+
+    return refuse
+
+
+def test_read_only_results_folder_gives_one_message(tmp_path, tiny_study, read_only_disk):
+    from nblib.study import open_study
+
+    study = tiny_study()  # made while writable: folds saved
+    read_only_disk(tmp_path / "res")
+    again = open_study(study.settings)  # reading a study needs no writes
+    assert (again.folds == study.folds).all()
+    with pytest.raises(results.ResultsFolderError, match=r"Cannot write .*res.*Read-only file system.*results_dir="):
+        again.open_run("m", {"x": 1})
+    with pytest.raises(results.ResultsFolderError, match="results_dir="):
+        again.folder("analysis")
+    with pytest.raises(results.ResultsFolderError, match="results_dir="):
+        open_study(study.settings.data_path, results_dir=str(tmp_path / "res" / "new"), unlabelled_path=None)
