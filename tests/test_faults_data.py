@@ -170,6 +170,31 @@ def test_folds_remade_after_deleting_both_are_the_same(saved_folds):
     assert folds.load_folds(path, data).tolist() == before.tolist()
 
 
+def test_folds_csv_deleted_is_made_again_with_a_warning(saved_folds, caplog):
+    data, path = saved_folds
+    before = folds.load_folds(path, data)
+    path.unlink()
+    with caplog.at_level(logging.WARNING, logger="nblib.folds"):
+        assert (folds.load_or_make_folds(data, path, 3, 0) == before).all()
+    assert "folds_k3_seed0.csv is missing" in caplog.text
+
+
+def test_folds_json_of_before_the_hash_still_loads(saved_folds):
+    data, path = saved_folds
+    meta = json.loads(path.with_suffix(".json").read_text())
+    del meta["folds_sha"]
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    assert folds.load_folds(path, data).tolist() == read_machine_table(path)["fold"].tolist()
+
+
+def test_resuming_on_other_folds_explains_folds_sha(tiny_study):
+    study = tiny_study()
+    study.open_run("m", {"x": 1}).lock.release()
+    study.folds = (study.folds + 1) % 3  # as if the folds file had been remade differently
+    with pytest.raises(results.ResultsExistError, match="'folds_sha' is not a setting: that run was made on other"):
+        study.open_run("m", {"x": 1})
+
+
 # --- results folder -----------------------------------------------------------------------------------
 
 
