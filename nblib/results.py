@@ -35,6 +35,10 @@ never mix in)::
 ``index`` is the position of the text in ``LabelledData.df``, ``row`` its row in the sheet, ``gold``
 and ``pred`` label ids (``LabelledData.label_names`` gives the names). Probabilities sum to one.
 
+Paths inside the study folder (a run's encoder: the tiny random BERT, a TAPT encoder) are stored relative to it
+(:func:`stored_path`), so that a results folder can move to another disk or machine; a folder that cannot be
+written is one :class:`ResultsFolderError`.
+
 A run never silently overwrites: opening an existing model folder with the same config resumes it
 (finished folds are kept and skipped); with a different config it is an error that says what differs.
 While a run writes to a model folder it holds ``run.lock`` there (see :class:`RunLock`): a second run on

@@ -19,7 +19,9 @@ Reading
       empty cell is missing.
     * The header is on row ``header_row`` (1-based); when the wanted columns are not there, the message
       names the row that holds them, or says that the header looks like a title.
-    * Duplicate column names, a damaged or mis-named .xlsx and an empty file are errors that name the file.
+    * Duplicate column names, a damaged, mis-named or password-protected .xlsx and an empty file are errors
+      that name the file. A formula cell without a saved result (pandas' ``to_excel`` writes a text starting
+      with ``=`` so) reads as empty and is noted with its rows and what to do.
 
 Writing
     * Suffix and format agree (.xlsx, .csv, .tsv; anything else is an error).
