@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
 
-from . import bert, calibration, cli, cv, self_training
+from . import bert, calibration, cli, cv, results, self_training
 from .data import path_list
 from .folds import FoldSplit
 from .hardware import keep_freed_memory
@@ -208,7 +208,7 @@ class FineTuneJob:
         """
         self.config, self.study = config, study
         self.source = model_source(config, study)
-        identity = config.identity(self.source)
+        identity = config.identity(results.stored_path(self.source, study.path))  # the folder may move
         self.teacher = None
         if config.teacher:
             config.pseudo.check()
@@ -457,7 +457,9 @@ def config_of_run(study: Study, name: str, **changes: object) -> FineTuneConfig:
     saved = run.saved_config()
     if "source" not in saved:
         raise ValueError(f"'{name}' is not a fine-tuning run of 03_bert_cv.")
-    params = to_params(study.settings) | saved | {"model": saved["source"], "run_name": name}
+    params = (
+        to_params(study.settings) | saved | {"model": results.located(saved["source"], study.path), "run_name": name}
+    )
     return from_params(FineTuneConfig, params | changes)
 
 

@@ -178,7 +178,7 @@ def _clean_texts(raw: pd.Series, report: LoadReport) -> pd.Series:
     report.add("text cell is a number/date, not text", raw.index[non_string], "converted to text")
     text = raw.astype(object).where(is_missing, raw.map(cell_text))
     empty = is_missing | (text == "")
-    report.add("text is missing, empty or whitespace only", raw.index[empty], "dropped")
+    report.add("text is missing, empty, or only whitespace or zero-width characters", raw.index[empty], "dropped")
     return text.mask(empty)
 
 

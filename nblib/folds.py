@@ -16,6 +16,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from .data import DataError, LabelledData
+from .results import fold_hash, writing
 from .sheets import read_machine_table, write_table
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,9 @@ def make_folds(data: LabelledData, n_splits: int = 5, seed: int = 42) -> np.ndar
 def save_folds(path: str | Path, data: LabelledData, folds: np.ndarray, n_splits: int, seed: int) -> None:
     """Write the fold of every text (sheet row, label, text, fold) and a ``.json`` of metadata beside it.
 
+    The two files are one pair: the ``.json`` records what the folds were made from and a hash of the fold
+    column (``folds_sha``), which :func:`load_folds` checks.
+
     Args:
         path: the ``.csv`` to write.
         data: the labelled texts the folds belong to.
@@ -59,15 +63,30 @@ def save_folds(path: str | Path, data: LabelledData, folds: np.ndarray, n_splits
         seed: splitter seed (recorded).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = data.df[["row", "label", "text"]].assign(fold=folds)
-    meta = {"n_splits": n_splits, "seed": seed, "data": data.source, "fingerprint": data.fingerprint(), "n": len(table)}
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2, ensure_ascii=False))
-    write_table(table, path)
+    meta = {
+        "n_splits": n_splits,
+        "seed": seed,
+        "data": data.source,
+        "fingerprint": data.fingerprint(),
+        "n": len(table),
+        "folds_sha": fold_hash(folds),
+    }
+    with writing():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_table(table, path)
+        path.with_suffix(".json").write_text(json.dumps(meta, indent=2, ensure_ascii=False))  # last: the pair is whole
+
+
+def _remake_advice(path: Path) -> str:
+    return (
+        f"Delete both {path.name} and {path.with_suffix('.json').name} (in {path.parent}) to make the folds "
+        f"again: for the same data, n_folds and seed they come out the same, and finished runs stay valid."
+    )
 
 
 def load_folds(path: str | Path, data: LabelledData) -> np.ndarray:
-    """Read saved folds and check that they belong to exactly this data.
+    """Read saved folds and check that they belong to exactly this data and were not changed since.
 
     Args:
         path: a ``.csv`` written by :func:`save_folds`.
@@ -75,16 +94,42 @@ def load_folds(path: str | Path, data: LabelledData) -> np.ndarray:
 
     Returns:
         The fold id of every row of ``data.df``.
+
+    Raises:
+        DataError: the ``.json`` of the pair is missing or damaged, the ``.csv`` cannot be read or its fold
+            column was edited, or the folds belong to other data; the message says how to remake them.
     """
     path = Path(path)
-    meta = json.loads(path.with_suffix(".json").read_text())
-    table = read_machine_table(path)
-    if meta["fingerprint"] != data.fingerprint() or table["text"].tolist() != data.texts:
+    meta_file = path.with_suffix(".json")
+    try:
+        meta = json.loads(meta_file.read_text())
+        n_splits, made_for, n = int(meta["n_splits"]), meta["data"], meta["n"]
+    except FileNotFoundError:
         raise DataError(
-            f"The folds in {path} were made for different data ({meta['data']}, {meta['n']} texts). "
-            f"Delete the file to make new folds."
+            f"The folds file {path} has lost its partner {meta_file.name}, which records what the folds were "
+            f"made from (deleted?). {_remake_advice(path)}"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{meta_file} is damaged ({type(e).__name__}: {e}). {_remake_advice(path)}") from None
+    try:
+        table = read_machine_table(path)
+        texts, assigned = table["text"].tolist(), table["fold"].to_numpy()
+    except (DataError, OSError, KeyError) as e:
+        raise DataError(f"{path} cannot be read as a folds file ({e}). {_remake_advice(path)}") from None
+    if meta["fingerprint"] != data.fingerprint() or texts != data.texts:
+        raise DataError(
+            f"The folds in {path} were made for different data ({made_for}, {n} texts). "
+            f"Delete the file and {meta_file.name} to make new folds."
         )
-    return table["fold"].to_numpy()
+    valid = assigned.dtype.kind in "iu" and set(assigned.tolist()) == set(range(n_splits))
+    if not valid or meta.get("folds_sha", fold_hash(assigned)) != fold_hash(assigned):
+        raise DataError(
+            f"The fold column of {path} was changed after the folds were made: it no longer matches "
+            f"{meta_file.name} ({n_splits} folds, numbered 0 to {n_splits - 1}). Folds are not edited by hand: runs "
+            f"on other folds would not be comparable (to use other folds, change n_folds or seed). Put the file "
+            f"back as it was, or: {_remake_advice(path)}"
+        )
+    return assigned
 
 
 def load_or_make_folds(data: LabelledData, path: str | Path, n_splits: int = 5, seed: int = 42) -> np.ndarray:
@@ -103,6 +148,8 @@ def load_or_make_folds(data: LabelledData, path: str | Path, n_splits: int = 5, 
     if path.exists():
         log.info("Folds read from %s.", path)
         return load_folds(path, data)
+    if path.with_suffix(".json").exists():
+        log.warning("%s is missing: the folds are made again beside %s.", path, path.with_suffix(".json").name)
     folds = make_folds(data, n_splits, seed)
     save_folds(path, data, folds, n_splits, seed)
     log.info("Folds made (%d-fold, seed %d) and saved to %s.", n_splits, seed, path)

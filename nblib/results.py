@@ -35,6 +35,10 @@ never mix in)::
 ``index`` is the position of the text in ``LabelledData.df``, ``row`` its row in the sheet, ``gold``
 and ``pred`` label ids (``LabelledData.label_names`` gives the names). Probabilities sum to one.
 
+Paths inside the study folder (a run's encoder: the tiny random BERT, a TAPT encoder) are stored relative to it
+(:func:`stored_path`), so that a results folder can move to another disk or machine; a folder that cannot be
+written is one :class:`ResultsFolderError`.
+
 A run never silently overwrites: opening an existing model folder with the same config resumes it
 (finished folds are kept and skipped); with a different config it is an error that says what differs.
 While a run writes to a model folder it holds ``run.lock`` there (see :class:`RunLock`): a second run on
@@ -44,6 +48,7 @@ the same folder is refused with the process and host that hold it.
 from __future__ import annotations
 
 import atexit
+import errno
 import hashlib
 import json
 import logging
@@ -51,9 +56,9 @@ import os
 import platform
 import secrets
 import subprocess
-import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import metadata
@@ -64,7 +69,7 @@ import numpy as np
 import pandas as pd
 
 from .calibration import Calibration, apply_per_fold, cross_fitted, fit_class_bias
-from .data import LabelledData
+from .data import DataError, LabelledData
 from .metrics import fold_metrics
 from .sheets import read_machine_table, write_table
 
@@ -101,6 +106,29 @@ FINAL_DONE = "training.json"  # written last into <run>/final by nblib.bert_cv: 
 TAPT_DONE = "tapt.json"  # written last into <study>/encoders/<name> by nblib.tapt: the adapted encoder is saved
 
 
+class ResultsFolderError(DataError):
+    """The results folder cannot be written (a read-only disk, no permission); the message says what to do."""
+
+
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+@contextmanager
+def writing() -> Iterator[None]:
+    """Turn a write refused in the results folder (read-only disk, no permission) into one
+    :class:`ResultsFolderError` that names the file and what to do; other errors pass unchanged."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in NOT_WRITABLE:
+            raise
+        raise ResultsFolderError(
+            f"Cannot write {e.filename}: {e.strerror}. The results folder must be writable: pass "
+            f"results_dir=<a folder you can write> (copy the study folder there first to keep its results), or "
+            f"make this folder writable."
+        ) from None
+
+
 def study_path(results_dir: str | Path, data: LabelledData) -> Path:
     """The study folder of exactly this data: ``results_dir/<sheet file name>-<fingerprint>``.
 
@@ -130,7 +158,8 @@ def study_subfolder(study: Path, kind: Literal["encoders", "analysis", "predicti
         kind: which folder.
     """
     path = study / kind
-    path.mkdir(parents=True, exist_ok=True)
+    with writing():
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -160,7 +189,8 @@ class RunLock:
     """``run.lock`` in a model folder: the process (pid, host) of the run writing there, one run at a time.
 
     The processes of one run share the lock through the environment variable ``NBLIB_RUN_LOCK``: the
-    opener sets it to its token, the workers it launches (fold workers, torchrun) inherit it and pass.
+    opener sets it to its token, the workers it launches (fold workers, torchrun) inherit it and pass, as long as
+    the holder is one of their ancestors (an inherited token alone does not let a second job in).
     A lock whose process is gone (same host, no such pid) is taken over with a warning; on another host
     liveness cannot be checked, so the message says when to delete the file.
     """
@@ -183,7 +213,7 @@ class RunLock:
                     os.link(tmp, self.path)  # atomic: fails if the lock exists, never leaves half a file
                 except FileExistsError:
                     other = self.holder()
-                    if other.get("token") == token:
+                    if other.get("token") == token and self._holder_is_my_run(other):
                         return
                     if not self._stale(other):
                         raise ResultsLockedError(self._message(other)) from None
@@ -212,6 +242,22 @@ class RunLock:
         """Remove the lock if this process took it (a worker that shares its opener's lock leaves it)."""
         if self.holder().get("pid") == os.getpid():
             self.path.unlink(missing_ok=True)
+
+    @staticmethod
+    def _holder_is_my_run(other: dict) -> bool:
+        """Whether the holder that has this process's token is its run: this process, or (same host) one of its
+        ancestors (the opener of the workers); a token inherited from elsewhere (a sibling started by the same
+        parent, a shell that exported it) does not pass while its holder lives. On another host ancestry cannot be
+        checked, and the token is trusted."""
+        import psutil
+
+        if other.get("host") != platform.node() or other.get("pid") == os.getpid():
+            return True
+        try:
+            ancestors = {p.pid for p in psutil.Process().parents()}
+        except psutil.Error:
+            return True
+        return other.get("pid") in ancestors
 
     @staticmethod
     def _stale(other: dict) -> bool:
@@ -273,22 +319,56 @@ def _json_roundtrip(obj: dict) -> dict:
     return json.loads(json.dumps(obj, default=str))
 
 
-def same_source(old: dict, new: dict) -> dict:
-    """``old`` with its ``source`` replaced by ``new``'s when both name the same local folder (a run saved with a
-    relative model path, reopened with the absolute one).
+def stored_path(path: str, study: Path) -> str:
+    """How a path is written into a study's files: relative to the study folder (POSIX) when it is inside it, so
+    that the results folder can move to another disk or machine; anything else (a hub id, a folder elsewhere)
+    as given.
+
+    Args:
+        path: a path or hub id.
+        study: the study folder.
+    """
+    try:
+        return Path(path).resolve().relative_to(Path(study).resolve()).as_posix() if Path(path).exists() else path
+    except ValueError:
+        return path
+
+
+def located(path: str, study: Path) -> str:
+    """The folder a stored path names, as this process can open it: a path stored relative to the study folder
+    (:func:`stored_path`), or an absolute one from a run made before that folder moved (found under the study
+    folder by its part below the study's name); anything else as given.
+
+    Args:
+        path: a path as stored in a run's config.
+        study: the study folder.
+    """
+    study = Path(study)
+    p = Path(path)
+    if not p.is_absolute() and (study / p).exists():
+        return str(study / p)
+    if not p.exists() and study.name in p.parts[:-1]:
+        below = p.parts[len(p.parts) - 1 - p.parts[::-1].index(study.name) :]
+        if (study.joinpath(*below[1:])).exists():
+            return str(study.joinpath(*below[1:]))
+    return path
+
+
+def same_source(old: dict, new: dict, study: Path | None = None) -> dict:
+    """``old`` with its ``source`` replaced by ``new``'s when both name the same local folder: a run saved with a
+    relative model path reopened with the absolute one, or a run saved with an absolute path inside its study
+    folder (before paths were stored relative to it) reopened after the folder moved.
 
     Args:
         old: a saved identity.
         new: the identity of this process.
+        study: the study folder that relative sources are stored against.
     """
     a, b = old.get("source"), new.get("source")
-    if (
-        a != b
-        and isinstance(a, str)
-        and isinstance(b, str)
-        and Path(a).is_dir()
-        and Path(a).resolve() == Path(b).resolve()
-    ):
+    if a == b or not isinstance(a, str) or not isinstance(b, str):
+        return old
+    a_dir, b_dir = (Path(located(x, study)) if study is not None else Path(x) for x in (a, b))
+    if a_dir.is_dir() and a_dir.resolve() == b_dir.resolve():
         return old | {"source": b}
     return old
 
@@ -297,19 +377,22 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     """Write through a temporary file so that an interrupted run never leaves half a file.
 
     The temporary name is unique (several processes may write the same file, e.g. config.json), and it
-    is in the same folder, so that the final rename is atomic.
+    is in the same folder, so that the final rename is atomic. The file gets the usual mode (0666 less the
+    umask, as ``open`` gives), so that others sharing the folder can read it.
 
     Args:
         path: the file to write.
         write: writes the content to the path it is given (the temporary file).
     """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp{path.suffix}")
+    with writing():
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # mode as open() gives, unlike mkstemp
     try:
-        write(Path(tmp))
-        os.replace(tmp, path)
+        with writing():
+            write(tmp)
+            os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -486,27 +569,36 @@ class ModelRun(RunFolder):
             }
         )
         if self.config_file.exists():
-            old = same_source(json.loads(self.config_file.read_text()), self.config)
+            old = same_source(json.loads(self.config_file.read_text()), self.config, study.path)
             if old != self.config:
                 diff = {
                     k: (old.get(k), self.config.get(k))
                     for k in set(old) | set(self.config)
                     if old.get(k) != self.config.get(k)
                 }
+                folds = (
+                    f" 'folds_sha' is not a setting: that run was made on other folds than the study's folds "
+                    f"file holds now (folds_k<n_folds>_seed<seed>.csv in {study.path}: remade or edited?); put "
+                    f"that file back, or move the run folder away to train it again on the current folds."
+                    if "folds_sha" in diff
+                    else ""
+                )
                 raise ResultsExistError(
                     f"{self.path} holds results of '{name}' run with other settings {diff} (old, new). "
                     f"To resume it, set the differing settings back to the old values; to keep both, move that "
-                    f"folder away (baselines of 02) or give this run another run_name (BERT runs of 03)."
+                    f"folder away (baselines of 02) or give this run another run_name (BERT runs of 03).{folds}"
                 )
             log.info("%s: resuming; folds already done: %s", name, self.done_folds())
         self.lock = None
         if not write:
             return
-        (self.path / "folds").mkdir(parents=True, exist_ok=True)
-        self.lock = RunLock(self.path)
-        self.lock.acquire()
-        write_atomic(self.config_file, lambda p: p.write_text(json.dumps(self.config, indent=2, ensure_ascii=False)))
-        self.record_environment()
+        with writing():
+            (self.path / "folds").mkdir(parents=True, exist_ok=True)
+            self.lock = RunLock(self.path)
+            self.lock.acquire()
+            config = json.dumps(self.config, indent=2, ensure_ascii=False)
+            write_atomic(self.config_file, lambda p: p.write_text(config))
+            self.record_environment()
 
     def record_environment(self) -> Path:
         """Write this process's environment (versions, platform, devices) as a new file in ``environment/``."""

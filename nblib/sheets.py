@@ -8,7 +8,9 @@ under ``results/`` (folds, per-fold and combined predictions, metrics, compariso
 Reading
     * CSV/TSV encoding: a byte-order mark decides (UTF-8 with BOM, UTF-16 as Excel's "Unicode text"); else
       UTF-8 if the bytes are valid UTF-8, else GB18030 (a superset of GBK, what Excel on Chinese Windows
-      writes). ``encoding=`` overrides the guess; the encoding used is returned with the table.
+      writes), or Big5 when the GB18030 reading is mostly rare or private-use characters (traditional Chinese
+      saved in Big5 reads as such garbage) and the bytes are valid Big5. ``encoding=`` overrides the guess; the
+      encoding used is returned with the table.
     * CSV is parsed strictly (a stray quote is an error naming its line); a record that spans several lines
       (a quoted cell with line breaks, or quotes that merged rows) is listed with its lines. TSV is read with
       quoting off: one line is one row, so a stray quote cannot merge lines; only a cell that is entirely one
@@ -17,7 +19,9 @@ Reading
       empty cell is missing.
     * The header is on row ``header_row`` (1-based); when the wanted columns are not there, the message
       names the row that holds them, or says that the header looks like a title.
-    * Duplicate column names, a damaged or mis-named .xlsx and an empty file are errors that name the file.
+    * Duplicate column names, a damaged, mis-named or password-protected .xlsx and an empty file are errors
+      that name the file. A formula cell without a saved result (pandas' ``to_excel`` writes a text starting
+      with ``=`` so) reads as empty and is noted with its rows and what to do.
 
 Writing
     * Suffix and format agree (.xlsx, .csv, .tsv; anything else is an error).
@@ -28,6 +32,11 @@ Writing
       start a formula (``= + - @``, tab, CR: OWASP's CSV-injection list) gets a leading apostrophe, which
       Excel and LibreOffice take as "this is text" and :func:`read_sheet` removes again. The trade-off:
       other programs (``pandas.read_csv``, R) see the apostrophe. For people, prefer .xlsx.
+    * What a file cannot hold is changed, never silently (:func:`fit_cells`, one warning naming the rows): a
+      lone surrogate becomes U+FFFD in every format; in an .xlsx also U+FFFE/U+FFFF (XML 1.0 forbids them), and
+      a text over Excel's 32,767 characters per cell is cut there. Decision: rather than refuse a whole
+      prediction for one text, the .xlsx is written and the exact texts go to a CSV copy beside it,
+      ``<name>_exact.csv`` (written only then), which holds U+FFFE/U+FFFF and the full long texts.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ import csv
 import io
 import logging
 import re
+import unicodedata
 import zipfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -55,6 +65,15 @@ MARKED_START = FORMULA_START + (TEXT_MARK,)  # what may follow the apostrophe in
 TOP_ROWS = 30  # rows searched for the column names when they are not on the header row
 _OOXML_ESCAPED = re.compile(r"_x([0-9A-Fa-f]{4})_")
 _OOXML_TO_ESCAPE = re.compile(r"[\x00-\x08\x0b-\x1f]|_(?=x[0-9A-Fa-f]{4}_)")
+# zero-width and other invisible format characters: a text of only these (and whitespace) looks empty
+_INVISIBLE = re.compile(r"[\s\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u206a-\u206f\ufeff]*")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_NOT_IN_XML = re.compile("[\ufffe\uffff]")  # what XML 1.0 forbids and OOXML's _xHHHH_ escapes do not cover
+XLSX_CELL_MAX = 32_767  # characters in an Excel cell
+EXACT_COPY = "_exact.csv"  # suffix of the CSV copy written beside an .xlsx whose texts had to be changed
+UNPAIRED = "lone surrogate character (half of a UTF-16 pair, from a bad decode) replaced by U+FFFD"
+NOT_IN_XLSX = "character U+FFFE or U+FFFF, which an .xlsx cannot hold, replaced by U+FFFD"
+TOO_LONG = f"text longer than Excel's {XLSX_CELL_MAX:,} characters per cell, cut there"
 _QUOTED_FIELD = re.compile(r'"((?:[^"]|"")*)"', re.S)
 BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 ENCODING_NAMES = {
@@ -62,7 +81,10 @@ ENCODING_NAMES = {
     "utf-8-sig": "UTF-8 with BOM",
     "utf-16": "UTF-16 (Excel's Unicode text)",
     "gb18030": "GB18030/GBK (detected)",
+    "big5": "Big5 (detected: read as GB18030/GBK its text is mostly rare or private-use characters; pass the "
+    "encoding if this is wrong)",
 }
+GARBLED = 0.5  # share of rare or private-use characters in a GB18030 reading that suggests another encoding
 
 
 class DataError(ValueError):
@@ -98,12 +120,14 @@ class Sheet:
 
 
 def clean_text(value: object) -> str:
-    """Remove byte-order marks and surrounding whitespace; keep everything else.
+    """Remove byte-order marks and surrounding whitespace; keep everything else. A text of nothing but
+    whitespace and zero-width characters (U+200B…, which look empty) is empty.
 
     Args:
         value: a cell value.
     """
-    return str(value).replace("\ufeff", "").strip()
+    text = str(value).replace("\ufeff", "").strip()
+    return "" if _INVISIBLE.fullmatch(text) else text
 
 
 def cell_text(value: object) -> str:
@@ -162,20 +186,27 @@ def read_sheet(
         raise DataError(f"{path.name} is empty ({len(data)} bytes): copy it again, or export the sheet again.")
     out = Sheet(pd.DataFrame(), path)
     if kind == "excel":
-        rows = _excel_rows(path, data, sheet, params)
+        rows = _excel_rows(path, data, sheet, params, out)
     else:
         text, out.encoding = _decode(data, encoding, path, params)
         if out.encoding not in ("utf-8", "utf-8-sig"):
-            log.info("%s: read as %s.", path.name, ENCODING_NAMES.get(out.encoding, out.encoding))
+            say = log.warning if out.encoding == "big5" else log.info
+            say("%s: read as %s.", path.name, ENCODING_NAMES.get(out.encoding, out.encoding))
         sep = "\t" if kind == "tsv" or _tab_separated(text) else ","
         rows = _tsv_rows(text, out) if sep == "\t" else _csv_rows(text, out)
     out.df = _table(rows, columns, header_row, path, params, strict_width=kind != "excel")
     return out
 
 
-def _excel_rows(path: Path, data: bytes, sheet: str | int | None, params: Params) -> list[list]:
+def _excel_rows(path: Path, data: bytes, sheet: str | int | None, params: Params, out: Sheet) -> list[list]:
     import openpyxl
 
+    if _encrypted(data):
+        raise DataError(
+            f"{path.name} is password-protected (an encrypted workbook), which nblib cannot open. Open it in Excel "
+            f"or WPS with its password, remove the password (Excel: File > Info > Protect Workbook > Encrypt with "
+            f"Password, clear it) and save it as .xlsx, or save a copy as 'CSV UTF-8'."
+        )
     if not data.startswith(b"PK"):
         what = (
             "an old Excel 97-2003 .xls workbook"
@@ -208,11 +239,50 @@ def _excel_rows(path: Path, data: bytes, sheet: str | int | None, params: Params
                 f"Pass {params.sheet}<name or 0-based index>."
             )
         ws.reset_dimensions()  # some writers record wrong dimensions, which read-only mode trusts
-        return [
+        rows = [
             [_unescape_ooxml(v) if isinstance(v, str) else v for v in row] for row in ws.iter_rows(values_only=True)
         ]
+        index = wb.worksheets.index(ws)
     except (zipfile.BadZipFile, KeyError, OSError, EOFError, SyntaxError) as e:
         raise DataError(f"{damaged} ({type(e).__name__}: {e})") from None
+    finally:
+        wb.close()
+    unsaved = _formulas_without_values(path, data, index, rows)
+    if unsaved:
+        out.notes.append(
+            (
+                "formula without a saved value (pandas' to_excel writes a text that starts with = so): open and save "
+                "the file in Excel/WPS, or save it as CSV",
+                unsaved,
+                "read as empty",
+            )
+        )
+    return rows
+
+
+def _encrypted(data: bytes) -> bool:
+    """A password-protected OOXML workbook: an OLE compound file that holds an ``EncryptedPackage`` stream."""
+    return data.startswith(b"\xd0\xcf\x11\xe0") and "EncryptedPackage".encode("utf-16-le") in data
+
+
+def _formulas_without_values(path: Path, data: bytes, index: int, rows: list[list]) -> list[int]:
+    """Sheet rows with a formula cell that has no saved result (read as empty); only looked for when the
+    workbook has formulas at all, so that a plain sheet is read once."""
+    import openpyxl
+
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        sheets = [n for n in z.namelist() if n.startswith("xl/worksheets/") and n.endswith(".xml")]
+        if not any(re.search(rb"<f[ >/]", z.read(n)) for n in sheets):
+            return []
+    wb = openpyxl.load_workbook(path, read_only=True, data_only=False)
+    try:
+        ws = wb.worksheets[index]
+        ws.reset_dimensions()
+        return [
+            i
+            for i, (formulas, values) in enumerate(zip(ws.iter_rows(values_only=True), rows), 1)
+            if any(isinstance(f, str) and f.startswith("=") and v is None for f, v in zip(formulas, values))
+        ]
     finally:
         wb.close()
 
@@ -232,13 +302,16 @@ def _decode(data: bytes, encoding: str | None, path: Path, params: Params) -> tu
     bom = next((enc for mark, enc in BOMS if data.startswith(mark)), None)
     for enc in [encoding] if encoding else [bom] if bom else ["utf-8", "gb18030"]:
         try:
-            return data.decode(enc), enc
+            text = data.decode(enc)
         except UnicodeDecodeError:
             continue
         except LookupError:
             raise DataError(
                 f"{params.encoding}{encoding!r} is not an encoding Python knows (try 'gb18030', 'utf-16' or 'big5')."
             ) from None
+        if enc == "gb18030" and not encoding and _garbled_share(text) >= GARBLED:
+            return _big5_or_warn(data, text, path, params)
+        return text, enc
     if encoding:
         raise DataError(
             f"{path.name} cannot be read as {encoding}. Leave {params.encoding} out to detect the "
@@ -248,6 +321,37 @@ def _decode(data: bytes, encoding: str | None, path: Path, params: Params) -> tu
         f"{path.name}: its text encoding is none of UTF-8, UTF-16 or GB18030/GBK. Pass "
         f"{params.encoding}'<encoding>' (e.g. 'big5'), or save the sheet as .xlsx or 'CSV UTF-8'."
     )
+
+
+def _garbled_share(text: str) -> float:
+    """The share of the letters beyond ASCII that are private-use, or not among GB2312's hanzi (rare characters,
+    kana, Greek…): near 0 for Chinese read in its own encoding, most of them for Big5 read as GB18030."""
+    letters = [c for c in text if ord(c) > 127 and unicodedata.category(c)[0] in "LC" and c not in "\r\n\t"]
+    return sum(not _gb2312_hanzi(c) for c in letters) / len(letters) if letters else 0.0
+
+
+def _gb2312_hanzi(char: str) -> bool:
+    try:
+        return 0xB0 <= char.encode("gb2312")[0] <= 0xF7
+    except UnicodeEncodeError:
+        return False
+
+
+def _big5_or_warn(data: bytes, text: str, path: Path, params: Params) -> tuple[str, str]:
+    """Bytes whose GB18030 reading is mostly rare or private-use characters: Big5 (traditional Chinese) when they
+    are valid Big5, else the GB18030 text with a warning."""
+    try:
+        big5 = data.decode("big5")
+    except UnicodeDecodeError:
+        log.warning(
+            "%s: read as GB18030/GBK, but %.0f%% of its characters are rare or private-use: garbled? Pass "
+            "%s'<encoding>' (e.g. 'big5'), or save the sheet as .xlsx or 'CSV UTF-8'.",
+            path.name,
+            100 * _garbled_share(text),
+            params.encoding,
+        )
+        return text, "gb18030"
+    return big5, "big5"
 
 
 def _tab_separated(text: str) -> bool:
@@ -419,6 +523,9 @@ def write_table(df: pd.DataFrame, path: str | Path, more_sheets: Mapping[str, pd
     Raises:
         DataError: a suffix that is not .xlsx/.csv/.tsv, duplicate column names, more sheets for a CSV/TSV,
             or (TSV) a text with a tab or line break, which TSV cannot hold.
+
+    Texts a file cannot hold (see :func:`fit_cells`) are changed with a warning that names the rows; for an .xlsx
+    the exact texts of ``df`` then also go to ``<name>_exact.csv`` beside it.
     """
     path = Path(path)
     kind = writer_kind(path)
@@ -434,10 +541,78 @@ def write_table(df: pd.DataFrame, path: str | Path, more_sheets: Mapping[str, pd
             raise DataError(f"Cannot write {path.name}: column name(s) {dup} occur more than once.")
     path.parent.mkdir(parents=True, exist_ok=True)
     if kind == "excel":
-        _write_xlsx([(name, _cells(table)) for name, table in tables], path)
+        sheets = [(name, *fit_cells(_cells(table), kind)) for name, table in tables]
+        _write_xlsx([(name, rows) for name, rows, _ in sheets], path)
+        changed = [(name, changes) for name, _, changes in sheets if changes]
+        exact = path.with_name(f"{path.stem}{EXACT_COPY}") if sheets[0][2] else None
+        if exact is not None:
+            _write_delimited(fit_cells(_cells(df), "csv")[0], exact, "csv")
+        for name, changes in changed:
+            _report_changes(path, name, changes, exact if name is None else None)
     else:
-        _write_delimited(_cells(df), path, kind)
+        rows, changes = fit_cells(_cells(df), kind)
+        _write_delimited(rows, path, kind)
+        _report_changes(path, None, changes, None)
     return path
+
+
+def fit_cells(rows: list[list], kind: str) -> tuple[list[list], dict[str, list[int]]]:
+    """The cells as a file of ``kind`` can hold them, and what was changed: {problem: sheet rows}.
+
+    Every writer goes through this: a lone surrogate (half of a UTF-16 pair, from a bad decode) fits no file
+    and becomes U+FFFD (a pair is joined into its character); an .xlsx (XML 1.0) also cannot hold U+FFFE or
+    U+FFFF (replaced by U+FFFD) nor more than 32,767 characters in a cell (Excel's limit: the text is cut there).
+
+    Args:
+        rows: the header and the rows (as from ``_cells``); row ``i`` (0-based) is sheet row ``i + 1``.
+        kind: "excel", "csv" or "tsv".
+    """
+    changes: dict[str, list[int]] = {}
+    out = []
+    for i, row in enumerate(rows, 1):
+        fitted = []
+        for v in row:
+            if isinstance(v, str):
+                v, problems = _fit_text(v, kind)
+                for problem in problems:
+                    changes.setdefault(problem, []).append(i)
+            fitted.append(v)
+        out.append(fitted)
+    return out, {problem: sorted(set(r)) for problem, r in changes.items()}
+
+
+def _fit_text(text: str, kind: str) -> tuple[str, list[str]]:
+    """One text as :func:`fit_cells` writes it, and the problems found."""
+    problems = []
+    if _SURROGATE.search(text):  # a pair is joined into its character, a lone half becomes U+FFFD
+        joined = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+        if joined.count("\ufffd") > text.count("\ufffd"):
+            problems.append(UNPAIRED)
+        text = joined
+    if kind == "excel":
+        if _NOT_IN_XML.search(text):
+            text = _NOT_IN_XML.sub("\ufffd", text)
+            problems.append(NOT_IN_XLSX)
+        if len(text) > XLSX_CELL_MAX:
+            text = text[:XLSX_CELL_MAX]
+            problems.append(TOO_LONG)
+    return text, problems
+
+
+def _report_changes(path: Path, sheet: str | None, changes: dict[str, list[int]], exact: Path | None) -> None:
+    """A warning that names the rows whose texts were changed to fit the file, what was done and where the exact
+    texts are."""
+    if not changes:
+        return
+    where = f"{path.name}{f', sheet {sheet!r}' if sheet else ''}"
+    done = "; ".join(f"{problem}: row(s) {_rows(rows)}" for problem, rows in changes.items())
+    copy = f" The exact texts (as far as a file can hold them) are in {exact}." if exact else ""
+    log.warning("%s: texts changed to fit the file. %s.%s", where, done, copy)
+
+
+def _rows(rows: list[int]) -> str:
+    """Row numbers for a message: the first ten, and how many more."""
+    return ", ".join(map(str, rows[:10])) + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
 
 
 def _cells(df: pd.DataFrame) -> list[list]:

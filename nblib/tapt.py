@@ -51,7 +51,7 @@ from . import bert
 from .bert_cv import FineTuneConfig, Hardware, absolute_paths, launch_torchrun, model_source
 from .cv import set_seed
 from .hardware import keep_freed_memory
-from .results import ResultsExistError, environment, same_source, write_atomic
+from .results import ResultsExistError, environment, same_source, stored_path, write_atomic
 from .settings import StudySettings, from_params, identity, runtime, setting, to_params
 from .study import Study, open_study
 from .text import is_content
@@ -386,10 +386,10 @@ class TaptResult:
         return pd.DataFrame(self.info["probe"])
 
 
-def _identity(cfg: TaptConfig, source: str, texts: Sequence[str]) -> dict:
+def _identity(cfg: TaptConfig, source: str, texts: Sequence[str], study: Study) -> dict:
     digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
     return {
-        "source": source,
+        "source": stored_path(source, study.path),  # relative inside the study folder, which may move
         **identity(cfg),
         "seed": cfg.study.seed,
         "precision": cfg.resolved_precision(),
@@ -433,12 +433,12 @@ def _probe_loss(model: torch.nn.Module, batches: list[dict], accelerator: Accele
     return total / max(n, 1)
 
 
-def _check_existing(folder: Path, ident: dict) -> dict | None:
+def _check_existing(folder: Path, ident: dict, study: Study) -> dict | None:
     """The finished run's info when ``folder`` holds one with these settings; an error when it holds other settings."""
     for f in (folder / INFO_FILE, folder / "checkpoint" / "identity.json"):
         if f.exists():
             old = json.loads(f.read_text())
-            old = same_source(old.get("identity", old), ident)
+            old = same_source(old.get("identity", old), ident, study.path)
             if old != ident:
                 diff = {k: (old.get(k), ident.get(k)) for k in set(old) | set(ident) if old.get(k) != ident.get(k)}
                 raise ResultsExistError(
@@ -464,8 +464,8 @@ def adapt(config: TaptConfig, study: Study, progress: bool = True) -> TaptResult
     source = bert.resolve_model(config.model) if config.model != bert.TINY_RANDOM else _tiny(study)
     texts, counts = mlm_texts(study)
     folder = (study.folder("encoders") / config.name).resolve()
-    ident = _identity(config, source, texts)
-    done = _check_existing(folder, ident)
+    ident = _identity(config, source, texts, study)
+    done = _check_existing(folder, ident, study)
     if done is None:
         if config.processes() > 1:
             launch = folder / "launch.json"
@@ -699,7 +699,7 @@ def main(argv: list[str] | None = None) -> None:
     study = open_study(cfg.study)
     texts, counts = mlm_texts(study)
     folder = study.folder("encoders") / cfg.name
-    _train(cfg, study, cfg.model, texts, counts, _identity(cfg, cfg.model, texts), folder, progress=True)
+    _train(cfg, study, cfg.model, texts, counts, _identity(cfg, cfg.model, texts, study), folder, progress=True)
 
 
 if __name__ == "__main__":
