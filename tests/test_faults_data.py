@@ -1,5 +1,5 @@
 """Faults of data, written files, folds and the results folder: each case gives the right result or one message
-that says what happened and what to do (issue 19; see docs/faults-data.md)."""
+that says what happened and what to do (issue 19; see docs/faults.md)."""
 
 from __future__ import annotations
 

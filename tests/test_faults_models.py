@@ -1,5 +1,5 @@
 """Faults of model folders, run state and command-line arguments (issue 19): each ends in one message that names
-the file or parameter and what to do, never in a wrong result or a traceback. See docs/faults-models.md."""
+the file or parameter and what to do, never in a wrong result or a traceback. See docs/faults.md."""
 
 from __future__ import annotations
 
