@@ -258,4 +258,4 @@ def test_figure_has_one_panel_per_group_and_marks_small_groups(labelled):
         "A (n = 80)",
         "B (n = 20, too few for an interval)",
     ]
-    assert [t.get_text() for t in panels[0].get_legend().get_texts()] == ["CC", "ACC"]
+    assert [t.get_text() for t in panels[0].get_legend().get_texts()] == ["CC (sampling only)", "ACC"]
