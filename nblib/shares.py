@@ -199,7 +199,14 @@ class Bootstrap:
     spread: float  # sqrt(G / (G - 1)) with G folds drawn first, else 1: applied to every distance from the estimate
 
     def interval(self, group: str, method: str, level: float, factor: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-        """Percentile interval of one group and method, its distances from the estimate widened by ``factor``."""
+        """Percentile interval of one group and method, its distances from the estimate widened by ``factor``.
+
+        Args:
+            group: the group ("" for the whole pool).
+            method: one of :attr:`methods`.
+            level: the confidence level.
+            factor: the calibration's scaling (on top of :attr:`spread`).
+        """
         m = self.methods.index(method)
         point, boot = self.point[group][m], self.boot[group][:, m]
         if not len(boot):
@@ -507,7 +514,7 @@ def shift_check(
     return table
 
 
-def coverage_cells(
+def _coverage_cells(
     probs: np.ndarray,
     gold: np.ndarray,
     folds: np.ndarray,
@@ -581,7 +588,7 @@ def needed_factor(need: pd.Series | np.ndarray, level: float = 0.95) -> float:
     (the ``level`` quantile of the needed factors; an interval of zero width that misses needs ``inf``).
 
     Args:
-        need: per interval, the factor it needed (``coverage_cells()["need"]``).
+        need: per interval, the factor it needed (``_coverage_cells()["need"]``).
         level: the coverage aimed at.
     """
     need = np.asarray(need, dtype=float)
@@ -606,7 +613,7 @@ def coverage(
     factors: dict[str, float] | None = None,
     texts: int | None = None,
 ) -> pd.DataFrame:
-    """How often the intervals contain the true shares of shifted held-out samples (:func:`coverage_cells`).
+    """How often the intervals contain the true shares of shifted held-out samples (:func:`_coverage_cells`).
 
     Args:
         probs: out-of-fold class probabilities of the labelled texts, each fold's scaled by its validation
@@ -634,7 +641,7 @@ def coverage(
         ``mean abs error`` (over classes and samples), ``mean width`` of the intervals, ``needed factor`` (the
         widening with which ``level`` of them would have held it, :func:`needed_factor`), ``samples``.
     """
-    long = coverage_cells(
+    long = _coverage_cells(
         probs,
         gold,
         folds,
@@ -655,10 +662,10 @@ def coverage(
 
 
 def summarise_cells(long: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
-    """Per method: coverage, mean absolute error, mean width and needed factor of :func:`coverage_cells` rows.
+    """Per method: coverage, mean absolute error, mean width and needed factor of :func:`_coverage_cells` rows.
 
     Args:
-        long: :func:`coverage_cells` output.
+        long: :func:`_coverage_cells` output.
         level: the coverage aimed at.
     """
     by = long.groupby("method", sort=False)

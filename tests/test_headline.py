@@ -107,7 +107,7 @@ def test_intervals_are_clipped_to_0_1_said_so_and_cc_pcc_marked_sampling_only(la
     paper = tables.class_shares(t)
     assert list(paper.columns) == ["CC (%, sampling only)", "PCC (%, sampling only)", "ACC (%)"]
     clipped_row = t[t["clipped"]].iloc[0]
-    cell = paper.loc[(f"whole pool (n = 40)", clipped_row["class"]), f"{clipped_row['method']} (%, sampling only)"]
+    cell = paper.loc[("whole pool (n = 40)", clipped_row["class"]), f"{clipped_row['method']} (%, sampling only)"]
     assert cell.startswith(f"{100 * clipped_row['share']:.1f} [0.0, ") and cell.endswith(tables.CLIPPED)
     assert "‡ interval clipped to [0, 100]" in paper.attrs["note"] and "CC: sampling only" in paper.attrs["note"]
 
