@@ -10,7 +10,7 @@ largest class half as frequent as in the training folds, and estimates its class
 folds' error rates (nblib.shares.shift_check): absolute error per class of the raw count (CC) and of the
 adjusted estimates. Last, the coverage of the 95% bootstrap intervals over repeated shifted samples
 (nblib.shares.coverage; target 90-97%): by default the bootstrap draws the training folds before their texts,
-as nblib.shares.pool_shares does; --text-bootstrap draws texts only. With --run, the same on the out-of-fold
+as nblib.headline.pool_headline does; --text-bootstrap draws texts only. With --run, the same on the out-of-fold
 probabilities of a finished run instead, e.g. a fine-tuned encoder's from 03_bert_cv. Probabilities are
 calibrated as a run calibrates them (nblib.calibration), without the held-out fold's labels; --raw leaves
 them as the model gave them.

@@ -75,7 +75,11 @@ def choose(check: pd.DataFrame, level: float = 0.95, tie: float = TIE) -> Choice
         why += f" (tied with {', '.join(m for m in tied if m != method)}; its calibrated intervals are the narrowest)"
     held = check.loc[method, "coverage"]
     scaled = "widened" if factor > 1 else "narrowed"
-    widened = f"they are {scaled} ×{factor:.2f}, with which {level:.0%} of them hold it there"
+    widened = (
+        f"they are {scaled} ×{factor:.2f}, with which {level:.0%} of them hold it there"
+        if factor != 1
+        else "they are kept as they are"
+    )
     reason = (
         f"{method}: {why} on {int(check.loc[method, 'samples'])} shifted held-out samples, "
         f"{100 * err[method]:.1f} percentage points per class (others: {others}); "

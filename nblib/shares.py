@@ -629,7 +629,7 @@ def coverage(
         methods: which of :data:`METHODS`.
         seed: sampling seed.
         fold_bootstrap: draw whole training folds before texts in the bootstrap (``oof_folds`` of :func:`shares`),
-            as :func:`pool_shares` does; False: texts only.
+            as :func:`nblib.headline.pool_headline` does; False: texts only.
         calibrate: as in :func:`shift_check`.
         factors: widening factors per method applied to the intervals (as :func:`shares`).
         texts: the size of each shifted sample (None: 70% of the largest the held-out fold gives without
@@ -781,46 +781,6 @@ def pool_from_table(
     return Pool(probs[keep], groups, int(repeated.sum()), int((~present).sum()))
 
 
-def pool_shares(
-    res: ModelResults,
-    pool: Pool,
-    methods: Sequence[str] = METHODS,
-    n_boot: int = 1000,
-    level: float = 0.95,
-    seed: int = 0,
-    min_group: int = MIN_GROUP,
-) -> pd.DataFrame:
-    """:func:`shares` of a checked pool, with the error rates of a run's out-of-fold predictions.
-
-    The bootstrap draws the run's folds before their texts (``oof_folds``), so that the intervals also carry
-    the differences between fold models: the pool is labelled by yet another model (the final one).
-
-    Args:
-        res: the run's results (``Study.run`` or :func:`run_results`).
-        pool: the pool (:func:`pool_from_table`).
-        methods: which of :data:`METHODS`.
-        n_boot: bootstrap replicates.
-        level: the intervals' confidence level.
-        seed: resampling seed.
-        min_group: groups with fewer texts are marked ``small``.
-    """
-    if len(pool.probs) == 0:
-        raise DataError("No pool texts left to estimate shares from (all empty, or all repeat labelled texts).")
-    return shares(
-        res.calibrated_probs,  # as calibrated as the pool's, which nblib.predict writes with the saved calibration
-        res.predictions["gold"].to_numpy(),
-        pool.probs,
-        res.config["label_names"],
-        pool.groups,
-        methods,
-        n_boot,
-        level,
-        seed,
-        min_group,
-        oof_folds=res.predictions["fold"].to_numpy(),
-    )
-
-
 def _in_range(kind: type, low: float, high: float | None = None, open_ends: bool = False) -> Callable[[str], float]:
     """An argparse type: a number of ``kind`` in [low, high] (or (low, high) with ``open_ends``), else a message
     with the allowed range, which argparse prints after the option's name."""
@@ -918,7 +878,7 @@ def main(argv: list[str] | None = None) -> int:
             sheet.df, res.config["label_names"], res.predictions["text"], args.column, args.group, CLI_NAMES
         )
         choice = headline.run_choice(
-            res, methods, args.check_repeats, args.check_boot, args.level, args.seed, args.check_shift
+            res, methods, args.check_repeats, args.check_boot, args.level, args.seed, args.check_shift, len(pool.probs)
         )
         log.info("headline: %s", choice.reason)
         result = headline.pool_headline(res, pool, choice, methods, args.n_boot, args.level, args.seed, args.min_group)
