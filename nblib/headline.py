@@ -60,17 +60,24 @@ def choose(check: pd.DataFrame, level: float = 0.95, tie: float = TIE) -> Choice
         check: one row per method with ``mean abs error``, ``coverage``, ``needed factor`` and ``samples``.
         level: the coverage the intervals should reach.
         tie: methods whose error is within this fraction of the lowest are tied; the narrowest calibrated
-            interval (mean width × needed factor) wins.
+            interval (mean width × needed factor) wins. Methods whose intervals need an infinite widening
+            (zero width around a wrong estimate) are left out unless all do.
     """
     if check.empty:
         raise DataError("The held-out check has no methods to choose from: set shares_methods= (or --methods).")
+    finite = check.index[np.isfinite(check["needed factor"])]
     err = check["mean abs error"]
-    tied = [m for m in check.index if err[m] <= err.min() * (1 + tie)]
+    # a method whose intervals no finite widening makes hold the truth (zero width around a wrong estimate)
+    # cannot be calibrated: it is chosen only when every method is like that
+    best = err[finite].min() if len(finite) else err.min()
+    tied = [m for m in (finite if len(finite) else check.index) if err[m] <= best * (1 + tie)]
     calibrated = (check["mean width"] * check["needed factor"]).fillna(np.inf)
     method = min(tied, key=lambda m: (calibrated[m], err[m]))
     factor = float(check.loc[method, "needed factor"])
     others = ", ".join(f"{m} {100 * e:.1f}" for m, e in err.items() if m != method)
-    why = "lowest mean absolute error" if method == err.idxmin() else f"within {tie:.0%} of the lowest error"
+    why = "lowest mean absolute error" if err[method] == best else f"within {tie:.0%} of the lowest error"
+    if len(finite) < len(check):
+        why += f" of the methods whose intervals can be calibrated (not {', '.join(check.index.difference(finite))})"
     if len(tied) > 1:
         why += f" (tied with {', '.join(m for m in tied if m != method)}; its calibrated intervals are the narrowest)"
     held = check.loc[method, "coverage"]
@@ -247,7 +254,9 @@ def group_differences(
     rows = []
     for a, b in itertools.combinations(named, 2):
         diff = boot.point[a][m] - boot.point[b][m]
-        if len(boot.boot[a]):
+        if not np.isfinite(choice.factor):
+            low, high = np.full_like(diff, -1.0), np.full_like(diff, 1.0)
+        elif len(boot.boot[a]):
             reps = boot.boot[a][:, m] - boot.boot[b][:, m]
             low, high = (
                 np.clip(diff + choice.factor * boot.spread * (np.quantile(reps, q, axis=0) - diff), -1, 1)

@@ -211,6 +211,8 @@ class Bootstrap:
         point, boot = self.point[group][m], self.boot[group][:, m]
         if not len(boot):
             return np.full_like(point, np.nan), np.full_like(point, np.nan)
+        if not np.isfinite(factor):  # no widening made them hold the truth: all that is known is [0, 1]
+            return np.zeros_like(point), np.ones_like(point)
         alpha = (1 - level) / 2
         low, high = (point + factor * self.spread * (np.quantile(boot, q, axis=0) - point) for q in (alpha, 1 - alpha))
         return low, high
@@ -351,7 +353,11 @@ def shares(
             if method == "PPI":
                 low, high = _ppi_interval(oof_probs, oof_gold, pool_probs[idx], level)
                 point = boot.point[name][m]
-                low, high = point + f * (low - point), point + f * (high - point)
+                low, high = (
+                    (point + f * (low - point), point + f * (high - point))
+                    if np.isfinite(f)
+                    else (0 * low, 1 + 0 * high)
+                )
             else:
                 low, high = boot.interval(name, method, level, f)
             share, low, high, clipped = clip_unit(boot.point[name][m], low, high)

@@ -205,3 +205,23 @@ def test_the_header_row_advice_names_an_option_the_command_has(tmp_path, capsys,
     assert "--header-row 2" in err and "header_row=" not in err
     assert shares.main([*argv, "--header-row", "2"]) == 0
     assert "40 pool texts" in capsys.readouterr().out
+
+
+def test_a_model_that_predicts_one_class_gets_no_uncalibratable_headline_and_no_empty_interval():
+    """The demo's tiny random model predicts one class for everything: CC's and ACC's intervals have zero width
+    around a wrong estimate, which no widening repairs; the choice skips them, and every interval is a number."""
+    rng = np.random.default_rng(0)
+    gold = rng.choice(4, 600, p=TRAIN_PRIOR)
+    probs = np.tile([0.4, 0.3, 0.2, 0.1], (600, 1)) + rng.normal(0, 0.002, (600, 4))
+    folds = rng.permutation(np.arange(600) % 5)
+    check = shares.coverage(probs, gold, folds, repeats=3, n_boot=20, methods=["CC", "ACC", "PCC"], calibrate=False)
+    assert not np.isfinite(check.loc["CC", "needed factor"])
+    choice = headline.choose(check)
+    assert not np.isfinite(check.loc["ACC", "needed factor"]) and check.loc["ACC", "mean abs error"] > 0
+    assert choice.method == "PCC" and "methods whose intervals can be calibrated (not ACC, CC)" in choice.reason
+    everything = headline.Choice("CC", float("inf"), "CC", check)
+    result = headline.headline_shares(probs, gold, probs[:100], list("abcd"), everything, ["x"] * 50 + ["y"] * 50,
+                                      ["CC"], n_boot=20, oof_folds=folds)  # fmt: skip
+    assert result.table[["lower", "upper"]].notna().all().all()
+    assert (result.paper["lower"] == 0).all() and (result.paper["upper"] == 1).all()
+    assert result.differences[["lower", "upper"]].eq([-1, 1]).all().all()
