@@ -335,7 +335,7 @@ def class_shares(table: pd.DataFrame, title: str = "Class shares of the pool (95
     markers, colours = "osD^vP*X", sns.color_palette(n_colors=len(methods))
     offsets = np.linspace(-0.3, 0.3, len(methods)) if len(methods) > 1 else [0.0]
     kinds = table.groupby("method", sort=False)["interval"].first() if "interval" in table else {}
-    labels = {m: f"{m} (sampling only)" if str(kinds.get(m, "")).startswith("sampling only") else m for m in methods}
+    labels = {m: f"{m} (sampling only)" if kinds.get(m) == "sampling only" else m for m in methods}
     for ax, group in zip(axes.flat, groups, strict=False):
         part = table[table["group"] == group]
         for m, method in enumerate(methods):

@@ -276,7 +276,7 @@ def interval_kind(method: str, factor: float = 1.0) -> str:
         factor: the scaling applied after the held-out check (1: none).
     """
     kind = {"PPI": "PPI normal interval"}.get(method, "sampling only" if method in SAMPLING_ONLY else "bootstrap")
-    return kind + (f", scaled ×{factor:.2f} by the held-out check" if factor != 1 else "")
+    return f"{kind} × {factor:.2f}, calibrated on the held-out check" if factor != 1 else kind
 
 
 def clip_unit(share: np.ndarray, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -198,9 +198,7 @@ def class_shares(table: pd.DataFrame) -> pd.DataFrame:
     methods = list(dict.fromkeys(table["method"]))
     out = out.reindex(index=pd.MultiIndex.from_frame(cells[["group", "class"]].drop_duplicates()), columns=methods)
     kinds = table.groupby("method", sort=False)["interval"].first() if "interval" in table else pd.Series(dtype=str)
-    out.columns = [
-        f"{m} (%, sampling only)" if str(kinds.get(m, "")).startswith("sampling only") else f"{m} (%)" for m in methods
-    ]
+    out.columns = [f"{m} (%, sampling only)" if kinds.get(m) == "sampling only" else f"{m} (%)" for m in methods]
     out.columns.name = None
     how = "; ".join(f"{m}: {k}" for m, k in kinds.items())
     out.attrs["note"] = (

@@ -110,6 +110,10 @@ def test_intervals_are_clipped_to_0_1_said_so_and_cc_pcc_marked_sampling_only(la
     cell = paper.loc[("whole pool (n = 40)", clipped_row["class"]), f"{clipped_row['method']} (%, sampling only)"]
     assert cell.startswith(f"{100 * clipped_row['share']:.1f} [0.0, ") and cell.endswith(tables.CLIPPED)
     assert "‡ interval clipped to [0, 100]" in paper.attrs["note"] and "CC: sampling only" in paper.attrs["note"]
+    # a PCC calibrated as the headline carries its bias in the widening: no longer sampling-only
+    calibrated = shares.shares(probs, gold, pool, list("abcd"), methods=["PCC"], n_boot=20, factors={"PCC": 2.5})
+    assert (calibrated["interval"] == "sampling only × 2.50, calibrated on the held-out check").all()
+    assert list(tables.class_shares(calibrated).columns) == ["PCC (%)"]
 
 
 def test_ppi_is_ppi_pythons_mean_estimator_per_class_and_breaks_under_shift(labelled):
@@ -140,7 +144,7 @@ def test_group_differences_from_the_same_bootstrap_and_the_sentence_for_the_pape
         probs, gold, pool, ["舞美", "文物", "文化", "无关"], choice, groups, ["CC", "EMQ"], n_boot=60, oof_folds=folds
     )
     assert set(result.paper["method"]) == {"EMQ"} and result.table["headline"].sum() == 4 * 4
-    assert result.paper["interval"].iloc[0] == "bootstrap, scaled ×1.20 by the held-out check"
+    assert result.paper["interval"].iloc[0] == "bootstrap × 1.20, calibrated on the held-out check"
     d = result.differences
     assert list(d.columns) == headline.DIFF_COLUMNS and set(zip(d["group"], d["other"])) == {("乙", "甲")}  # not 丙
     row = d.set_index("class").loc["舞美"]  # 甲's largest class was halved, 乙's not
