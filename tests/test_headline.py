@@ -29,7 +29,7 @@ def simulated(n: int, prior, rng: np.random.Generator, sep: float):
 
 CASES = {  # a weak classifier with few labels, a strong one with many
     "weak": dict(sep=0.8, labelled=1000, pool=300),
-    "strong": dict(sep=1.8, labelled=6000, pool=1200),
+    "strong": dict(sep=1.8, labelled=6000, pool=600),
 }
 
 
@@ -67,7 +67,7 @@ def test_the_headline_intervals_hold_the_true_shares_of_new_pools(case, shifted)
     name, cfg, (probs, gold, folds), choice = case
     prior = SHIFTED_PRIOR if shifted else TRAIN_PRIOR
     covered = []
-    for r in range(15):
+    for r in range(25):
         pool, _ = simulated(cfg["pool"], prior, np.random.default_rng(100 + r), cfg["sep"])
         t = shares.shares(
             probs, gold, pool, list("abcd"), methods=[choice.method], n_boot=40, seed=r, oof_folds=folds,
