@@ -217,7 +217,8 @@ def test_run_without_out_of_fold_predictions_says_what_to_run(tiny_study, tmp_pa
         shares.run_results(tmp_path / "nothing")
 
 
-def test_command_line_writes_the_long_table(finished_run, tmp_path, capsys):
+def test_command_line_writes_the_long_table(finished_run, tmp_path, capsys, caplog):
+    caplog.set_level("INFO", logger="nblib.shares")
     study, run_dir = finished_run
     names = study.data.label_names
     rng = np.random.default_rng(5)
@@ -236,7 +237,9 @@ def test_command_line_writes_the_long_table(finished_run, tmp_path, capsys):
     assert set(table["class"]) == set(names) and set(table["method"]) == {"CC", "PACC"}
     chosen = set(table.loc[table["headline"].astype(bool), "method"])
     assert len(chosen) == 1 and table["headline"].astype(bool).sum() == 9  # one method's rows of each group
-    assert f"(Estimator: {chosen.pop()}, chosen on shifted held-out folds" in printed
+    method = chosen.pop()
+    assert f"(Estimator: {method}, chosen on shifted held-out folds" in printed
+    assert f"headline: {method}: " in caplog.text and "shifted held-out samples" in caplog.text  # which and why
     differences = read_machine_table(tmp_path / "shares_differences.csv", text_columns=("group", "other", "class"))
     assert differences.empty and list(differences.columns) == headline.DIFF_COLUMNS  # B is too small to compare
     assert table.groupby("group")["texts"].first().to_dict() == {"": 58, "A": 40, "B": 18}
