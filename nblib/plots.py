@@ -454,7 +454,8 @@ def class_shares(table: pd.DataFrame, title: str = "Class shares of the pool (95
     Args:
         table: :func:`nblib.shares.shares` output (columns ``group``, ``class``, ``method``, ``share``,
             ``lower``, ``upper``, ``texts``, ``small``); the whole pool is group "" and groups marked ``small``
-            get a warning in their panel title.
+            get a warning in their panel title; methods whose ``interval`` is sampling-only say so in the
+            legend. Pass the headline rows alone for the paper's figure.
         title: the figure title.
     """
     groups = list(dict.fromkeys(table["group"]))
@@ -467,6 +468,8 @@ def class_shares(table: pd.DataFrame, title: str = "Class shares of the pool (95
         ax.set_visible(False)
     markers, colours = "osD^vP*X", sns.color_palette(n_colors=len(methods))
     offsets = np.linspace(-0.3, 0.3, len(methods)) if len(methods) > 1 else [0.0]
+    kinds = table.groupby("method", sort=False)["interval"].first() if "interval" in table else {}
+    labels = {m: f"{m} (sampling only)" if kinds.get(m) == "sampling only" else m for m in methods}
     for ax, group in zip(axes.flat, groups, strict=False):
         part = table[table["group"] == group]
         for m, method in enumerate(methods):
@@ -481,7 +484,7 @@ def class_shares(table: pd.DataFrame, title: str = "Class shares of the pool (95
                 color=colours[m],
                 capsize=2,
                 markersize=5,
-                label=method,
+                label=labels[method],
             )
         n, small = int(part["texts"].iloc[0]), bool(part["small"].iloc[0])
         name = group or "whole pool"

@@ -482,10 +482,10 @@ class PredictSettings:
     device: Literal["auto", "cpu", "cuda"] = setting("auto", "auto, cpu or cuda")
     group_col: str | None = setting(None, "an input column that groups the texts (e.g. the TV show): shares per group")
     shares_methods: str = setting(
-        "CC,ACC,PCC,PACC,EMQ", "class-share estimators, comma-separated (nblib.shares.METHODS)"
+        "CC,ACC,PCC,PACC,EMQ,PPI", "class-share estimators, comma-separated (nblib.shares.METHODS)"
     )
     n_boot: int = setting(1000, "bootstrap replicates for the intervals of the class shares", ge=10)
-    shift_repeats: int = setting(10, "shifted held-out samples for the coverage check of the intervals", ge=1)
+    shift_repeats: int = setting(10, "shifted held-out samples of the check that picks the headline method", ge=1)
     coverage_boot: int = setting(200, "bootstrap replicates per shifted sample in the coverage check", ge=10)
 
 

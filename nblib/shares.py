@@ -1,6 +1,6 @@
 """Class shares of an unlabelled pool, with 95% intervals that include the uncertainty of the error rates.
 
-    python -m nblib.shares RUN_DIR PREDICTED_SHEET OUT.csv [--group COLUMN] [--methods CC ACC ...]
+    python -m nblib.shares RUN_DIR PREDICTED_SHEET OUT.csv [--group COLUMN] [--methods CC ACC ...] [--n-boot 1000]
 
 Counting a classifier's predicted labels (classify and count, CC) is biased whenever its errors are not
 symmetric: a class often predicted as another is under-counted. The adjusted methods correct the count with
@@ -12,7 +12,16 @@ are known). All five estimators are QuaPy's, fed with probabilities computed els
 - ``PCC``: the mean of the predicted probabilities;
 - ``PACC``: PCC corrected with the out-of-fold mean probabilities per gold class;
 - ``EMQ``: the prior adjustment of Saerens, Latinne and Decaestecker (2002) by expectation maximisation,
-  from the class shares of the labelled texts.
+  from the class shares of the labelled texts;
+- ``PPI``: prediction-powered inference (Angelopoulos et al., Science 2023; PPI++ power tuning, Angelopoulos,
+  Duchi and Zrnic 2023), ``ppi_py.ppi_mean_pointestimate`` and ``ppi_mean_ci`` with the one-hot gold labels:
+  the mean probability of the pool corrected by the mean error on the labelled texts. It assumes that the
+  labelled texts are a random sample of the pool's population (no shift), and its interval is ppi-python's
+  normal interval.
+
+``CC`` and ``PCC`` intervals are sampling-only: they resample the pool and ignore the model's bias.
+Intervals and point estimates are clipped to [0, 1] (``clipped`` marks where that happened).
+:mod:`nblib.headline` chooses one method on held-out shifted samples and calibrates its intervals.
 
 The intervals are percentile bootstrap intervals that resample both the out-of-fold texts (so the error
 rates are re-estimated in every replicate; with the folds known, whole folds are drawn first, so that the
@@ -32,8 +41,9 @@ import argparse
 import logging
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -46,9 +56,10 @@ from .results import ModelResults, RunFolder, load_run, run_of_saved_model
 from .sheets import DataError, Params, clean_text, read_sheet, write_table, writer_kind
 
 log = logging.getLogger(__name__)
-METHODS = ("CC", "ACC", "PCC", "PACC", "EMQ")
+METHODS = ("CC", "ACC", "PCC", "PACC", "EMQ", "PPI")
+SAMPLING_ONLY = ("CC", "PCC")  # their intervals resample the pool only: the model's bias is not in them
 MIN_GROUP = 30  # groups with fewer pool texts are shown, but flagged as too small for an interval
-COLUMNS = ["group", "class", "method", "share", "lower", "upper", "texts", "small"]
+COLUMNS = ["group", "class", "method", "share", "lower", "upper", "texts", "small", "interval", "clipped"]
 
 
 @dataclass(frozen=True)
@@ -112,10 +123,16 @@ def check_methods(methods: str | Sequence[str], names: Names | None = None) -> l
     return list(dict.fromkeys(methods))  # each once, in the order given
 
 
+Estimator = Callable[[np.ndarray], np.ndarray]  # pool probabilities -> estimated shares
+
+
 def fit_quantifiers(
     oof_probs: np.ndarray, oof_gold: np.ndarray, methods: Sequence[str] = METHODS
-) -> dict[str, AggregativeQuantifier]:
-    """One fitted QuaPy quantifier per method: error rates (and, for EMQ, the class shares) of the labelled texts.
+) -> dict[str, Estimator]:
+    """One fitted estimator per method: pool probabilities in, estimated class shares out.
+
+    The QuaPy methods learn the error rates (and, for EMQ, the class shares) of the labelled texts; PPI keeps
+    the labelled texts' probabilities and gold labels for its correction.
 
     Args:
         oof_probs: out-of-fold class probabilities of the labelled texts, one row per text.
@@ -123,18 +140,37 @@ def fit_quantifiers(
         methods: which of :data:`METHODS`.
     """
     oof_probs, oof_gold = np.asarray(oof_probs, dtype=float), np.asarray(oof_gold, dtype=int)
-    out = {}
+    out: dict[str, Estimator] = {}
     for m in check_methods(methods):
-        q = _quantifier(m, oof_probs.shape[1])
-        out[m] = q.fit(oof_probs, oof_gold)
+        if m == "PPI":
+            out[m] = partial(_ppi_estimate, np.eye(oof_probs.shape[1])[oof_gold], oof_probs)
+        else:
+            out[m] = _quantifier(m, oof_probs.shape[1]).fit(oof_probs, oof_gold).predict
     return out
 
 
-def _estimate(quantifiers: dict[str, AggregativeQuantifier], pool_probs: np.ndarray) -> np.ndarray:
+def _ppi_estimate(gold_onehot: np.ndarray, oof_probs: np.ndarray, pool_probs: np.ndarray) -> np.ndarray:
+    """ppi-python's prediction-powered mean of the one-hot labels (power-tuned, one lambda for all classes)."""
+    from ppi_py import ppi_mean_pointestimate  # imported when used: ppi_py loads statsmodels
+
+    return np.asarray(ppi_mean_pointestimate(gold_onehot, oof_probs, pool_probs), dtype=float).reshape(-1)
+
+
+def _ppi_interval(
+    oof_probs: np.ndarray, oof_gold: np.ndarray, pool_probs: np.ndarray, level: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """ppi-python's normal interval for the prediction-powered class shares (labelled texts iid with the pool)."""
+    from ppi_py import ppi_mean_ci
+
+    low, high = ppi_mean_ci(np.eye(oof_probs.shape[1])[oof_gold], oof_probs, pool_probs, alpha=1 - level)
+    return np.asarray(low, dtype=float).reshape(-1), np.asarray(high, dtype=float).reshape(-1)
+
+
+def _estimate(estimators: dict[str, Estimator], pool_probs: np.ndarray) -> np.ndarray:
     """Methods × classes matrix of estimated shares."""
     with warnings.catch_warnings():  # EMQ warns when it stops at its iteration limit; its estimate is kept
         warnings.simplefilter("ignore", UserWarning)
-        return np.stack([np.asarray(q.predict(pool_probs), dtype=float) for q in quantifiers.values()])
+        return np.stack([np.asarray(e(pool_probs), dtype=float).reshape(-1) for e in estimators.values()])
 
 
 def estimate(
@@ -148,8 +184,111 @@ def estimate(
         pool_probs: class probabilities of the pool texts, same classes in the same order.
         methods: which of :data:`METHODS`.
     """
-    quantifiers = fit_quantifiers(oof_probs, oof_gold, methods)
-    return pd.DataFrame(_estimate(quantifiers, np.asarray(pool_probs, dtype=float)), index=list(quantifiers))
+    estimators = fit_quantifiers(oof_probs, oof_gold, methods)
+    return pd.DataFrame(_estimate(estimators, np.asarray(pool_probs, dtype=float)), index=list(estimators))
+
+
+@dataclass
+class Bootstrap:
+    """Point estimates and bootstrap replicates of the shares of each group (``""``: the whole pool)."""
+
+    methods: list[str]
+    members: dict[str, np.ndarray]  # pool rows of each group
+    point: dict[str, np.ndarray]  # methods × classes
+    boot: dict[str, np.ndarray]  # replicates × methods × classes
+    spread: float  # sqrt(G / (G - 1)) with G folds drawn first, else 1: applied to every distance from the estimate
+
+    def interval(self, group: str, method: str, level: float, factor: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """Percentile interval of one group and method, its distances from the estimate widened by ``factor``.
+
+        Args:
+            group: the group ("" for the whole pool).
+            method: one of :attr:`methods`.
+            level: the confidence level.
+            factor: the calibration's scaling (on top of :attr:`spread`).
+        """
+        m = self.methods.index(method)
+        point, boot = self.point[group][m], self.boot[group][:, m]
+        if not len(boot):
+            return np.full_like(point, np.nan), np.full_like(point, np.nan)
+        if not np.isfinite(factor):  # no widening made them hold the truth: all that is known is [0, 1]
+            return np.zeros_like(point), np.ones_like(point)
+        alpha = (1 - level) / 2
+        low, high = (point + factor * self.spread * (np.quantile(boot, q, axis=0) - point) for q in (alpha, 1 - alpha))
+        return low, high
+
+
+def bootstrap(
+    oof_probs: np.ndarray,
+    oof_gold: np.ndarray,
+    pool_probs: np.ndarray,
+    groups: Sequence | None = None,
+    methods: Sequence[str] = METHODS,
+    n_boot: int = 1000,
+    seed: int = 0,
+    oof_folds: Sequence[int] | None = None,
+) -> Bootstrap:
+    """Estimates and bootstrap replicates of the class shares of the pool and of each group of it.
+
+    Every replicate resamples the out-of-fold texts (whole folds first when ``oof_folds`` is given), refits
+    every method on them, and resamples the pool texts within each group; the groups of one replicate share
+    its error rates, so that differences between groups can be read from the same replicates.
+
+    Args:
+        oof_probs: out-of-fold class probabilities of the labelled texts.
+        oof_gold: their gold label ids 0..K-1.
+        pool_probs: class probabilities of the pool texts.
+        groups: a group for each pool text, or None.
+        methods: which of :data:`METHODS`.
+        n_boot: bootstrap replicates (0: estimates only).
+        seed: resampling seed.
+        oof_folds: the fold of each out-of-fold text, or None (see :func:`shares`).
+    """
+    if not isinstance(n_boot, int | np.integer) or n_boot < 0:
+        raise DataError(f"n_boot must be a whole number of replicates, 0 or more (got {n_boot!r}).")
+    oof_probs, oof_gold = np.asarray(oof_probs, dtype=float), np.asarray(oof_gold, dtype=int)
+    pool_probs = np.asarray(pool_probs, dtype=float)
+    methods = check_methods(methods)
+    members = {"": np.arange(len(pool_probs))}
+    if groups is not None:
+        g = pd.Series(list(groups), dtype=object).map(lambda v: "(missing)" if pd.isna(v) else clean_text(v))
+        members |= {str(name): idx.to_numpy() for name, idx in g.groupby(g).groups.items()}
+    fitted = fit_quantifiers(oof_probs, oof_gold, methods)
+    point = {name: _estimate(fitted, pool_probs[idx]) for name, idx in members.items()}
+    rng = np.random.default_rng(seed)
+    boot = {name: np.empty((n_boot, len(methods), oof_probs.shape[1])) for name in members}
+    for b in range(n_boot):
+        i = _resample(rng, len(oof_gold), oof_folds)
+        estimators = fit_quantifiers(oof_probs[i], oof_gold[i], methods)
+        for name, idx in members.items():
+            boot[name][b] = _estimate(estimators, pool_probs[rng.choice(idx, len(idx))])
+    # drawing G folds with replacement gives (G - 1) / G of the variance between them: widened by its inverse
+    n_folds = 0 if oof_folds is None else len(np.unique(oof_folds))
+    spread = float(np.sqrt(n_folds / (n_folds - 1))) if n_folds > 1 else 1.0
+    return Bootstrap(methods, members, point, boot, spread)
+
+
+def interval_kind(method: str, factor: float = 1.0) -> str:
+    """How the interval of ``method`` is made, as the tables say it (``factor``: its calibration widening).
+
+    Args:
+        method: one of :data:`METHODS`.
+        factor: the scaling applied after the held-out check (1: none).
+    """
+    kind = {"PPI": "PPI normal interval"}.get(method, "sampling only" if method in SAMPLING_ONLY else "bootstrap")
+    return f"{kind} × {factor:.2f}, calibrated on the held-out check" if factor != 1 else kind
+
+
+def clip_unit(share: np.ndarray, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Shares and interval bounds clipped to [0, 1], and where any of them was outside it.
+
+    Args:
+        share: point estimates.
+        low: lower bounds.
+        high: upper bounds.
+    """
+    outside = (share < 0) | (share > 1) | (low < 0) | (high > 1)
+    return np.clip(share, 0, 1), np.clip(low, 0, 1), np.clip(high, 0, 1), outside
 
 
 def shares(
@@ -164,11 +303,13 @@ def shares(
     seed: int = 0,
     min_group: int = MIN_GROUP,
     oof_folds: Sequence[int] | None = None,
+    factors: dict[str, float] | None = None,
+    boot: Bootstrap | None = None,
 ) -> pd.DataFrame:
-    """Class shares of the pool (and of each group of it) by each method, with percentile bootstrap intervals.
+    """Class shares of the pool (and of each group of it) by each method, with 95% intervals inside [0, 1].
 
     Every bootstrap replicate resamples the out-of-fold texts (re-estimating the error rates) and, within each
-    group, the pool texts.
+    group, the pool texts; PPI's interval is ppi-python's normal interval instead.
 
     Args:
         oof_probs: out-of-fold class probabilities of the labelled texts (``ModelResults.calibrated_probs``).
@@ -177,7 +318,7 @@ def shares(
         class_names: the name of each class id.
         groups: a group for each pool text (e.g. the TV show), or None for the whole pool only.
         methods: which of :data:`METHODS`.
-        n_boot: bootstrap replicates (0: no intervals, ``lower``/``upper`` left empty).
+        n_boot: bootstrap replicates (0: no bootstrap intervals, ``lower``/``upper`` left empty but PPI's).
         level: the intervals' confidence level.
         seed: resampling seed.
         min_group: a group with fewer pool texts is marked ``small`` (its interval is unreliable).
@@ -185,10 +326,14 @@ def shares(
             (with replacement), then texts within them, so that the differences between the fold models'
             error rates enter the intervals; as G folds drawn with replacement vary (G - 1) / G as much as
             folds do, the interval's distances from the estimate are widened by sqrt(G / (G - 1)).
+        factors: a widening factor per method (the calibration of :mod:`nblib.headline`; default 1).
+        boot: the replicates already drawn by :func:`bootstrap` with these arguments (None: drawn here).
 
     Returns:
         One row per group × class × method: ``group`` ("" for the whole pool), ``class`` (name), ``method``,
-        ``share``, ``lower``, ``upper`` (fractions), ``texts`` (pool texts in the group), ``small``.
+        ``share``, ``lower``, ``upper`` (fractions in [0, 1]), ``texts`` (pool texts in the group), ``small``,
+        ``interval`` (how it was made: "sampling only" for CC and PCC) and ``clipped`` (an estimate or bound
+        was outside [0, 1] and was clipped).
     """
     oof_probs, oof_gold = np.asarray(oof_probs, dtype=float), np.asarray(oof_gold, dtype=int)
     pool_probs = np.asarray(pool_probs, dtype=float)
@@ -197,36 +342,40 @@ def shares(
             f"The pool has {pool_probs.shape[1]} class probabilities, the out-of-fold results "
             f"{oof_probs.shape[1]} and the class names {len(class_names)}: they must be the same classes."
         )
-    methods = check_methods(methods)
-    members = {"": np.arange(len(pool_probs))}
-    if groups is not None:
-        g = pd.Series(list(groups), dtype=object).map(lambda v: "(missing)" if pd.isna(v) else clean_text(v))
-        members |= {str(name): idx.to_numpy() for name, idx in g.groupby(g).groups.items()}
-    fitted = fit_quantifiers(oof_probs, oof_gold, methods)
-    point = {name: _estimate(fitted, pool_probs[idx]) for name, idx in members.items()}
-    rng = np.random.default_rng(seed)
-    boot = {name: np.empty((n_boot, len(methods), len(class_names))) for name in members}
-    for b in range(n_boot):
-        i = _resample(rng, len(oof_gold), oof_folds)
-        quantifiers = fit_quantifiers(oof_probs[i], oof_gold[i], methods)
-        for name, idx in members.items():
-            boot[name][b] = _estimate(quantifiers, pool_probs[rng.choice(idx, len(idx))])
-    alpha = (1 - level) / 2
-    # drawing G folds with replacement gives (G - 1) / G of the variance between them: widened by its inverse
-    n_folds = 0 if oof_folds is None else len(np.unique(oof_folds))
-    widen = np.sqrt(n_folds / (n_folds - 1)) if n_folds > 1 else 1.0
+    if not 0 < level < 1:
+        raise DataError(f"level must be between 0 and 1 (exclusive), e.g. 0.95 (got {level!r}).")
+    boot = boot or bootstrap(oof_probs, oof_gold, pool_probs, groups, methods, n_boot, seed, oof_folds)
+    factors = factors or {}
     rows = []
-    for name, idx in members.items():
-        low, high = (
-            point[name] + widen * (np.quantile(boot[name], q, axis=0) - point[name])
-            if n_boot
-            else np.full_like(point[name], np.nan)
-            for q in (alpha, 1 - alpha)
-        )
-        for m, method in enumerate(methods):
+    for name, idx in boot.members.items():
+        for m, method in enumerate(boot.methods):
+            f = float(factors.get(method, 1.0))
+            if method == "PPI":
+                low, high = _ppi_interval(oof_probs, oof_gold, pool_probs[idx], level)
+                point = boot.point[name][m]
+                low, high = (
+                    (point + f * (low - point), point + f * (high - point))
+                    if np.isfinite(f)
+                    else (0 * low, 1 + 0 * high)
+                )
+            else:
+                low, high = boot.interval(name, method, level, f)
+            share, low, high, clipped = clip_unit(boot.point[name][m], low, high)
+            kind = interval_kind(method, f)
             for k, cls in enumerate(class_names):
                 rows.append(
-                    [name, str(cls), method, point[name][m, k], low[m, k], high[m, k], len(idx), len(idx) < min_group]
+                    [
+                        name,
+                        str(cls),
+                        method,
+                        share[k],
+                        low[k],
+                        high[k],
+                        len(idx),
+                        len(idx) < min_group,
+                        kind,
+                        clipped[k],
+                    ]
                 )
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -258,12 +407,20 @@ def shifted_prevalence(counts: np.ndarray, up: int, down: int, factor: float = 2
 
 
 def shifted_sample(
-    gold: np.ndarray, up: int, down: int, rng: np.random.Generator, factor: float = 2.0, size: float = 0.7
+    gold: np.ndarray,
+    up: int,
+    down: int,
+    rng: np.random.Generator,
+    factor: float = 2.0,
+    size: float = 0.7,
+    texts: int | None = None,
 ) -> np.ndarray:
-    """Indices of a random subsample (without replacement) of ``gold`` drawn from the :func:`shifted_prevalence`.
+    """Indices of a random sample of ``gold`` drawn from the :func:`shifted_prevalence`.
 
-    The class counts are multinomial, as in a pool drawn from a population with those shares; the sample
-    has ``size`` times as many texts as the largest sample with exactly those shares.
+    The class counts are multinomial, as in a pool drawn from a population with those shares. By default the
+    sample has ``size`` times as many texts as the largest sample with exactly those shares, drawn without
+    replacement; with ``texts`` it has that many, and a class with fewer texts than drawn is drawn with
+    replacement (a sample as large as a pool bigger than the held-out fold).
 
     Args:
         gold: gold label ids of the texts to sample from.
@@ -272,12 +429,18 @@ def shifted_sample(
         rng: the random generator.
         factor: the strength of the shift.
         size: the sample size, as a fraction of the largest possible one (leaves room for the multinomial draw).
+        texts: the sample size in texts instead (None: by ``size``).
     """
     counts = np.bincount(gold, minlength=max(up, down) + 1)
     target = shifted_prevalence(counts.astype(float), up, down, factor)
-    n = int(size * min(counts[c] / target[c] for c in np.flatnonzero(target)))
-    take = np.minimum(rng.multinomial(n, target), counts)
-    return np.concatenate([rng.choice(np.flatnonzero(gold == c), t, replace=False) for c, t in enumerate(take)])
+    if texts is None:
+        n = int(size * min(counts[c] / target[c] for c in np.flatnonzero(target)))
+        take = np.minimum(rng.multinomial(n, target), counts)
+    else:
+        take = rng.multinomial(texts, target)
+    return np.concatenate(
+        [rng.choice(np.flatnonzero(gold == c), t, replace=bool(t > counts[c])) for c, t in enumerate(take)]
+    )
 
 
 def _held_out(
@@ -357,6 +520,88 @@ def shift_check(
     return table
 
 
+def _coverage_cells(
+    probs: np.ndarray,
+    gold: np.ndarray,
+    folds: np.ndarray,
+    repeats: int = 20,
+    n_boot: int = 200,
+    level: float = 0.95,
+    up: int | None = None,
+    down: int | None = None,
+    factor: float = 2.0,
+    methods: Sequence[str] = METHODS,
+    seed: int = 0,
+    fold_bootstrap: bool = True,
+    calibrate: bool = True,
+    factors: dict[str, float] | None = None,
+    texts: int | None = None,
+) -> pd.DataFrame:
+    """The shares and intervals of repeated shifted held-out samples, one row per sample × class × method.
+
+    Repeat ``repeats`` times, cycling through the folds as the held-out fold: draw a shifted sample of it
+    (as :func:`shift_check`), compute :func:`shares` with intervals from the other folds, and compare each
+    class's estimate and interval with the shares the sample was drawn from (:func:`shifted_prevalence`):
+    the pool is taken as a sample of a population of texts, whose shares are what the study reports.
+    Arguments as :func:`coverage`.
+
+    Returns:
+        :func:`shares`' columns plus ``sample``, ``truth``, ``covered``, ``abs error``, ``width`` and ``need``
+        (the factor by which the interval would have to be widened to hold the truth: at most 1 if it does).
+    """
+    probs, gold, folds = np.asarray(probs, dtype=float), np.asarray(gold, dtype=int), np.asarray(folds)
+    if not isinstance(repeats, int | np.integer) or repeats < 1:
+        raise DataError(f"repeats (shifted held-out samples) must be a whole number, 1 or more (got {repeats!r}).")
+    rng = np.random.default_rng(seed)
+    fold_ids = np.unique(folds)
+    held = {f: _held_out(probs, gold, folds, f, up, down, calibrate) for f in fold_ids}
+    parts = []
+    for r in range(repeats):
+        (tr_p, tr_y), (te_p, te_y), u, d = held[fold_ids[r % len(fold_ids)]]
+        idx = shifted_sample(te_y, u, d, rng, factor, texts=texts)
+        truth = shifted_prevalence(np.bincount(te_y, minlength=probs.shape[1]).astype(float), u, d, factor)
+        names = [str(c) for c in range(probs.shape[1])]
+        table = shares(
+            tr_p,
+            tr_y,
+            te_p[idx],
+            names,
+            methods=methods,
+            n_boot=n_boot,
+            level=level,
+            seed=int(rng.integers(2**31)),
+            oof_folds=folds[folds != fold_ids[r % len(fold_ids)]] if fold_bootstrap else None,
+            factors=factors,
+        )
+        table["sample"] = r
+        table["truth"] = truth[table["class"].astype(int)]
+        parts.append(table)
+    long = pd.concat(parts, ignore_index=True)
+    long["covered"] = (long["lower"] <= long["truth"]) & (long["truth"] <= long["upper"])
+    long["abs error"] = (long["share"] - long["truth"]).abs()
+    long["width"] = long["upper"] - long["lower"]
+    above = long["truth"] >= long["share"]
+    reach = np.where(above, long["upper"] - long["share"], long["share"] - long["lower"])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        long["need"] = np.where(long["abs error"] == 0, 0.0, long["abs error"] / reach)
+    return long
+
+
+def needed_factor(need: pd.Series | np.ndarray, level: float = 0.95) -> float:
+    """The factor by which the intervals' distances from the estimate must be scaled so that ``level`` of them hold the truth.
+
+    Above 1 where the intervals held the truth less often than ``level``, below 1 where they held it more often
+    (the ``level`` quantile of the needed factors; an interval of zero width that misses needs ``inf``).
+
+    Args:
+        need: per interval, the factor it needed (``_coverage_cells()["need"]``).
+        level: the coverage aimed at.
+    """
+    need = np.asarray(need, dtype=float)
+    need = need[~np.isnan(need)]
+    return float(np.quantile(need, level, method="higher")) if len(need) else 1.0
+
+
 def coverage(
     probs: np.ndarray,
     gold: np.ndarray,
@@ -371,13 +616,10 @@ def coverage(
     seed: int = 0,
     fold_bootstrap: bool = True,
     calibrate: bool = True,
+    factors: dict[str, float] | None = None,
+    texts: int | None = None,
 ) -> pd.DataFrame:
-    """How often the bootstrap intervals contain the true shares of shifted held-out samples.
-
-    Repeat ``repeats`` times, cycling through the folds as the held-out fold: draw a shifted sample of it
-    (as :func:`shift_check`), compute :func:`shares` with intervals from the other folds, and check each
-    class's interval against the shares the sample was drawn from (:func:`shifted_prevalence`): the pool is
-    taken as a sample of a population of texts, whose shares are what the study reports.
+    """How often the intervals contain the true shares of shifted held-out samples (:func:`_coverage_cells`).
 
     Args:
         probs: out-of-fold class probabilities of the labelled texts, each fold's scaled by its validation
@@ -389,48 +631,55 @@ def coverage(
         level: the intervals' confidence level.
         up: the class made more frequent (None: the rarest in the training folds).
         down: the class made less frequent (None: the most frequent).
-        factor: the strength of the shift.
+        factor: the strength of the shift (1: no shift, a plain random sample of the held-out fold).
         methods: which of :data:`METHODS`.
         seed: sampling seed.
         fold_bootstrap: draw whole training folds before texts in the bootstrap (``oof_folds`` of :func:`shares`),
-            as :func:`pool_shares` does; False: texts only.
+            as :func:`nblib.headline.pool_headline` does; False: texts only.
         calibrate: as in :func:`shift_check`.
+        factors: widening factors per method applied to the intervals (as :func:`shares`).
+        texts: the size of each shifted sample (None: 70% of the largest the held-out fold gives without
+            replacement; :func:`shifted_sample`). Give the pool's size: the factor a biased method needs grows
+            with the size, as its intervals narrow and its bias stays.
 
     Returns:
         One row per method (index ``method``): ``coverage`` (fraction of class intervals holding the truth),
-        ``mean abs error`` (over classes and samples), ``mean width`` of the intervals, ``samples``.
+        ``mean abs error`` (over classes and samples), ``mean width`` of the intervals, ``needed factor`` (the
+        widening with which ``level`` of them would have held it, :func:`needed_factor`), ``samples``.
     """
-    probs, gold, folds = np.asarray(probs, dtype=float), np.asarray(gold, dtype=int), np.asarray(folds)
-    rng = np.random.default_rng(seed)
-    fold_ids = np.unique(folds)
-    held = {f: _held_out(probs, gold, folds, f, up, down, calibrate) for f in fold_ids}
-    parts = []
-    for r in range(repeats):
-        (tr_p, tr_y), (te_p, te_y), u, d = held[fold_ids[r % len(fold_ids)]]
-        idx = shifted_sample(te_y, u, d, rng, factor)
-        truth = shifted_prevalence(np.bincount(te_y, minlength=probs.shape[1]).astype(float), u, d, factor)
-        names = [str(c) for c in range(probs.shape[1])]
-        table = shares(
-            tr_p,
-            tr_y,
-            te_p[idx],
-            names,
-            methods=methods,
-            n_boot=n_boot,
-            level=level,
-            seed=int(rng.integers(2**31)),
-            oof_folds=folds[folds != fold_ids[r % len(fold_ids)]] if fold_bootstrap else None,
-        )
-        table["truth"] = truth[table["class"].astype(int)]
-        parts.append(table)
-    long = pd.concat(parts, ignore_index=True)
-    long["covered"] = (long["lower"] <= long["truth"]) & (long["truth"] <= long["upper"])
-    long["abs error"] = (long["share"] - long["truth"]).abs()
-    long["width"] = long["upper"] - long["lower"]
-    out = long.groupby("method", sort=False).agg(
+    long = _coverage_cells(
+        probs,
+        gold,
+        folds,
+        repeats,
+        n_boot,
+        level,
+        up,
+        down,
+        factor,
+        methods,
+        seed,
+        fold_bootstrap,
+        calibrate,
+        factors,
+        texts,
+    )
+    return summarise_cells(long, level)
+
+
+def summarise_cells(long: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Per method: coverage, mean absolute error, mean width and needed factor of :func:`_coverage_cells` rows.
+
+    Args:
+        long: :func:`_coverage_cells` output.
+        level: the coverage aimed at.
+    """
+    by = long.groupby("method", sort=False)
+    out = by.agg(
         coverage=("covered", "mean"), **{"mean abs error": ("abs error", "mean"), "mean width": ("width", "mean")}
     )
-    out["samples"] = repeats
+    out["needed factor"] = by["need"].apply(lambda s: needed_factor(s, level))
+    out["samples"] = long["sample"].nunique()
     return out
 
 
@@ -538,44 +787,27 @@ def pool_from_table(
     return Pool(probs[keep], groups, int(repeated.sum()), int((~present).sum()))
 
 
-def pool_shares(
-    res: ModelResults,
-    pool: Pool,
-    methods: Sequence[str] = METHODS,
-    n_boot: int = 1000,
-    level: float = 0.95,
-    seed: int = 0,
-    min_group: int = MIN_GROUP,
-) -> pd.DataFrame:
-    """:func:`shares` of a checked pool, with the error rates of a run's out-of-fold predictions.
+def _in_range(kind: type, low: float, high: float | None = None, open_ends: bool = False) -> Callable[[str], float]:
+    """An argparse type: a number of ``kind`` in [low, high] (or (low, high) with ``open_ends``), else a message
+    with the allowed range, which argparse prints after the option's name."""
+    what = "a whole number" if kind is int else "a number"
+    if high is None:
+        allowed = f"{what}, {low} or more"
+    else:
+        allowed = f"{what} between {low} and {high}" + (" (exclusive)" if open_ends else "")
 
-    The bootstrap draws the run's folds before their texts (``oof_folds``), so that the intervals also carry
-    the differences between fold models: the pool is labelled by yet another model (the final one).
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}; allowed: {allowed}") from None
+        below = value <= low if open_ends else value < low
+        above = high is not None and (value >= high if open_ends else value > high)
+        if below or above:
+            raise argparse.ArgumentTypeError(f"{text} is outside the allowed range: {allowed}")
+        return value
 
-    Args:
-        res: the run's results (``Study.run`` or :func:`run_results`).
-        pool: the pool (:func:`pool_from_table`).
-        methods: which of :data:`METHODS`.
-        n_boot: bootstrap replicates.
-        level: the intervals' confidence level.
-        seed: resampling seed.
-        min_group: groups with fewer texts are marked ``small``.
-    """
-    if len(pool.probs) == 0:
-        raise DataError("No pool texts left to estimate shares from (all empty, or all repeat labelled texts).")
-    return shares(
-        res.calibrated_probs,  # as calibrated as the pool's, which nblib.predict writes with the saved calibration
-        res.predictions["gold"].to_numpy(),
-        pool.probs,
-        res.config["label_names"],
-        pool.groups,
-        methods,
-        n_boot,
-        level,
-        seed,
-        min_group,
-        oof_folds=res.predictions["fold"].to_numpy(),
-    )
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -584,8 +816,12 @@ def main(argv: list[str] | None = None) -> int:
     Args:
         argv: the arguments (None: ``sys.argv[1:]``).
     """
+    from . import headline  # the headline builds on this module
+
     ap = argparse.ArgumentParser(
-        prog="python -m nblib.shares", description="Class shares of a predicted sheet, with bootstrap intervals."
+        prog="python -m nblib.shares",
+        description="Class shares of a predicted sheet with intervals; the headline method chosen on held-out "
+        "shifted samples of the run's labelled texts (docs/shares.md).",
     )
     ap.add_argument(
         "run_dir", help="the run's results folder, results/<study>/models/<run> (its out-of-fold predictions)"
@@ -594,31 +830,75 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("output", help=".csv, .tsv or .xlsx to write (the suffix decides the format)")
     ap.add_argument("--column", default="Sentence", help="the text column of the sheet (default: Sentence)")
     ap.add_argument("--group", default=None, help="a column that groups the texts (shares per group)")
+    ap.add_argument("--sheet", default=None, help="the sheet of an .xlsx, by name (default: the first)")
+    ap.add_argument("--header-row", type=_in_range(int, 1), default=1, help="the row of the column names (default: 1)")
+    ap.add_argument("--encoding", default=None, help="the encoding of a .csv/.tsv (default: detected)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), help=f"of {' '.join(METHODS)} (default: all)")
-    ap.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default: 1000)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--n-boot", type=_in_range(int, 20), default=1000, help="bootstrap replicates, 20 or more (default: 1000)"
+    )
+    ap.add_argument(
+        "--level", type=_in_range(float, 0, 1, open_ends=True), default=0.95, help="confidence level (default: 0.95)"
+    )
+    ap.add_argument(
+        "--check-repeats",
+        type=_in_range(int, 1),
+        default=10,
+        help="shifted held-out samples of the check that picks the headline method (default: 10)",
+    )
+    ap.add_argument(
+        "--check-boot",
+        type=_in_range(int, 20),
+        default=200,
+        help="bootstrap replicates per held-out sample, 20 or more (default: 200)",
+    )
+    ap.add_argument(
+        "--check-shift",
+        type=_in_range(float, 1),
+        default=2.0,
+        help="the check makes its rarest class this many times more, its largest this many times less frequent "
+        "(default: 2)",
+    )
+    ap.add_argument(
+        "--min-group",
+        type=_in_range(int, 1),
+        default=MIN_GROUP,
+        help=f"groups with fewer texts are marked small (default: {MIN_GROUP})",
+    )
+    ap.add_argument("--seed", type=_in_range(int, 0), default=0, help="resampling seed (default: 0)")
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         out = Path(args.output)
-        if out.exists() and not args.overwrite:
-            raise FileExistsError(f"{out} exists; choose another output file, or pass --overwrite.")
+        diff_out = out.with_name(f"{out.stem}_differences{out.suffix}")
+        for path in [out, diff_out] if args.group else [out]:
+            if path.exists() and not args.overwrite:
+                raise FileExistsError(f"{path} exists; choose another output file, or pass --overwrite.")
         writer_kind(out)
-        check_methods(args.methods, CLI_NAMES)
+        methods = check_methods(args.methods, CLI_NAMES)
         res = run_results(args.run_dir, CLI_NAMES)
-        sheet = read_sheet(args.predicted, [args.column], params=Params(columns="--column "))
+        params = Params(columns="--column ", sheet="--sheet ", header_row="--header-row ", encoding="--encoding ")
+        sheet = read_sheet(args.predicted, [args.column], args.sheet, args.header_row, args.encoding, params)
         pool = pool_from_table(
             sheet.df, res.config["label_names"], res.predictions["text"], args.column, args.group, CLI_NAMES
         )
-        table = pool_shares(res, pool, args.methods, args.n_boot, seed=args.seed)
+        choice = headline.run_choice(
+            res, methods, args.check_repeats, args.check_boot, args.level, args.seed, args.check_shift, len(pool.probs)
+        )
+        log.info("headline: %s", choice.reason)
+        result = headline.pool_headline(res, pool, choice, methods, args.n_boot, args.level, args.seed, args.min_group)
     except (DataError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    write_table(table, out)
+    write_table(result.table, out)
+    if args.group:
+        write_table(result.differences, diff_out)
+        print(f"group differences ({choice.method}): {diff_out}")
     print(f"{len(pool.probs)} pool texts ({pool.repeated} repeating labelled texts and {pool.empty} empty left out).")
-    whole = table[table["group"] == ""].pivot(index="class", columns="method", values="share")
-    print(whole[list(args.methods)].round(3).to_string())
+    whole = result.table[result.table["group"] == ""].pivot(index="class", columns="method", values="share")
+    print(whole[list(dict.fromkeys([*methods, choice.method]))].round(3).to_string())
+    print(headline.paper_sentence(result, unit="texts"))
     return 0
 
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from pandas.io.formats.style import Styler
 
 DAGGER = "†"
+CLIPPED = "‡"  # a class share whose interval (or estimate) was clipped to [0, 1]
 _LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
@@ -309,12 +310,16 @@ def class_shares(table: pd.DataFrame) -> pd.DataFrame:
     """The paper's class shares: ``share [lower, upper]`` in percent, one column per method.
 
     Args:
-        table: :func:`nblib.shares.shares` output; groups marked ``small`` get "(n < 30)"-style marks.
+        table: :func:`nblib.shares.shares` output; groups marked ``small`` get "(n < 30)"-style marks, intervals
+            clipped to [0, 1] a ‡, and the columns of methods with sampling-only intervals (CC, PCC) say so; the
+            note says how each method's interval was made.
     """
+    clipped = table["clipped"] if "clipped" in table else pd.Series(False, index=table.index)
     cells = table.assign(
         cell=[
-            f"{s:.1%} [{lo:.1%}, {hi:.1%}]".replace("%", "") if not np.isnan(lo) else f"{s:.1%}".replace("%", "")
-            for s, lo, hi in zip(table["share"], table["lower"], table["upper"])
+            (f"{s:.1%} [{lo:.1%}, {hi:.1%}]" if not np.isnan(lo) else f"{s:.1%}").replace("%", "")
+            + (CLIPPED if c else "")
+            for s, lo, hi, c in zip(table["share"], table["lower"], table["upper"], clipped)
         ],
         group=[
             (g or "whole pool") + (f" (n = {n}, too few)" if small else f" (n = {n})")
@@ -322,13 +327,16 @@ def class_shares(table: pd.DataFrame) -> pd.DataFrame:
         ],
     )
     out = cells.pivot(index=["group", "class"], columns="method", values="cell")
-    out = out.reindex(
-        index=pd.MultiIndex.from_frame(cells[["group", "class"]].drop_duplicates()),
-        columns=list(dict.fromkeys(table["method"])),
-    )
-    out.columns = [f"{m} (%)" for m in out.columns]
+    methods = list(dict.fromkeys(table["method"]))
+    out = out.reindex(index=pd.MultiIndex.from_frame(cells[["group", "class"]].drop_duplicates()), columns=methods)
+    kinds = table.groupby("method", sort=False)["interval"].first() if "interval" in table else pd.Series(dtype=str)
+    out.columns = [f"{m} (%, sampling only)" if kinds.get(m) == "sampling only" else f"{m} (%)" for m in methods]
     out.columns.name = None
+    how = "; ".join(f"{m}: {k}" for m, k in kinds.items())
     out.attrs["note"] = (
-        "Estimated class shares in percent with 95% bootstrap intervals (error rates and pool resampled)."
+        "Estimated class shares in percent with 95% intervals"
+        + (f" ({how})" if how else " (bootstrap: error rates and pool resampled)")
+        + ". Sampling-only intervals ignore the model's bias."
+        + (f" {CLIPPED} interval clipped to [0, 100]." if clipped.any() else "")
     )
     return out

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nblib import shares
+from nblib import headline, shares
 from nblib.sheets import DataError, read_machine_table, write_table
 
 TRAIN_PRIOR = np.array([0.5, 0.3, 0.15, 0.05])
@@ -217,7 +217,8 @@ def test_run_without_out_of_fold_predictions_says_what_to_run(tiny_study, tmp_pa
         shares.run_results(tmp_path / "nothing")
 
 
-def test_command_line_writes_the_long_table(finished_run, tmp_path, capsys):
+def test_command_line_writes_the_long_table(finished_run, tmp_path, capsys, caplog):
+    caplog.set_level("INFO", logger="nblib.shares")
     study, run_dir = finished_run
     names = study.data.label_names
     rng = np.random.default_rng(5)
@@ -226,12 +227,21 @@ def test_command_line_writes_the_long_table(finished_run, tmp_path, capsys):
     sheet = write_table(predicted_table(probs, names, texts, show=["A"] * 40 + ["B"] * 20), tmp_path / "pool.xlsx")
     out = tmp_path / "shares.csv"
     argv = [str(run_dir), str(sheet), str(out), "--group", "show", "--methods", "CC", "PACC", "--n-boot", "20"]
+    argv += ["--check-repeats", "2", "--check-boot", "20"]
     assert shares.main(argv) == 0
-    assert "58 pool texts (2 repeating labelled texts and 0 empty left out)" in capsys.readouterr().out
-    table = read_machine_table(out, text_columns=("group", "class", "method"))
-    assert list(table.columns) == shares.COLUMNS
+    printed = capsys.readouterr().out
+    assert "58 pool texts (2 repeating labelled texts and 0 empty left out)" in printed
+    table = read_machine_table(out, text_columns=("group", "class", "method", "interval"))
+    assert list(table.columns) == [*shares.COLUMNS, "headline"]
     assert len(table) == 3 * 3 * 2
     assert set(table["class"]) == set(names) and set(table["method"]) == {"CC", "PACC"}
+    chosen = set(table.loc[table["headline"].astype(bool), "method"])
+    assert len(chosen) == 1 and table["headline"].astype(bool).sum() == 9  # one method's rows of each group
+    method = chosen.pop()
+    assert f"(Estimator: {method}, chosen on shifted held-out folds" in printed
+    assert f"headline: {method}: " in caplog.text and "shifted held-out samples" in caplog.text  # which and why
+    differences = read_machine_table(tmp_path / "shares_differences.csv", text_columns=("group", "other", "class"))
+    assert differences.empty and list(differences.columns) == headline.DIFF_COLUMNS  # B is too small to compare
     assert table.groupby("group")["texts"].first().to_dict() == {"": 58, "A": 40, "B": 18}
     assert table.groupby("group")["small"].first().to_dict() == {"": False, "A": False, "B": True}
     # an existing output, a missing group column and an unknown method stop with exit status 2 and a message
@@ -258,4 +268,4 @@ def test_figure_has_one_panel_per_group_and_marks_small_groups(labelled):
         "A (n = 80)",
         "B (n = 20, too few for an interval)",
     ]
-    assert [t.get_text() for t in panels[0].get_legend().get_texts()] == ["CC", "ACC"]
+    assert [t.get_text() for t in panels[0].get_legend().get_texts()] == ["CC (sampling only)", "ACC"]
