@@ -51,6 +51,7 @@ import pandas as pd
 from quapy.method.aggregative import ACC, CC, EMQ, PACC, PCC, AggregativeQuantifier
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from . import cli
 from .calibration import Calibration, apply_per_fold, cross_fitted, fit_class_bias
 from .results import ModelResults, RunFolder, load_run, run_of_saved_model
 from .sheets import DataError, Params, clean_text, read_sheet, write_table, writer_kind
@@ -787,29 +788,6 @@ def pool_from_table(
     return Pool(probs[keep], groups, int(repeated.sum()), int((~present).sum()))
 
 
-def _in_range(kind: type, low: float, high: float | None = None, open_ends: bool = False) -> Callable[[str], float]:
-    """An argparse type: a number of ``kind`` in [low, high] (or (low, high) with ``open_ends``), else a message
-    with the allowed range, which argparse prints after the option's name."""
-    what = "a whole number" if kind is int else "a number"
-    if high is None:
-        allowed = f"{what}, {low} or more"
-    else:
-        allowed = f"{what} between {low} and {high}" + (" (exclusive)" if open_ends else "")
-
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}; allowed: {allowed}") from None
-        below = value <= low if open_ends else value < low
-        above = high is not None and (value >= high if open_ends else value > high)
-        if below or above:
-            raise argparse.ArgumentTypeError(f"{text} is outside the allowed range: {allowed}")
-        return value
-
-    return parse
-
-
 def main(argv: list[str] | None = None) -> int:
     """The command line: ``python -m nblib.shares RUN_DIR PREDICTED_SHEET OUT``; returns the exit status.
 
@@ -830,42 +808,50 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("output", help=".csv, .tsv or .xlsx to write (the suffix decides the format)")
     ap.add_argument("--column", default="Sentence", help="the text column of the sheet (default: Sentence)")
     ap.add_argument("--group", default=None, help="a column that groups the texts (shares per group)")
-    ap.add_argument("--sheet", default=None, help="the sheet of an .xlsx, by name (default: the first)")
-    ap.add_argument("--header-row", type=_in_range(int, 1), default=1, help="the row of the column names (default: 1)")
+    ap.add_argument(
+        "--sheet",
+        type=cli.sheet_choice,
+        default=None,
+        help="the sheet of an .xlsx, by name or 0-based position (default: the first)",
+    )
+    ap.add_argument("--header-row", type=cli.positive_int, default=1, help="the row of the column names (default: 1)")
     ap.add_argument("--encoding", default=None, help="the encoding of a .csv/.tsv (default: detected)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), help=f"of {' '.join(METHODS)} (default: all)")
     ap.add_argument(
-        "--n-boot", type=_in_range(int, 20), default=1000, help="bootstrap replicates, 20 or more (default: 1000)"
+        "--n-boot", type=cli.int_in(20), default=1000, help="bootstrap replicates, 20 or more (default: 1000)"
     )
     ap.add_argument(
-        "--level", type=_in_range(float, 0, 1, open_ends=True), default=0.95, help="confidence level (default: 0.95)"
+        "--level",
+        type=cli.float_in(0, 1, low_open=True, high_open=True),
+        default=0.95,
+        help="confidence level (default: 0.95)",
     )
     ap.add_argument(
         "--check-repeats",
-        type=_in_range(int, 1),
+        type=cli.positive_int,
         default=10,
         help="shifted held-out samples of the check that picks the headline method (default: 10)",
     )
     ap.add_argument(
         "--check-boot",
-        type=_in_range(int, 20),
+        type=cli.int_in(20),
         default=200,
         help="bootstrap replicates per held-out sample, 20 or more (default: 200)",
     )
     ap.add_argument(
         "--check-shift",
-        type=_in_range(float, 1),
+        type=cli.float_in(1),
         default=2.0,
         help="the check makes its rarest class this many times more, its largest this many times less frequent "
         "(default: 2)",
     )
     ap.add_argument(
         "--min-group",
-        type=_in_range(int, 1),
+        type=cli.positive_int,
         default=MIN_GROUP,
         help=f"groups with fewer texts are marked small (default: {MIN_GROUP})",
     )
-    ap.add_argument("--seed", type=_in_range(int, 0), default=0, help="resampling seed (default: 0)")
+    ap.add_argument("--seed", type=cli.int_in(0), default=0, help="resampling seed (default: 0)")
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")

@@ -169,15 +169,15 @@ def test_group_differences_from_the_same_bootstrap_and_the_sentence_for_the_pape
 @pytest.mark.parametrize(
     "flag, value, allowed",
     [
-        ("--n-boot", "-5", "-5 is outside the allowed range: a whole number, 20 or more"),
-        ("--n-boot", "many", "'many' is not a whole number; allowed: a whole number, 20 or more"),
-        ("--level", "1.5", "1.5 is outside the allowed range: a number between 0 and 1 (exclusive)"),
-        ("--check-repeats", "0", "0 is outside the allowed range: a whole number, 1 or more"),
-        ("--check-boot", "5", "5 is outside the allowed range: a whole number, 20 or more"),
-        ("--check-shift", "0.5", "0.5 is outside the allowed range: a number, 1 or more"),
-        ("--header-row", "0", "0 is outside the allowed range: a whole number, 1 or more"),
-        ("--min-group", "0", "0 is outside the allowed range: a whole number, 1 or more"),
-        ("--seed", "-1", "-1 is outside the allowed range: a whole number, 0 or more"),
+        ("--n-boot", "-5", "-5 is out of range: give a whole number ≥ 20"),
+        ("--n-boot", "many", "'many' is not a whole number; give one ≥ 20"),
+        ("--level", "1.5", "1.5 is out of range: give a number > 0 and < 1"),
+        ("--check-repeats", "0", "0 is out of range: give a whole number ≥ 1"),
+        ("--check-boot", "5", "5 is out of range: give a whole number ≥ 20"),
+        ("--check-shift", "0.5", "0.5 is out of range: give a number ≥ 1"),
+        ("--header-row", "0", "0 is out of range: give a whole number ≥ 1"),
+        ("--min-group", "0", "0 is out of range: give a whole number ≥ 1"),
+        ("--seed", "-1", "-1 is out of range: give a whole number ≥ 0"),
     ],
 )
 def test_every_numeric_option_is_checked_up_front_with_its_range(tmp_path, capsys, flag, value, allowed):
