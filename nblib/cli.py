@@ -14,7 +14,7 @@ import argparse
 import math
 from collections.abc import Callable
 
-__all__ = ["float_in", "int_in", "int_list", "positive_int", "sheet_choice"]
+__all__ = ["add_sheet_options", "float_in", "int_in", "int_list", "positive_int", "sheet_choice"]
 
 
 def _range_words(low: float | None, high: float | None, low_open: bool = False, high_open: bool = False) -> str:
@@ -49,7 +49,13 @@ def int_in(low: int | None = None, high: int | None = None) -> Callable[[str], i
     return parse
 
 
-positive_int = int_in(1)  # batch sizes, lengths, counts
+def positive_int(text: str) -> int:
+    """An argparse ``type`` for a whole number ≥ 1 (batch sizes, lengths, counts).
+
+    Args:
+        text: the argument as typed.
+    """
+    return int_in(1)(text)
 
 
 def float_in(
@@ -107,3 +113,22 @@ def sheet_choice(text: str) -> str | int:
     if stripped.lstrip("-").isdigit():
         return int_in(0)(stripped)
     return text
+
+
+def add_sheet_options(ap: argparse.ArgumentParser, what: str) -> None:
+    """Add the options that say how to read an input sheet, the same in every command line: ``--column``,
+    ``--sheet``, ``--header-row`` and ``--encoding``.
+
+    Args:
+        ap: the parser.
+        what: the sheet in words, for the help texts (e.g. "the input").
+    """
+    ap.add_argument("--column", default="Sentence", help=f"the text column of {what}")
+    ap.add_argument(
+        "--sheet",
+        type=sheet_choice,
+        default=None,
+        help=f"the sheet of {what} if an .xlsx: its name, or its 0-based position (0 = the first); none: the first",
+    )
+    ap.add_argument("--header-row", type=positive_int, default=1, help="the row of the column names (1-based)")
+    ap.add_argument("--encoding", default=None, help=f"the encoding of {what} if a .csv/.tsv (none: detected)")

@@ -165,8 +165,20 @@ def headline_shares(
 ) -> Headline:
     """:func:`nblib.shares.shares` of every method with the chosen one's intervals widened, and group differences.
 
-    Arguments as :func:`nblib.shares.shares`, plus ``choice`` (:func:`choose`); the chosen method is computed
-    even when ``methods`` leaves it out.
+    Args:
+        oof_probs: out-of-fold class probabilities of the labelled texts (as :func:`nblib.shares.shares`).
+        oof_gold: their gold label ids.
+        pool_probs: the pool's class probabilities.
+        class_names: the class names, in label order.
+        choice: the headline method and its widening factor (:func:`choose`); computed even when ``methods``
+            leaves it out.
+        groups: the group of each pool text (None: the whole pool only).
+        methods: the other methods shown beside it.
+        n_boot: bootstrap replicates.
+        level: the intervals' confidence level.
+        seed: resampling seed.
+        min_group: groups with fewer texts are marked small.
+        oof_folds: the fold of each labelled text (whole folds are drawn first in the bootstrap).
     """
     methods = list(dict.fromkeys([*shares.check_methods(methods), choice.method]))
     boot = shares.bootstrap(oof_probs, oof_gold, pool_probs, groups, methods, n_boot, seed, oof_folds)

@@ -102,7 +102,12 @@ def attach(folder: str | Path) -> Path | None:
 
 def is_message_error(etype: type[BaseException], tb: TracebackType | None) -> bool:
     """Whether an exception is one nblib raised for the user: a class of nblib's own, or a
-    ValueError/OSError/RuntimeError raised in nblib's code (not deeper, in a library)."""
+    ValueError/OSError/RuntimeError raised in nblib's code (not deeper, in a library).
+
+    Args:
+        etype: the exception's class.
+        tb: its traceback (None: not raised, so not nblib's).
+    """
     if etype.__module__.split(".")[0] == "nblib":
         return True
     if not issubclass(etype, MESSAGE_ERRORS) or tb is None:

@@ -425,15 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("input", help="the sheet to label: .xlsx, .csv or .tsv")
     ap.add_argument("output", help=".xlsx, .csv or .tsv to write (the suffix decides the format)")
-    ap.add_argument("--column", default="Sentence", help="the text column")
-    ap.add_argument(
-        "--sheet",
-        type=cli.sheet_choice,
-        default=None,
-        help="the sheet of an .xlsx input: its name, or its 0-based position (0 = the first); none: the first",
-    )
-    ap.add_argument("--header-row", type=cli.positive_int, default=1, help="the row of the column names (1-based)")
-    ap.add_argument("--encoding", default=None, help="encoding of a CSV/TSV input (none: detected)")
+    cli.add_sheet_options(ap, "the input")
     ap.add_argument("--batch-size", type=cli.positive_int, default=64, help="texts per batch (≥ 1)")
     ap.add_argument(
         "--max-len",

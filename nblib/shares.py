@@ -797,6 +797,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import headline  # the headline builds on this module
 
     ap = argparse.ArgumentParser(
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         prog="python -m nblib.shares",
         description="Class shares of a predicted sheet with intervals; the headline method chosen on held-out "
         "shifted samples of the run's labelled texts (docs/shares.md).",
@@ -806,53 +807,42 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("predicted", help="a sheet with one prob_<class> column per class, as nblib.predict writes it")
     ap.add_argument("output", help=".csv, .tsv or .xlsx to write (the suffix decides the format)")
-    ap.add_argument("--column", default="Sentence", help="the text column of the sheet (default: Sentence)")
+    cli.add_sheet_options(ap, "the predicted file")
     ap.add_argument("--group", default=None, help="a column that groups the texts (shares per group)")
-    ap.add_argument(
-        "--sheet",
-        type=cli.sheet_choice,
-        default=None,
-        help="the sheet of an .xlsx, by name or 0-based position (default: the first)",
-    )
-    ap.add_argument("--header-row", type=cli.positive_int, default=1, help="the row of the column names (default: 1)")
-    ap.add_argument("--encoding", default=None, help="the encoding of a .csv/.tsv (default: detected)")
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), help=f"of {' '.join(METHODS)} (default: all)")
-    ap.add_argument(
-        "--n-boot", type=cli.int_in(20), default=1000, help="bootstrap replicates, 20 or more (default: 1000)"
-    )
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), help=f"of {' '.join(METHODS)}")
+    ap.add_argument("--n-boot", type=cli.int_in(20), default=1000, help="bootstrap replicates, 20 or more")
     ap.add_argument(
         "--level",
         type=cli.float_in(0, 1, low_open=True, high_open=True),
         default=0.95,
-        help="confidence level (default: 0.95)",
+        help="confidence level",
     )
     ap.add_argument(
         "--check-repeats",
         type=cli.positive_int,
         default=10,
-        help="shifted held-out samples of the check that picks the headline method (default: 10)",
+        help="shifted held-out samples of the check that picks the headline method",
     )
     ap.add_argument(
         "--check-boot",
         type=cli.int_in(20),
         default=200,
-        help="bootstrap replicates per held-out sample, 20 or more (default: 200)",
+        help="bootstrap replicates per held-out sample, 20 or more",
     )
     ap.add_argument(
         "--check-shift",
         type=cli.float_in(1),
         default=2.0,
-        help="the check makes its rarest class this many times more, its largest this many times less frequent "
-        "(default: 2)",
+        help="the check makes its rarest class this many times more, its largest this many times less frequent ",
     )
     ap.add_argument(
         "--min-group",
         type=cli.positive_int,
         default=MIN_GROUP,
-        help=f"groups with fewer texts are marked small (default: {MIN_GROUP})",
+        help="groups with fewer texts are marked small",
     )
-    ap.add_argument("--seed", type=cli.int_in(0), default=0, help="resampling seed (default: 0)")
-    ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("--seed", type=cli.int_in(0), default=0, help="resampling seed")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:

@@ -54,3 +54,30 @@ def balanced(n_per_class: int = 6, classes=(0, 1, 2)) -> pd.DataFrame:
     texts = [f"第{c}类的第{i}条评论" for c in classes for i in range(n_per_class)]
     labels = [c for c in classes for _ in range(n_per_class)]
     return sheet(texts, labels)
+
+
+# a second process that tries to take the run lock of the folder given as its argument; exit 3 when refused
+LOCK_CHILD = """
+import sys
+from nblib.results import RunLock, ResultsLockedError
+try:
+    RunLock(sys.argv[1]).acquire()
+except ResultsLockedError as e:
+    print(e)
+    sys.exit(3)
+"""
+
+
+def gaussian_task(n: int, prior, rng, sep: float = 1.5, train_prior=(0.5, 0.3, 0.15, 0.05)):
+    """Texts of a known generative model: gold labels drawn from ``prior``, and the exact posteriors that a
+    classifier trained under ``train_prior`` would give (calibrated there, so biased towards its large classes);
+    ``sep`` is the strength of the class signal (weak: small, strong: large)."""
+    import numpy as np
+
+    prior = np.asarray(prior)
+    y = rng.choice(len(prior), n, p=prior)
+    x = rng.normal(0, 1, (n, len(prior)))
+    x[np.arange(n), y] += sep
+    logits = np.log(np.asarray(train_prior)) + sep * x
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return probs / probs.sum(axis=1, keepdims=True), y

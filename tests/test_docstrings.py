@@ -33,6 +33,12 @@ MODULES = [
     "nblib.label_issues",
     "nblib.shares",
     "nblib.tables",
+    "nblib.headline",
+    "nblib.names",
+    "nblib.hardware",
+    "nblib.cli",
+    "nblib.study_file",
+    "nblib.notebook",
 ]
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import openpyxl
 import pandas as pd
 import pytest
+from helpers import LOCK_CHILD
 
 from nblib import folds, results
 from nblib.data import DataError
@@ -270,22 +271,13 @@ def test_an_inherited_lock_token_does_not_let_a_second_job_in(tmp_path):
     first = subprocess.Popen([sys.executable, "-c", SIBLING, str(folder)], env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert first.stdout.readline().strip() == "locked"
-        second = subprocess.run([sys.executable, "-c", CHILD, str(folder)], env=env, capture_output=True, text=True)
+        second = subprocess.run(
+            [sys.executable, "-c", LOCK_CHILD, str(folder)], env=env, capture_output=True, text=True
+        )
         assert second.returncode == 3 and f"process {first.pid}" in second.stdout
     finally:
         first.kill()
         first.wait()
-
-
-CHILD = """
-import sys
-from nblib.results import RunLock, ResultsLockedError
-try:
-    RunLock(sys.argv[1]).acquire()
-except ResultsLockedError as e:
-    print(e)
-    sys.exit(3)
-"""
 
 
 def test_atomic_writes_get_the_usual_mode(tmp_path):

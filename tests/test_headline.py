@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import gaussian_task
 
 from nblib import headline, shares
 
@@ -17,14 +18,8 @@ PCC_LIKE, ACC_LIKE = {"CC", "PCC"}, {"ACC", "PACC", "EMQ"}
 
 
 def simulated(n: int, prior, rng: np.random.Generator, sep: float):
-    """Gold labels drawn from ``prior`` and the exact posteriors of a classifier calibrated under TRAIN_PRIOR whose
-    class signal has strength ``sep`` (weak: small, strong: large)."""
-    y = rng.choice(len(prior), n, p=prior)
-    x = rng.normal(0, 1, (n, len(prior)))
-    x[np.arange(n), y] += sep
-    logits = np.log(TRAIN_PRIOR) + sep * x
-    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return probs / probs.sum(axis=1, keepdims=True), y
+    """Gold labels drawn from ``prior`` and the exact posteriors of a classifier calibrated under TRAIN_PRIOR."""
+    return gaussian_task(n, prior, rng, sep, TRAIN_PRIOR)
 
 
 CASES = {  # a weak classifier with few labels, a strong one with many

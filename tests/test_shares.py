@@ -6,24 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import gaussian_task
 
 from nblib import headline, shares
 from nblib.sheets import DataError, read_machine_table, write_table
 
 TRAIN_PRIOR = np.array([0.5, 0.3, 0.15, 0.05])
 SHIFTED_PRIOR = np.array([0.25, 0.3, 0.2, 0.25])
-
-
-def gaussian_task(n: int, prior, rng: np.random.Generator, sep: float = 1.5):
-    """Texts of a known generative model: gold labels drawn from ``prior``, and the exact posteriors that a
-    classifier trained under TRAIN_PRIOR would give (calibrated there, so biased towards its large classes)."""
-    prior = np.asarray(prior)
-    y = rng.choice(len(prior), n, p=prior)
-    x = rng.normal(0, 1, (n, len(prior)))
-    x[np.arange(n), y] += sep
-    logits = np.log(TRAIN_PRIOR) + sep * x
-    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return probs / probs.sum(axis=1, keepdims=True), y
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import numpy as np
 import openpyxl
 import pandas as pd
 import pytest
-from helpers import ROOT
+from helpers import LOCK_CHILD, ROOT
 
 from nblib import data as nbdata
 from nblib import results
@@ -446,26 +446,15 @@ def test_stale_lock_of_a_dead_process_is_taken_over(run_args, caplog):
     assert "which is gone" in caplog.text
 
 
-CHILD = """
-import sys
-from nblib.results import RunLock, ResultsLockedError
-try:
-    RunLock(sys.argv[1]).acquire()
-except ResultsLockedError as e:
-    print(e)
-    sys.exit(3)
-"""
-
-
 def test_workers_launched_by_the_run_share_its_lock(run_args):
     results.ModelRun(*run_args)
     folder = str(lock_of(run_args).parent)
     env = dict(os.environ, PYTHONPATH=str(ROOT))  # as bert_cv launches its fold workers: with this environment
-    worker = subprocess.run([sys.executable, "-c", CHILD, folder], env=env, capture_output=True, text=True)
+    worker = subprocess.run([sys.executable, "-c", LOCK_CHILD, folder], env=env, capture_output=True, text=True)
     assert worker.returncode == 0, worker.stdout + worker.stderr
     assert json.loads(lock_of(run_args).read_text())["pid"] == os.getpid()  # the worker leaves the lock alone
     env.pop(results.RunLock.ENV)
-    other = subprocess.run([sys.executable, "-c", CHILD, folder], env=env, capture_output=True, text=True)
+    other = subprocess.run([sys.executable, "-c", LOCK_CHILD, folder], env=env, capture_output=True, text=True)
     assert other.returncode == 3 and f"process {os.getpid()}" in other.stdout
 
 
