@@ -50,4 +50,5 @@ def test_eda_on_the_benchmark_sheet(tmp_path, run_notebook, shared_labelled):
     print(f"EDA on {shared_labelled.name}: {time.time() - start:.0f} s")
     for name in EDA_FIGURES + ["eda_labelled_vs_unlabelled_length"]:
         assert (tmp_path / "figs" / f"{name}.png").exists()
-    assert "labelled_8665.xlsx: 8665 labelled texts in 6 classes" in cell_text(nb)
+    (log,) = (tmp_path / "res").glob("labelled_8665-*/logs/01_eda.log")  # the notebook's log, not its output
+    assert "labelled_8665.xlsx: 8665 labelled texts in 6 classes" in log.read_text(encoding="utf-8")
