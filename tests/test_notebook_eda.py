@@ -40,7 +40,7 @@ def test_eda_on_string_labels_and_other_columns(tmp_path, run_notebook):
 
 def test_eda_on_the_benchmark_sheet(tmp_path, run_notebook, shared_labelled):
     start = time.time()
-    nb = run_notebook(
+    run_notebook(
         "01_eda.ipynb",
         data_path=str(shared_labelled),
         unlabelled_path=str(SHARED / "unlabelled_10000.xlsx"),
