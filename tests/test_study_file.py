@@ -224,3 +224,18 @@ def test_the_docs_list_every_key():
     page = (ROOT / "docs" / "study-file.md").read_text(encoding="utf-8")
     missing = [k for k in study_file.known_keys() if f"| `{k}` |" not in page]
     assert not missing, f"docs/study-file.md lacks {missing}: regenerate its key tables"
+
+
+def test_display_names_in_the_study_file_reach_every_figure_and_table(tmp_path, tiny_sheet):
+    from nblib import names
+
+    sheet = tiny_sheet(4)
+    write(tmp_path / sheet.name, sheet.read_text(encoding="utf-8"))
+    study = write(tmp_path / "s.yaml", f"data_path: {sheet.name}\ndisplay_names:\n  lr_tfidf_char: 字符 TF-IDF + LR\n")
+    try:
+        use_parameters(namespace(study, injected=f"study = {str(study)!r}"), "04_error_analysis")
+        assert names.display("lr_tfidf_char") == "字符 TF-IDF + LR"
+        assert names.display("macro_f1") == "Macro-F1"  # the built-in names stay for the rest
+    finally:
+        names.use(None)
+    assert names.display("lr_tfidf_char") == "TF-IDF (char 1–3) + LR"
