@@ -309,13 +309,25 @@ class MaskedLMLoss(torch.nn.Module):
     to their own forward.
     """
 
-    def __init__(self, mlm: PreTrainedModel):
+    def __init__(self, mlm: PreTrainedModel) -> None:
+        """Wrap ``mlm``.
+
+        Args:
+            mlm: a masked-language model (an encoder with its MLM head).
+        """
         super().__init__()
         self.mlm = mlm
         heads = [m for name, m in mlm.named_children() if name != mlm.base_model_prefix]
         self.head = heads[0] if len(heads) == 1 else None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The mean cross-entropy over the masked tokens.
+
+        Args:
+            input_ids: token ids of the batch (masked).
+            attention_mask: 1 for real tokens, 0 for padding.
+            labels: the original id at each masked position, -100 elsewhere.
+        """
         if self.head is None:
             return self.mlm(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
         hidden = self.mlm.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

@@ -4,42 +4,17 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import pkgutil
 import re
 from collections.abc import Callable, Iterator
 from functools import cached_property
 from types import ModuleType
 
-# The modules checked; extend as more modules are documented.
-MODULES = [
-    "nblib.cv",
-    "nblib.results",
-    "nblib.baselines",
-    "nblib.bert",
-    "nblib.bert_cv",
-    "nblib.data",
-    "nblib.sheets",
-    "nblib.predict",
-    "nblib.eda",
-    "nblib.plots",
-    "nblib.text",
-    "nblib.features",
-    "nblib.analysis",
-    "nblib.metrics",
-    "nblib.folds",
-    "nblib.settings",
-    "nblib.study",
-    "nblib.active_learning",
-    "nblib.calibration",
-    "nblib.label_issues",
-    "nblib.shares",
-    "nblib.tables",
-    "nblib.headline",
-    "nblib.names",
-    "nblib.hardware",
-    "nblib.cli",
-    "nblib.study_file",
-    "nblib.notebook",
-]
+import nblib
+
+# Every module of nblib but its papermill engine (papermill imports it through an entry point while loading its
+# own engines; importing it here first would be circular).
+MODULES = sorted(f"nblib.{m.name}" for m in pkgutil.iter_modules(nblib.__path__) if m.name not in {"papermill_engine"})
 
 
 def _is_generated(func: Callable) -> bool:
