@@ -521,73 +521,6 @@ def shift_check(
     return table
 
 
-def _coverage_cells(
-    probs: np.ndarray,
-    gold: np.ndarray,
-    folds: np.ndarray,
-    repeats: int = 20,
-    n_boot: int = 200,
-    level: float = 0.95,
-    up: int | None = None,
-    down: int | None = None,
-    factor: float = 2.0,
-    methods: Sequence[str] = METHODS,
-    seed: int = 0,
-    fold_bootstrap: bool = True,
-    calibrate: bool = True,
-    factors: dict[str, float] | None = None,
-    texts: int | None = None,
-) -> pd.DataFrame:
-    """The shares and intervals of repeated shifted held-out samples, one row per sample × class × method.
-
-    Repeat ``repeats`` times, cycling through the folds as the held-out fold: draw a shifted sample of it
-    (as :func:`shift_check`), compute :func:`shares` with intervals from the other folds, and compare each
-    class's estimate and interval with the shares the sample was drawn from (:func:`shifted_prevalence`):
-    the pool is taken as a sample of a population of texts, whose shares are what the study reports.
-    Arguments as :func:`coverage`.
-
-    Returns:
-        :func:`shares`' columns plus ``sample``, ``truth``, ``covered``, ``abs error``, ``width`` and ``need``
-        (the factor by which the interval would have to be widened to hold the truth: at most 1 if it does).
-    """
-    probs, gold, folds = np.asarray(probs, dtype=float), np.asarray(gold, dtype=int), np.asarray(folds)
-    if not isinstance(repeats, int | np.integer) or repeats < 1:
-        raise DataError(f"repeats (shifted held-out samples) must be a whole number, 1 or more (got {repeats!r}).")
-    rng = np.random.default_rng(seed)
-    fold_ids = np.unique(folds)
-    held = {f: _held_out(probs, gold, folds, f, up, down, calibrate) for f in fold_ids}
-    parts = []
-    for r in range(repeats):
-        (tr_p, tr_y), (te_p, te_y), u, d = held[fold_ids[r % len(fold_ids)]]
-        idx = shifted_sample(te_y, u, d, rng, factor, texts=texts)
-        truth = shifted_prevalence(np.bincount(te_y, minlength=probs.shape[1]).astype(float), u, d, factor)
-        names = [str(c) for c in range(probs.shape[1])]
-        table = shares(
-            tr_p,
-            tr_y,
-            te_p[idx],
-            names,
-            methods=methods,
-            n_boot=n_boot,
-            level=level,
-            seed=int(rng.integers(2**31)),
-            oof_folds=folds[folds != fold_ids[r % len(fold_ids)]] if fold_bootstrap else None,
-            factors=factors,
-        )
-        table["sample"] = r
-        table["truth"] = truth[table["class"].astype(int)]
-        parts.append(table)
-    long = pd.concat(parts, ignore_index=True)
-    long["covered"] = (long["lower"] <= long["truth"]) & (long["truth"] <= long["upper"])
-    long["abs error"] = (long["share"] - long["truth"]).abs()
-    long["width"] = long["upper"] - long["lower"]
-    above = long["truth"] >= long["share"]
-    reach = np.where(above, long["upper"] - long["share"], long["share"] - long["lower"])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        long["need"] = np.where(long["abs error"] == 0, 0.0, long["abs error"] / reach)
-    return long
-
-
 def needed_factor(need: pd.Series | np.ndarray, level: float = 0.95) -> float:
     """The factor by which the intervals' distances from the estimate must be scaled so that ``level`` of them hold the truth.
 
@@ -595,7 +528,7 @@ def needed_factor(need: pd.Series | np.ndarray, level: float = 0.95) -> float:
     (the ``level`` quantile of the needed factors; an interval of zero width that misses needs ``inf``).
 
     Args:
-        need: per interval, the factor it needed (``_coverage_cells()["need"]``).
+        need: per interval, the factor it needed (the ``need`` column of :func:`summarise_cells`).
         level: the coverage aimed at.
     """
     need = np.asarray(need, dtype=float)
@@ -620,7 +553,12 @@ def coverage(
     factors: dict[str, float] | None = None,
     texts: int | None = None,
 ) -> pd.DataFrame:
-    """How often the intervals contain the true shares of shifted held-out samples (:func:`_coverage_cells`).
+    """How often the intervals contain the true shares of shifted held-out samples.
+
+    Repeat ``repeats`` times, cycling through the folds as the held-out fold: draw a shifted sample of it
+    (as :func:`shift_check`), compute :func:`shares` with intervals from the other folds, and compare each
+    class's estimate and interval with the shares the sample was drawn from (:func:`shifted_prevalence`):
+    the pool is taken as a sample of a population of texts, whose shares are what the study reports.
 
     Args:
         probs: out-of-fold class probabilities of the labelled texts, each fold's scaled by its validation
@@ -648,31 +586,51 @@ def coverage(
         ``mean abs error`` (over classes and samples), ``mean width`` of the intervals, ``needed factor`` (the
         widening with which ``level`` of them would have held it, :func:`needed_factor`), ``samples``.
     """
-    long = _coverage_cells(
-        probs,
-        gold,
-        folds,
-        repeats,
-        n_boot,
-        level,
-        up,
-        down,
-        factor,
-        methods,
-        seed,
-        fold_bootstrap,
-        calibrate,
-        factors,
-        texts,
-    )
+    probs, gold, folds = np.asarray(probs, dtype=float), np.asarray(gold, dtype=int), np.asarray(folds)
+    if not isinstance(repeats, int | np.integer) or repeats < 1:
+        raise DataError(f"repeats (shifted held-out samples) must be a whole number, 1 or more (got {repeats!r}).")
+    rng = np.random.default_rng(seed)
+    fold_ids = np.unique(folds)
+    held = {f: _held_out(probs, gold, folds, f, up, down, calibrate) for f in fold_ids}
+    names = [str(c) for c in range(probs.shape[1])]
+    parts = []
+    for r in range(repeats):
+        (tr_p, tr_y), (te_p, te_y), u, d = held[fold_ids[r % len(fold_ids)]]
+        idx = shifted_sample(te_y, u, d, rng, factor, texts=texts)
+        truth = shifted_prevalence(np.bincount(te_y, minlength=probs.shape[1]).astype(float), u, d, factor)
+        table = shares(
+            tr_p,
+            tr_y,
+            te_p[idx],
+            names,
+            methods=methods,
+            n_boot=n_boot,
+            level=level,
+            seed=int(rng.integers(2**31)),
+            oof_folds=folds[folds != fold_ids[r % len(fold_ids)]] if fold_bootstrap else None,
+            factors=factors,
+        )
+        table["sample"] = r
+        table["truth"] = truth[table["class"].astype(int)]
+        parts.append(table)
+    long = pd.concat(parts, ignore_index=True)
+    long["covered"] = (long["lower"] <= long["truth"]) & (long["truth"] <= long["upper"])
+    long["abs error"] = (long["share"] - long["truth"]).abs()
+    long["width"] = long["upper"] - long["lower"]
+    above = long["truth"] >= long["share"]
+    reach = np.where(above, long["upper"] - long["share"], long["share"] - long["lower"])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        long["need"] = np.where(long["abs error"] == 0, 0.0, long["abs error"] / reach)
     return summarise_cells(long, level)
 
 
 def summarise_cells(long: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
-    """Per method: coverage, mean absolute error, mean width and needed factor of :func:`_coverage_cells` rows.
+    """Per method: coverage, mean absolute error, mean width and needed factor of the checked intervals.
 
     Args:
-        long: :func:`_coverage_cells` output.
+        long: one row per sample × class × method: :func:`shares`' columns plus ``sample``, ``truth``,
+            ``covered``, ``abs error``, ``width`` and ``need`` (the factor by which the interval would have to
+            be widened to hold the truth: at most 1 if it does), as :func:`coverage` makes them.
         level: the coverage aimed at.
     """
     by = long.groupby("method", sort=False)
