@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import sys
 
@@ -18,9 +19,8 @@ MMAP_THRESHOLD = 32 << 20  # glibc's largest: blocks below it come from the reus
 TRIM_THRESHOLD = 1 << 30  # free memory at the top of the heap kept for reuse, up to 1 GiB
 TOP_PAD = 64 << 20  # the heap grows in steps of 64 MiB
 
-_done = False
 
-
+@functools.cache
 def keep_freed_memory() -> bool:
     """Make glibc keep freed memory for reuse in this process; True where it took effect (Linux, glibc).
 
@@ -32,9 +32,6 @@ def keep_freed_memory() -> bool:
     1 GiB of freed heap makes the same allocations reuse memory already mapped. The numbers computed do not
     change. Called at the start of every fold, final model and TAPT run (once per process).
     """
-    global _done
-    if _done:
-        return True
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -53,5 +50,4 @@ def keep_freed_memory() -> bool:
     )
     if not ok:
         log.debug("mallopt refused a setting; the allocator keeps its defaults")
-    _done = ok
     return ok
