@@ -41,7 +41,7 @@ import torch
 from accelerate import Accelerator, PartialState
 
 from . import bert, calibration, cli, cv, results, self_training
-from .data import path_list
+from .data import DataError, path_list
 from .folds import FoldSplit
 from .hardware import keep_freed_memory
 from .results import ModelResults, read_folds
@@ -376,7 +376,7 @@ class FineTuneJob:
             done = self.run.done_folds()
             final_cal = read_folds(self.run.path, done).pooled_calibration() if done else calibration.Calibration()
             calibration.save_calibration(out, final_cal)
-            (out / "training.json").write_text(json.dumps(info, indent=2))  # last: it marks the final model done
+            (out / results.FINAL_DONE).write_text(json.dumps(info, indent=2))  # last: it marks the final model done
             log.info("Final model (%d texts, %d epochs) saved to %s", len(train), epochs, out)
         PartialState().wait_for_everyone()
 
@@ -418,7 +418,7 @@ class FineTuneJob:
             cfg.resolved_precision(),
         )
         launch = self.write_launch()
-        final = cfg.train_final and not (run.final_dir / "training.json").exists()
+        final = cfg.train_final and not (run.final_dir / results.FINAL_DONE).exists()
         for k in [*pending, *([None] if final else [])] if self.teacher else []:  # once, before workers start
             self.pseudo_labelled(k)
         if pending:
@@ -662,13 +662,13 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = from_params(FineTuneConfig, json.loads(args.config.read_text()))
-    out_of_range = [k for k in args.folds or [] if k >= cfg.study.n_folds]
-    if out_of_range:
-        ap.error(
-            f"argument --folds: fold(s) {out_of_range} out of range: this run has folds 0 to {cfg.study.n_folds - 1}"
-        )
+    study = open_study(cfg.study)
+    try:
+        study.check_folds(args.folds or [])
+    except DataError as e:
+        ap.error(f"argument --folds: {e}")
     state = PartialState(cpu=cfg.use_cpu())
-    job = FineTuneJob(cfg, open_study(cfg.study), write=state.is_main_process)
+    job = FineTuneJob(cfg, study, write=state.is_main_process)
     if not state.is_main_process and state.is_local_main_process:
         job.run.record_environment()  # one file per machine of a multi-node run (the main process writes its own)
     if args.final:

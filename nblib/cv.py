@@ -71,6 +71,8 @@ def run_folds(
         threads: PyTorch threads of each fold (None: leave as is). A fold gives the same numbers whatever
             ``n_jobs`` is, as long as ``threads`` is the same.
     """
+    if which is not None:
+        study.check_folds(which)
     pending = run.pending_folds() if which is None else list(which)
     splits = [study.split(k, val_fraction) for k in pending]
     n_jobs = max(1, min(n_jobs, len(splits)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -64,6 +65,19 @@ class Study:
             val_fraction: share of the training folds used for validation.
         """
         return split_fold(self.data, self.folds, k, val_fraction, self.settings.seed)
+
+    def check_folds(self, which: Sequence[int]) -> None:
+        """Refuse fold numbers the study does not have (such a fold would test on no text and train on all).
+
+        Args:
+            which: fold numbers asked for.
+
+        Raises:
+            DataError: a fold outside 0 .. n_folds - 1; the message names it and the folds there are.
+        """
+        bad = [k for k in which if not 0 <= k < self.n_folds]
+        if bad:
+            raise DataError(f"fold(s) {bad} out of range: this run has folds 0 to {self.n_folds - 1}")
 
     @cached_property
     def pool(self) -> pd.DataFrame:

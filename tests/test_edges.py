@@ -84,3 +84,13 @@ def test_each_folds_validation_part_is_drawn_with_its_own_seed(tiny_data):
         != sorted(folds.validation_split(np.flatnonzero(assignment != k), data, 0.2, 7)[1])
         for k in range(3)
     )
+
+
+def test_a_fold_the_study_does_not_have_is_refused_before_any_training(tiny_study):
+    from nblib import cv
+
+    study = tiny_study(n_folds=3)
+    run = study.open_run("m", {"model": "m"})
+    with pytest.raises(DataError, match=r"fold\(s\) \[3\] out of range: this run has folds 0 to 2"):
+        cv.run_folds(study, run, lambda split: pytest.fail("trained"), 0.2, which=[0, 3])
+    assert run.pending_folds() == [0, 1, 2]  # nothing was saved
