@@ -14,7 +14,9 @@ import argparse
 import math
 from collections.abc import Callable
 
-__all__ = ["add_sheet_options", "float_in", "int_in", "int_list", "positive_int", "sheet_choice"]
+from .sheets import Params
+
+__all__ = ["SHEET_PARAMS", "add_sheet_options", "float_in", "int_in", "int_list", "positive_int", "sheet_choice"]
 
 
 def _range_words(low: float | None, high: float | None, low_open: bool = False, high_open: bool = False) -> str:
@@ -113,6 +115,10 @@ def sheet_choice(text: str) -> str | int:
     if stripped.lstrip("-").isdigit():
         return int_in(0)(stripped)
     return text
+
+
+# how the options of add_sheet_options are spelt, for the messages of the sheet reader (nblib.sheets.read_sheet)
+SHEET_PARAMS = Params(columns="--column ", sheet="--sheet ", header_row="--header-row ", encoding="--encoding ")
 
 
 def add_sheet_options(ap: argparse.ArgumentParser, what: str) -> None:

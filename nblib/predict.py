@@ -54,10 +54,7 @@ NOTEBOOK_PARAMS = PredictParams(
     columns="input_col=", sheet="input_sheet=", header_row="input_header_row=", encoding="input_encoding="
 )  # how 05_predict names predict_file's parameters
 CLI_PARAMS = PredictParams(
-    columns="--column ",
-    sheet="--sheet ",
-    header_row="--header-row ",
-    encoding="--encoding ",
+    **vars(cli.SHEET_PARAMS),
     ensemble="--ensemble ",
     max_len="--max-len ",
     batch_size="--batch-size ",
@@ -144,10 +141,10 @@ def model_dirs(
                 f"{params.ensemble}folds needs one."
             )
         run = RunFolder(model_dir)
-        unfinished = [why for p in run.fold_model_dirs() if (why := unfinished_model(p))]
+        folds = run.fold_model_dirs()
+        unfinished = [why for p in folds if (why := unfinished_model(p))]
         if unfinished:  # a fold model whose save did not finish: say so, rather than count it missing
             raise bert.ModelNotAvailableError(unfinished[0] + ".")
-        folds = [p for p in run.saved_models() if p != run.final_dir]
         n_folds = run.saved_config().get("n_folds") if run.config_file.exists() else None
         if not folds or (n_folds and len(folds) != n_folds):
             raise bert.ModelNotAvailableError(

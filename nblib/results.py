@@ -726,7 +726,7 @@ def done_marker(model_dir: str | Path) -> Path | None:
     if path.name == "final" and _is_run_folder(path.parent):
         return path / FINAL_DONE
     if path.parent.name == "fold_models" and path.name.removeprefix("fold_").isdigit():
-        return path.parents[1] / "folds" / f"{path.name}.json"
+        return RunFolder(path.parents[1])._fold_file(int(path.name.removeprefix("fold_")), ".json")
     if path.parent.name == "encoders" and path.name != TINY_RANDOM:
         return path / TAPT_DONE
     return None

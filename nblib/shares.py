@@ -54,7 +54,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from . import cli
 from .calibration import Calibration, apply_per_fold, cross_fitted, fit_class_bias
 from .results import ModelResults, RunFolder, load_run, run_of_saved_model
-from .sheets import DataError, Params, clean_text, read_sheet, write_table, writer_kind
+from .sheets import DataError, clean_text, read_sheet, write_table, writer_kind
 
 log = logging.getLogger(__name__)
 METHODS = ("CC", "ACC", "PCC", "PACC", "EMQ", "PPI")
@@ -212,11 +212,23 @@ class Bootstrap:
         point, boot = self.point[group][m], self.boot[group][:, m]
         if not len(boot):
             return np.full_like(point, np.nan), np.full_like(point, np.nan)
-        if not np.isfinite(factor):  # no widening made them hold the truth: all that is known is [0, 1]
-            return np.zeros_like(point), np.ones_like(point)
         alpha = (1 - level) / 2
-        low, high = (point + factor * self.spread * (np.quantile(boot, q, axis=0) - point) for q in (alpha, 1 - alpha))
-        return low, high
+        return widened(point, *np.quantile(boot, [alpha, 1 - alpha], axis=0), factor * self.spread)
+
+
+def widened(point: np.ndarray, low: np.ndarray, high: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """An interval with its distances from the estimate scaled by ``factor``; an infinite factor (no widening
+    made such intervals hold the truth) gives all that is known, [0, 1].
+
+    Args:
+        point: the estimates.
+        low: the interval's lower ends.
+        high: its upper ends.
+        factor: the scaling.
+    """
+    if not np.isfinite(factor):
+        return np.zeros_like(point), np.ones_like(point)
+    return point + factor * (low - point), point + factor * (high - point)
 
 
 def bootstrap(
@@ -352,13 +364,7 @@ def shares(
         for m, method in enumerate(boot.methods):
             f = float(factors.get(method, 1.0))
             if method == "PPI":
-                low, high = _ppi_interval(oof_probs, oof_gold, pool_probs[idx], level)
-                point = boot.point[name][m]
-                low, high = (
-                    (point + f * (low - point), point + f * (high - point))
-                    if np.isfinite(f)
-                    else (0 * low, 1 + 0 * high)
-                )
+                low, high = widened(boot.point[name][m], *_ppi_interval(oof_probs, oof_gold, pool_probs[idx], level), f)
             else:
                 low, high = boot.interval(name, method, level, f)
             share, low, high, clipped = clip_unit(boot.point[name][m], low, high)
@@ -812,8 +818,7 @@ def main(argv: list[str] | None = None) -> int:
         writer_kind(out)
         methods = check_methods(args.methods, CLI_NAMES)
         res = run_results(args.run_dir, CLI_NAMES)
-        params = Params(columns="--column ", sheet="--sheet ", header_row="--header-row ", encoding="--encoding ")
-        sheet = read_sheet(args.predicted, [args.column], args.sheet, args.header_row, args.encoding, params)
+        sheet = read_sheet(args.predicted, [args.column], args.sheet, args.header_row, args.encoding, cli.SHEET_PARAMS)
         pool = pool_from_table(
             sheet.df, res.config["label_names"], res.predictions["text"], args.column, args.group, CLI_NAMES
         )
@@ -831,7 +836,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"group differences ({choice.method}): {diff_out}")
     print(f"{len(pool.probs)} pool texts ({pool.repeated} repeating labelled texts and {pool.empty} empty left out).")
     whole = result.table[result.table["group"] == ""].pivot(index="class", columns="method", values="share")
-    print(whole[list(dict.fromkeys([*methods, choice.method]))].round(3).to_string())
+    print(whole[list(dict.fromkeys(result.table["method"]))].round(3).to_string())
     print(headline.paper_sentence(result, unit="texts"))
     return 0
 

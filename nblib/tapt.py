@@ -51,7 +51,7 @@ from . import bert
 from .bert_cv import FineTuneConfig, Hardware, absolute_paths, launch_torchrun, model_source
 from .cv import set_seed
 from .hardware import keep_freed_memory
-from .results import ResultsExistError, environment, same_source, stored_path, write_atomic
+from .results import TAPT_DONE, ResultsExistError, environment, same_source, stored_path, write_atomic
 from .settings import StudySettings, from_params, identity, runtime, setting, to_params
 from .study import Study, open_study
 from .text import is_content
@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 Masking = Literal["char", "word"]
 MASKINGS = ("char", "word")
 HEAD_FILE = "mlm_head.safetensors"
-INFO_FILE = "tapt.json"
+INFO_FILE = TAPT_DONE  # written last: it marks the adapted encoder as completely saved
 
 
 @dataclass
