@@ -21,7 +21,7 @@ import difflib
 import os
 import typing
 from collections.abc import Mapping, MutableMapping
-from dataclasses import MISSING, Field
+from dataclasses import Field
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from .settings import (
     SettingsError,
     StudySettings,
     UnlabelledSettings,
-    check,
+    defaults,
     flat_fields,
     flat_types,
     from_params,
@@ -78,9 +78,14 @@ def _parameters(classes: list[type]) -> dict[str, tuple[Field, Any]]:
     return out
 
 
+def _all_parameters() -> dict[str, tuple[Field, Any]]:
+    """Every parameter of every notebook by name, with its type."""
+    return _parameters([c for classes in notebook_settings().values() for c in classes])
+
+
 def known_keys() -> list[str]:
     """Every key a study file may hold: each parameter of each notebook."""
-    return sorted({name for classes in notebook_settings().values() for name in _parameters(classes)})
+    return sorted(_all_parameters())
 
 
 def _resolve(value: Any, kind: str | None, folder: Path) -> Any:
@@ -131,13 +136,13 @@ def read_study_file(path: str | Path) -> dict[str, Any]:
         raise SettingsError(f"Study file {path} is not valid YAML (UTF-8): {e}") from None
     if not isinstance(values, dict):
         raise SettingsError(f"Study file {path} must hold 'key: value' lines, not a {type(values).__name__}.")
-    known = known_keys()
-    unknown = [k for k in values if k not in known]
+    params = _all_parameters()
+    known = sorted(params)
+    unknown = [k for k in values if k not in params]
     if unknown:
         close = {k: difflib.get_close_matches(str(k), known, n=1) for k in unknown}
         named = ", ".join(f"'{k}'" + (f" (did you mean '{close[k][0]}'?)" if close[k] else "") for k in unknown)
         raise SettingsError(f"Study file {path}: unknown key(s) {named}. Known keys: {', '.join(known)}.")
-    params = _parameters([c for classes in notebook_settings().values() for c in classes])
     folder = path.resolve().parent
     out = {k: _resolve(_number(v, params[k][1]), path_kind(params[k][0]), folder) for k, v in values.items()}
     for key, name in DEFAULT_FOLDERS.items():
@@ -213,7 +218,7 @@ def use_parameters(namespace: MutableMapping[str, Any], notebook: str) -> dict[s
     if study_path and not isinstance(study_path, (str, os.PathLike)):
         study_path = None  # the Study an earlier run of the data cell opened: the file's values are in place already
     if study_path:
-        declared = {n: f.default if f.default is not MISSING else f.default_factory() for n, (f, _) in params.items()}
+        declared = {name: value for cls in classes for name, value in defaults(cls).items()}
         given = given_explicitly(namespace, declared)
         taken = {k: v for k, v in read_study_file(study_path).items() if k in params and k not in given}
         namespace.update(taken)
@@ -223,11 +228,8 @@ def use_parameters(namespace: MutableMapping[str, Any], notebook: str) -> dict[s
             + (f"; given explicitly (they override it): {', '.join(kept)}" if kept else "")
         )
     _check_inputs(namespace, params)
-    for name, (f, hint) in params.items():
-        if name in namespace:
-            check(name, namespace[name], hint, f)
     for cls in classes:
-        from_params(cls, namespace)
+        from_params(cls, namespace)  # checks every parameter of the notebook against its range
     names.use(namespace.get("display_names"))  # every figure and table of this notebook shows them
     return taken
 
@@ -310,7 +312,10 @@ def init(
     print(f"{sheet_path}: {len(cells)} rows; its columns:\n{columns.to_string()}\n")
     print(f"Guessed text_col: {text_col!r} (the longest texts); label_col: {label_col!r} (few distinct values).")
     print(f"{len(counts)} classes:\n{counts.to_string()}\n")
-    n_folds = 5
+    from .bert_cv import FineTuneConfig  # imported here, as in notebook_settings
+
+    study, model = defaults(StudySettings), defaults(FineTuneConfig)["model"]
+    n_folds = study["n_folds"]
     if len(counts) and counts.min() < n_folds:
         print(f"The smallest class has {counts.min()} text(s), fewer than n_folds = {n_folds}: merge it or label more.")
     settings = {
@@ -328,12 +333,12 @@ def init(
         yaml.safe_dump(settings, allow_unicode=True, sort_keys=False).rstrip(),
         "unlabelled_path: null  # a sheet of unlabelled texts (word2vec in 02, 05, 06), e.g. my_pool.xlsx",
         f"n_folds: {n_folds}",
-        "seed: 42",
+        f"seed: {study['seed']}",
         "# Results and figures go to results/ and figures/ next to this file; or name other folders:",
         "# results_dir: results",
         "# fig_dir: figures",
-        "model: bert-base-chinese  # 03's encoder: a hub id or a local folder (docs/models.md); tiny-random: a smoke run",
-        "plain_run: bert_bert-base-chinese  # the 03 run 06 builds on: bert_ + the model folder's name",
+        f"model: {model}  # 03's encoder: a hub id or a local folder (docs/models.md); tiny-random: a smoke run",
+        f"plain_run: {defaults(UnlabelledSettings)['plain_run']}  # the 03 run 06 builds on: bert_ + the model folder's name",
         "# Any notebook parameter may be set here (papermill notebooks/03_bert_cv.ipynb --help-notebook), e.g.:",
         "# epochs: 4",
     ]
