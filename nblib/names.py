@@ -34,12 +34,7 @@ DISPLAY_NAMES: dict[str, str] = {
     "val_loss": "Validation loss",
     "val_macro_f1": "Validation macro-F1",
     "probe_loss": "Probe loss",
-    # class-share estimators keep their standard abbreviations (Forman 2008; Bella et al. 2010; EMQ: Saerens 2002)
-    "CC": "CC",
-    "ACC": "ACC",
-    "PCC": "PCC",
-    "PACC": "PACC",
-    "EMQ": "EMQ",
+    # class-share estimators (CC, ACC, PCC, PACC, EMQ, PPI) are not listed: they keep their standard abbreviations
     # fine-tuning arms of 06_unlabelled
     "tapt": "TAPT",
     "self": "Self-training",

@@ -162,6 +162,12 @@ def _tick_names(label_names: Sequence[str], max_len: int = 8) -> list[str]:
     return [n if len(n) <= max_len else n[: max_len - 1] + "…" for n in label_names]
 
 
+def _row_normalised(cm: np.ndarray) -> np.ndarray:
+    """Each row of a confusion matrix as shares of its gold class (a row without texts stays 0)."""
+    rows = cm.sum(axis=1, keepdims=True)
+    return np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0)
+
+
 def confusion_matrices(
     cms: np.ndarray | Sequence[np.ndarray],
     label_names: Sequence[str],
@@ -182,8 +188,7 @@ def confusion_matrices(
     fig, axes = plt.subplots(len(cms), 2, figsize=(2 * size + 1, size * len(cms)), squeeze=False, layout="constrained")
     names = _tick_names(label_names)
     for r, cm in enumerate(cms):
-        rows = cm.sum(axis=1, keepdims=True)
-        norm = np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0)
+        norm = _row_normalised(cm)
         for ax, mat, fmt, sub in [(axes[r, 0], cm, "d", "counts"), (axes[r, 1], norm, ".2f", "row-normalised")]:
             sns.heatmap(
                 mat,
@@ -233,8 +238,7 @@ def confusion_grid(
     for ax in axes.flat[len(cms) :]:
         ax.set_visible(False)
     for i, (ax, cm) in enumerate(zip(axes.flat, cms, strict=False)):
-        rows = cm.sum(axis=1, keepdims=True)
-        norm = np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0)
+        norm = _row_normalised(cm)
         sns.heatmap(
             norm,
             annot=True,
