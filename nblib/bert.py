@@ -195,7 +195,7 @@ def build_tiny_encoder(
     return out_dir
 
 
-def check_model_folder(folder: str | Path, weights: bool = True) -> Path:
+def check_model_folder(folder: str | Path) -> Path:
     """A local model folder, checked before loading: completely saved (its done marker,
     :func:`nblib.results.finished_model`), a readable ``config.json`` of a model, undamaged weights and
     tokenizer files. Without this, transformers loads a folder that lacks its tokenizer files with a
@@ -203,7 +203,6 @@ def check_model_folder(folder: str | Path, weights: bool = True) -> Path:
 
     Args:
         folder: the model folder.
-        weights: check the weights too (False: an encoder's config and tokenizer only).
 
     Raises:
         ModelNotAvailableError: what is wrong, with the file and what to do.
@@ -229,8 +228,7 @@ def check_model_folder(folder: str | Path, weights: bool = True) -> Path:
             f"{path} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); without them every character "
             f"would be read as [UNK]. {COPY_AGAIN.capitalize()} — a saved model folder holds its tokenizer too."
         )
-    if weights:
-        _check_weights(path)
+    _check_weights(path)
     return path
 
 
