@@ -309,8 +309,8 @@ def _decode(data: bytes, encoding: str | None, path: Path, params: Params) -> tu
             raise DataError(
                 f"{params.encoding}{encoding!r} is not an encoding Python knows (try 'gb18030', 'utf-16' or 'big5')."
             ) from None
-        if enc == "gb18030" and not encoding and _garbled_share(text) >= GARBLED:
-            return _big5_or_warn(data, text, path, params)
+        if enc == "gb18030" and not encoding and (garbled := _garbled_share(text)) >= GARBLED:
+            return _big5_or_warn(data, text, garbled, path, params)
         return text, enc
     if encoding:
         raise DataError(
@@ -326,8 +326,9 @@ def _decode(data: bytes, encoding: str | None, path: Path, params: Params) -> tu
 def _garbled_share(text: str) -> float:
     """The share of the letters beyond ASCII that are private-use, or not among GB2312's hanzi (rare characters,
     kana, Greek…): near 0 for Chinese read in its own encoding, most of them for Big5 read as GB18030."""
-    letters = [c for c in text if ord(c) > 127 and unicodedata.category(c)[0] in "LC" and c not in "\r\n\t"]
-    return sum(not _gb2312_hanzi(c) for c in letters) / len(letters) if letters else 0.0
+    letters = {c: n for c, n in Counter(c for c in text if ord(c) > 127).items() if unicodedata.category(c)[0] in "LC"}
+    total = sum(letters.values())  # each distinct character is looked up once, however often it occurs
+    return sum(n for c, n in letters.items() if not _gb2312_hanzi(c)) / total if total else 0.0
 
 
 def _gb2312_hanzi(char: str) -> bool:
@@ -337,9 +338,9 @@ def _gb2312_hanzi(char: str) -> bool:
         return False
 
 
-def _big5_or_warn(data: bytes, text: str, path: Path, params: Params) -> tuple[str, str]:
-    """Bytes whose GB18030 reading is mostly rare or private-use characters: Big5 (traditional Chinese) when they
-    are valid Big5, else the GB18030 text with a warning."""
+def _big5_or_warn(data: bytes, text: str, garbled: float, path: Path, params: Params) -> tuple[str, str]:
+    """Bytes whose GB18030 reading is mostly rare or private-use characters (share ``garbled``): Big5 (traditional
+    Chinese) when they are valid Big5, else the GB18030 text with a warning."""
     try:
         big5 = data.decode("big5")
     except UnicodeDecodeError:
@@ -347,7 +348,7 @@ def _big5_or_warn(data: bytes, text: str, path: Path, params: Params) -> tuple[s
             "%s: read as GB18030/GBK, but %.0f%% of its characters are rare or private-use: garbled? Pass "
             "%s'<encoding>' (e.g. 'big5'), or save the sheet as .xlsx or 'CSV UTF-8'.",
             path.name,
-            100 * _garbled_share(text),
+            100 * garbled,
             params.encoding,
         )
         return text, "gb18030"
