@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -48,9 +49,14 @@ from .bert import (
     max_positions,
     resolve_model,
 )
-from .codebook import Codebook, entries_text
-from .results import ModelNotAvailableError
+from .codebook import Codebook, entries_text, read_codebook
+from .cv import FoldOutput, run_folds
+from .results import TINY_RANDOM, ModelNotAvailableError, ModelResults, write_atomic
 from .sheets import DataError
+
+if TYPE_CHECKING:
+    from .folds import FoldSplit
+    from .study import Study
 
 TEXT_SLOT = "{codebook}"  # where the template takes the codebook
 LABELS_SLOT = "{labels}"  # where the template takes the answers allowed, e.g. "0、1、2、3"
@@ -623,3 +629,260 @@ def build_tiny_causal_lm(
     )
     LlamaForCausalLM(config).save_pretrained(out_dir)
     return out_dir
+
+
+# --- the LLM as a model of the study ------------------------------------------------------------------------------
+
+
+class Backend(Protocol):
+    """What :func:`run_llm_folds` needs of a backend: a name and :meth:`score`."""
+
+    name: str
+
+    def score(self, prompt: Prompt, texts: Sequence[str]) -> Scores:
+        """Class probabilities of ``texts`` under ``prompt``."""
+        ...
+
+
+def draw_examples(
+    texts: Sequence[str], labels: np.ndarray, pool: np.ndarray, k: int, seed: int
+) -> list[tuple[int, str, int]]:
+    """``k`` examples of each class drawn from the texts at ``pool`` (e.g. a fold's training part), fixed by ``seed``,
+    in a shuffled order (classes interleaved): (index, text, class).
+
+    A class with fewer than ``k`` texts in the pool gives all it has.
+
+    Args:
+        texts: every labelled text.
+        labels: their class indices.
+        pool: the indices the examples may come from.
+        k: examples per class (0: none).
+        seed: seed of the draw.
+    """
+    rng = np.random.default_rng(seed)
+    pool = np.asarray(pool)
+    chosen = []
+    for c in np.unique(labels):
+        members = pool[labels[pool] == c]
+        chosen += list(rng.choice(members, size=min(k, len(members)), replace=False)) if k else []
+    chosen = [int(i) for i in rng.permutation(np.asarray(chosen, dtype=int))]
+    return [(i, str(texts[i]), int(labels[i])) for i in chosen]
+
+
+def run_name(backend: Backend, k: int) -> str:
+    """The results folder name of an LLM run: ``llm_<model>_<k>shot`` (``/`` of a hub id becomes ``_``).
+
+    Args:
+        backend: the backend (its ``name``).
+        k: examples per class (0: zero-shot).
+    """
+    return f"llm_{backend.name.replace('/', '_')}_{k}shot"
+
+
+def run_llm_folds(
+    study: Study,
+    backend: Backend,
+    prompt: Prompt,
+    k: int,
+    template: str | None = None,
+    name: str | None = None,
+    which: Sequence[int] | None = None,
+) -> ModelResults | None:
+    """Zero-shot (``k`` = 0) or k-shot classification of every fold's test texts, saved as a model of the study.
+
+    The "training" of fold ``f`` is the choice of its examples: ``k`` per class drawn from fold ``f``'s training
+    part only (never its test texts), fixed by the study's seed and the fold. Each fold's prompt (examples with
+    their sheet indices) is saved in ``prompts/fold_<f>.json`` of the run folder, the instruction in
+    ``prompt.json``; the fold's metrics row gets the tokens, the scoring time, invalid answers, requests and cost.
+    A finished fold is read back from the results, never scored again.
+
+    Args:
+        study: the study.
+        backend: the local or API backend.
+        prompt: the zero-shot prompt (its examples are replaced per fold).
+        k: examples per class.
+        template: the template the prompt was rendered from (saved with the run).
+        name: the results folder name (default :func:`run_name`).
+        which: the folds to run (default: every fold without results).
+
+    Returns:
+        The run's results when every fold is done (else None: the folds of ``which`` are saved).
+    """
+    prompt = prompt.with_examples(())
+    config = {
+        "llm": backend.name,
+        "backend": type(backend).__name__,
+        "prompt_sha": prompt.fingerprint(),
+        "k_shot": k,
+    }
+    run = study.open_run(name or run_name(backend, k), config)
+    texts, labels = np.asarray(study.data.texts, dtype=object), study.data.labels
+    record = {"template": template, **asdict(prompt)}
+    write_atomic(run.path / "prompt.json", lambda p: p.write_text(json.dumps(record, indent=2, ensure_ascii=False)))
+
+    def fit_predict(split: FoldSplit) -> FoldOutput:
+        drawn = draw_examples(texts, labels, np.concatenate([split.train, split.val]), k, split.seed)
+        fold_prompt = prompt.with_examples([(t, c) for _, t, c in drawn])
+        saved = {"fold": split.fold, "prompt_sha": fold_prompt.fingerprint(), "examples": drawn}
+        folder = run.path / "prompts"
+        folder.mkdir(exist_ok=True)
+        write_atomic(
+            folder / f"fold_{split.fold}.json", lambda p: p.write_text(json.dumps(saved, indent=2, ensure_ascii=False))
+        )
+        scores = backend.score(fold_prompt, list(texts[split.test]))
+        return FoldOutput(usable_probs(scores.probs), extra=metrics_of(scores))
+
+    run_folds(study, run, fit_predict, val_fraction=0.1, which=which)
+    return None if run.pending_folds() else run.finish()
+
+
+def usable_probs(probs: np.ndarray) -> np.ndarray:
+    """Probabilities for the results: a row a backend could not score (NaN) becomes uniform, so that it is counted
+    (in the fold's ``invalid``) and scored as a wrong or chance answer instead of being dropped.
+
+    Args:
+        probs: one row per text, NaN where not scored.
+    """
+    probs = np.array(probs, dtype=float)
+    probs[np.isnan(probs).any(axis=1)] = 1 / probs.shape[1]
+    return probs
+
+
+def metrics_of(scores: Scores) -> dict:
+    """The cost columns of a fold's metrics row: tokens, scoring seconds, invalid answers, requests, cost.
+
+    Args:
+        scores: what the backend returned for the fold.
+    """
+    return {
+        "texts": len(scores.probs),
+        "tokens_in": scores.tokens_in,
+        "tokens_out": scores.tokens_out,
+        "scoring_seconds": scores.seconds,
+        "invalid": scores.invalid,
+        "requests": scores.requests,
+        "cost": np.nan if scores.cost is None else scores.cost,
+    }
+
+
+def per_1000_texts(results: ModelResults) -> dict:
+    """Scoring time (seconds), tokens and cost per 1,000 texts of a finished LLM run, from its metrics rows.
+
+    Args:
+        results: the run.
+    """
+    m = results.metrics
+    n = m["texts"].sum()
+    return {
+        "seconds": 1000 * m["scoring_seconds"].sum() / n,
+        "tokens_in": 1000 * m["tokens_in"].sum() / n,
+        "tokens_out": 1000 * m["tokens_out"].sum() / n,
+        "cost": 1000 * m["cost"].sum() / n if m["cost"].notna().all() else None,
+    }
+
+
+def final_prompt(study: Study, prompt: Prompt, k: int) -> Prompt:
+    """The k-shot prompt for new texts (the pool): ``k`` examples per class from all labelled texts, fixed by the
+    study's seed. ``backend.score(final_prompt(...), texts).probs`` labels any texts.
+
+    Args:
+        study: the study.
+        prompt: the zero-shot prompt.
+        k: examples per class.
+    """
+    data = study.data
+    drawn = draw_examples(data.texts, data.labels, np.arange(len(data.texts)), k, study.settings.seed)
+    return prompt.with_examples([(t, c) for _, t, c in drawn])
+
+
+def stability_labels(
+    backend: Backend,
+    codebook: Codebook,
+    texts: Sequence[str],
+    templates: Sequence[str] = PARAPHRASES,
+    examples: Sequence[tuple[str, int]] = (),
+    language: str = "zh",
+    verbalizations: Sequence[str] | None = None,
+) -> np.ndarray:
+    """The label each paraphrase of the instruction gives each text: a texts × paraphrases matrix of class indices
+    (NaN where a text was not scored), for Krippendorff's alpha across the paraphrases.
+
+    Args:
+        backend: the backend.
+        codebook: the codebook.
+        texts: the texts.
+        templates: the paraphrases (default: :data:`PARAPHRASES`).
+        examples: few-shot examples shared by every paraphrase.
+        language: the prompt's language.
+        verbalizations: each class's answer (default: its label).
+    """
+    columns = []
+    for template in templates:
+        prompt = render_prompt(codebook, template, examples, language, verbalizations)
+        probs = backend.score(prompt, texts).probs
+        columns.append(np.where(np.isnan(probs).any(axis=1), np.nan, np.nan_to_num(probs).argmax(axis=1)))
+    return np.column_stack(columns)
+
+
+# --- what notebook 07 opens -------------------------------------------------------------------------------------
+
+
+def study_codebook(study: Study, codebook_path: str | None = None) -> Codebook:
+    """The codebook of the study in its class order: ``codebook_path``'s, or the study's label table.
+
+    Args:
+        study: the study.
+        codebook_path: a codebook file (:func:`nblib.codebook.read_codebook`), or None.
+    """
+    if codebook_path is None:
+        return Codebook.from_study(study)
+    return read_codebook(codebook_path).for_data(study.data, source=str(codebook_path))
+
+
+def local_model(study: Study, model: str, codebook: Codebook | None = None) -> str:
+    """The causal LM to load: ``model`` itself, or for ``tiny-random`` a random test model built from the study's
+    texts (and the codebook's words) once, in ``<study>/llms/tiny-random``.
+
+    Args:
+        study: the study.
+        model: a folder, hub id or ``tiny-random``.
+        codebook: its words join the tiny model's vocabulary.
+    """
+    if model != TINY_RANDOM:
+        return model
+    folder = study.path / "llms" / TINY_RANDOM
+    if not (folder / "config.json").exists():
+        words = codebook.to_frame().astype(str).to_string() if codebook else ""
+        build_tiny_causal_lm(study.data.texts, folder, seed=study.settings.seed, extra_text=words)
+    return str(folder)
+
+
+def open_backend(
+    study: Study,
+    backend: str,
+    model: str,
+    codebook: Codebook | None = None,
+    device: str = "auto",
+    batch_size: int = 16,
+    base_url: str | None = None,
+    key_env: str = "OPENAI_API_KEY",
+) -> Backend:
+    """The backend the notebook's parameters ask for: a :class:`LocalBackend`, or ``nblib.llm_api.ApiBackend``.
+
+    Args:
+        study: the study (where tiny-random is built).
+        backend: ``"local"`` or ``"api"``.
+        model: the local model (folder, hub id, tiny-random) or the API's model name.
+        codebook: the codebook (tiny-random's vocabulary).
+        device: local: where the model runs.
+        batch_size: local: texts per forward pass.
+        base_url: api: the server.
+        key_env: api: the environment variable with the key.
+    """
+    if backend == "api":
+        from .llm_api import ApiBackend
+
+        return ApiBackend(base_url=base_url, model=model, key_env=key_env, cache_dir=study.path / "llm_cache")
+    local = LocalBackend(local_model(study, model, codebook), device=device, batch_size=batch_size)
+    local.name = model if model == TINY_RANDOM else local.name
+    return local
