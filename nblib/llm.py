@@ -634,8 +634,9 @@ def build_tiny_causal_lm(
 # --- the LLM as a model of the study ------------------------------------------------------------------------------
 
 
-class Backend(Protocol):
-    """What :func:`run_llm_folds` needs of a backend: a name and :meth:`score`."""
+class _Backend(Protocol):
+    """What :func:`run_llm_folds` needs of a backend (:class:`LocalBackend`, ``nblib.llm_api.ApiBackend``): a name
+    and ``score(prompt, texts) -> Scores``."""
 
     name: str
 
@@ -669,7 +670,7 @@ def draw_examples(
     return [(i, str(texts[i]), int(labels[i])) for i in chosen]
 
 
-def run_name(backend: Backend, k: int) -> str:
+def run_name(backend: _Backend, k: int) -> str:
     """The results folder name of an LLM run: ``llm_<model>_<k>shot`` (``/`` of a hub id becomes ``_``).
 
     Args:
@@ -681,7 +682,7 @@ def run_name(backend: Backend, k: int) -> str:
 
 def run_llm_folds(
     study: Study,
-    backend: Backend,
+    backend: _Backend,
     prompt: Prompt,
     k: int,
     template: str | None = None,
@@ -796,7 +797,7 @@ def final_prompt(study: Study, prompt: Prompt, k: int) -> Prompt:
 
 
 def stability_labels(
-    backend: Backend,
+    backend: _Backend,
     codebook: Codebook,
     texts: Sequence[str],
     templates: Sequence[str] = PARAPHRASES,
@@ -866,7 +867,7 @@ def open_backend(
     batch_size: int = 16,
     base_url: str | None = None,
     key_env: str = "OPENAI_API_KEY",
-) -> Backend:
+) -> _Backend:
     """The backend the notebook's parameters ask for: a :class:`LocalBackend`, or ``nblib.llm_api.ApiBackend``.
 
     Args:
