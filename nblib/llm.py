@@ -670,14 +670,17 @@ def draw_examples(
     return [(i, str(texts[i]), int(labels[i])) for i in chosen]
 
 
-def run_name(backend: _Backend, k: int) -> str:
-    """The results folder name of an LLM run: ``llm_<model>_<k>shot`` (``/`` of a hub id becomes ``_``).
+def run_name(backend: _Backend, k: int, prompt: Prompt) -> str:
+    """The results folder name of an LLM run: ``llm_<model>_<k>shot_<prompt>`` (``/`` of a hub id becomes ``_``;
+    ``<prompt>``: the first 8 hex digits of the zero-shot prompt's fingerprint), so an edited template or codebook
+    gets a run of its own instead of clashing with the old one.
 
     Args:
         backend: the backend (its ``name``).
         k: examples per class (0: zero-shot).
+        prompt: the prompt (its examples do not count).
     """
-    return f"llm_{backend.name.replace('/', '_')}_{k}shot"
+    return f"llm_{backend.name.replace('/', '_')}_{k}shot_{prompt.with_examples(()).fingerprint()[:8]}"
 
 
 def run_llm_folds(
@@ -716,7 +719,7 @@ def run_llm_folds(
         "prompt_sha": prompt.fingerprint(),
         "k_shot": k,
     }
-    run = study.open_run(name or run_name(backend, k), config)
+    run = study.open_run(name or run_name(backend, k, prompt), config)
     texts, labels = np.asarray(study.data.texts, dtype=object), study.data.labels
     record = {"template": template, **asdict(prompt)}
     write_atomic(run.path / "prompt.json", lambda p: p.write_text(json.dumps(record, indent=2, ensure_ascii=False)))
