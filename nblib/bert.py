@@ -67,12 +67,16 @@ COPY_AGAIN = "copy the complete model folder again (or save it again with save_p
 # --- finding and building encoders ------------------------------------------------------------------
 
 
-def resolve_model(model: str) -> str:
+def resolve_model(model: str, pass_as: tuple[str, str] = ("BERT_MODEL", "model")) -> str:
     """Return a loadable source for ``model`` (a local folder, or a hub id found in the cache or online).
 
     Fails fast with instructions when the model cannot be had: the hub is probed once with a short timeout
     (no retry loop), and the message says how to get the model where the hub is unreachable: a hub mirror
     (``HF_ENDPOINT``), ModelScope, or a folder copied from another machine (see docs/models.md).
+
+    Args:
+        model: a local folder or a hub id.
+        pass_as: the make variable and notebook parameter the message tells to pass the folder as.
     """
     path = Path(model).expanduser()
     if path.is_dir():
@@ -95,7 +99,7 @@ def resolve_model(model: str) -> str:
             return model
         except (OSError, ValueError) as e:
             unreachable = f"the hub answered: {str(e).splitlines()[0][:200]}"
-    raise ModelNotAvailableError(model_help(model, unreachable))
+    raise ModelNotAvailableError(model_help(model, unreachable, pass_as))
 
 
 def hub_endpoint() -> str:
@@ -117,12 +121,13 @@ def _hub_unreachable(endpoint: str, timeout: float = 3.0) -> str | None:
     return None
 
 
-def model_help(model: str, why: str) -> str:
+def model_help(model: str, why: str, pass_as: tuple[str, str] = ("BERT_MODEL", "model")) -> str:
     """What to do when ``model`` is neither a local folder nor in the cache and cannot be downloaded.
 
     Args:
         model: the hub id asked for.
         why: why it could not be downloaded.
+        pass_as: the make variable and notebook parameter to pass the folder as.
     """
     folder = f"models/{Path(model).name}"
     return (
@@ -132,7 +137,7 @@ def model_help(model: str, why: str) -> str:
         f"  - ModelScope: pip install modelscope; modelscope download --model <its ModelScope id> --local_dir {folder}\n"
         f"    (search modelscope.cn for {Path(model).name})\n"
         f"  - on a machine with internet: hf download {model} --local-dir {folder}, then copy the folder here\n"
-        f"Then pass the folder: make notebooks BERT_MODEL=$PWD/{folder}, or papermill … -p model /path/to/{folder}."
+        f"Then pass the folder: make notebooks {pass_as[0]}=$PWD/{folder}, or papermill … -p {pass_as[1]} /path/to/{folder}."
     )
 
 

@@ -325,7 +325,7 @@ class LocalBackend:
         Raises:
             ModelNotAvailableError: the model cannot be had, or is not a causal LM.
         """
-        self.source = resolve_model(model)
+        self.source = resolve_model(model, pass_as=("LLM_MODEL", "llm_model"))
         self.name = Path(model).name if Path(model).expanduser().is_dir() else model
         self.config = check_causal_lm(self.source)
         self.tokenizer = load_tokenizer(self.source)
@@ -396,9 +396,14 @@ class LocalBackend:
         Raises:
             PromptTooLongError: it does not fit.
         """
-        if not self.context or not len(texts):
+        self._check_fits(prompt, *self.encode(prompt, texts))
+
+    def _check_fits(
+        self, prompt: Prompt, prefix: list[int], text_ids: list[list[int]], answers: list[list[int]]
+    ) -> None:
+        """:meth:`check_fits` on the prompt's tokens."""
+        if not self.context or not text_ids:
             return
-        prefix, text_ids, answers = self.encode(prompt, texts)
         longest, answer = max(map(len, text_ids)), max(map(len, answers))
         need = len(prefix) + longest + answer
         if need <= self.context:
@@ -438,8 +443,8 @@ class LocalBackend:
             progress: show a progress bar.
         """
         start = time.perf_counter()
-        loglik = self.log_likelihoods(prompt, texts, reuse_prefix, progress)
-        prefix, text_ids, answers = self.encode(prompt, texts)
+        prefix, text_ids, answers = tokens = self.encode(prompt, texts)
+        loglik = self._log_likelihoods(prompt, *tokens, reuse_prefix, progress)
         return Scores(
             probs=_softmax(loglik),
             tokens_in=len(texts) * len(prefix) + sum(map(len, text_ids)),
@@ -459,11 +464,23 @@ class LocalBackend:
             reuse_prefix: see :meth:`score`.
             progress: show a progress bar.
         """
-        self.check_fits(prompt, texts)
-        prefix, text_ids, answers = self.encode(prompt, texts)
-        out = np.empty((len(texts), len(answers)))
+        return self._log_likelihoods(prompt, *self.encode(prompt, texts), reuse_prefix, progress)
+
+    @torch.inference_mode()
+    def _log_likelihoods(
+        self,
+        prompt: Prompt,
+        prefix: list[int],
+        text_ids: list[list[int]],
+        answers: list[list[int]],
+        reuse_prefix: bool,
+        progress: bool,
+    ) -> np.ndarray:
+        """:meth:`log_likelihoods` on the prompt's tokens."""
+        self._check_fits(prompt, prefix, text_ids, answers)
+        out = np.empty((len(text_ids), len(answers)))
         cache = self._prefix_cache(prefix) if reuse_prefix else None
-        starts = range(0, len(texts), self.batch_size)
+        starts = range(0, len(text_ids), self.batch_size)
         for s in tqdm(starts, desc=f"{self.name}: scoring", disable=not progress, unit="batch"):
             batch = text_ids[s : s + self.batch_size]
             if reuse_prefix:

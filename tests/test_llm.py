@@ -230,3 +230,12 @@ def test_final_prompt_draws_from_all_labelled_texts_and_stability_gives_a_label_
     assert len(prompt.examples) == 6 and {c for _, c in prompt.examples} == {0, 1, 2}
     labels = llm.stability_labels(backend, codebook, TEXTS, llm.PARAPHRASES[:3])
     assert labels.shape == (len(TEXTS), 3) and set(np.unique(labels)) <= {0, 1, 2, 3}
+
+
+def test_a_hub_id_that_cannot_be_had_says_how_to_pass_a_folder_to_07(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotAvailableError) as e:
+        llm.LocalBackend("nobody-has/this-llm", device="cpu")
+    msg = str(e.value)
+    assert "HF_HUB_OFFLINE is set" in msg and "make notebooks LLM_MODEL=$PWD/models/this-llm" in msg
+    assert "-p llm_model /path/to/models/this-llm" in msg and "BERT_MODEL" not in msg
