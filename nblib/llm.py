@@ -15,6 +15,7 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -33,6 +34,7 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     PretrainedConfig,
+    PreTrainedModel,
     PreTrainedTokenizerFast,
 )
 from transformers.models.auto.modeling_auto import (
@@ -282,6 +284,20 @@ def local_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def local_devices(device: str | Sequence[str] = "auto") -> list[torch.device]:
+    """The devices a local model runs on: ``"auto"`` every visible GPU (else the CPU), ``"cuda"`` every GPU, one
+    device by name, or each of a list.
+
+    Args:
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``…, or a list of them.
+    """
+    if not isinstance(device, str):
+        return [torch.device(d) for d in device]
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    return [local_device(device)]
+
+
 def local_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
     """bf16 on a GPU that computes it (fp16 on older ones), fp32 on the CPU, unless ``dtype`` says otherwise.
 
@@ -308,7 +324,7 @@ class LocalBackend:
     def __init__(
         self,
         model: str,
-        device: str = "auto",
+        device: str | Sequence[str] = "auto",
         dtype: str | torch.dtype | None = None,
         batch_size: int = 16,
         chat: bool | None = None,
@@ -317,7 +333,9 @@ class LocalBackend:
 
         Args:
             model: a local model folder or a hub id (a causal LM).
-            device: ``"auto"`` (first GPU, else CPU), ``"cpu"``, ``"cuda:0"``…
+            device: ``"auto"`` (every visible GPU, else the CPU), ``"cpu"``, ``"cuda"`` (every GPU), ``"cuda:0"``…,
+                or a list of devices: with several, the texts are split into one shard per device, each scored by
+                its own copy of the model at the same time.
             dtype: the weights' dtype (None: bf16 on GPU, fp32 on CPU).
             batch_size: texts scored per forward pass.
             chat: use the tokenizer's chat template (None: when it has one); False: the plain prompt.
@@ -329,11 +347,13 @@ class LocalBackend:
         self.name = Path(model).name if Path(model).expanduser().is_dir() else model
         self.config = check_causal_lm(self.source)
         self.tokenizer = load_tokenizer(self.source)
-        self.device = local_device(device)
+        devices = local_devices(device)
+        self.device = devices[0]
         self.dtype = local_dtype(self.device, dtype)
         self.batch_size = batch_size
         self.chat = bool(self.tokenizer.chat_template) if chat is None else chat
         self.model = load_pretrained(AutoModelForCausalLM, self.source, dtype=self.dtype).to(self.device).eval()
+        self.replicas = [self.model] + [copy.deepcopy(self.model).to(d) for d in devices[1:]]
         self.context = max_positions(self.config)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
@@ -478,35 +498,65 @@ class LocalBackend:
     ) -> np.ndarray:
         """:meth:`log_likelihoods` on the prompt's tokens."""
         self._check_fits(prompt, prefix, text_ids, answers)
+        bar = tqdm(total=len(text_ids), desc=f"{self.name}: scoring", disable=not progress, unit="text")
+        shards = np.array_split(np.arange(len(text_ids)), len(self.replicas))
+        jobs = [
+            (model, [text_ids[i] for i in shard])
+            for model, shard in zip(self.replicas, shards, strict=True)
+            if len(shard)
+        ]
+        if len(jobs) == 1:
+            parts = [self._shard(jobs[0][0], prefix, jobs[0][1], answers, reuse_prefix, bar)]
+        else:  # one thread per device: PyTorch releases the GIL while each GPU computes
+            with ThreadPoolExecutor(len(jobs)) as pool:
+                parts = list(pool.map(lambda j: self._shard(j[0], prefix, j[1], answers, reuse_prefix, bar), jobs))
+        bar.close()
+        return np.concatenate(parts) if parts else np.empty((0, len(answers)))
+
+    @torch.inference_mode()
+    def _shard(
+        self,
+        model: PreTrainedModel,
+        prefix: list[int],
+        text_ids: list[list[int]],
+        answers: list[list[int]],
+        reuse_prefix: bool,
+        bar: tqdm,
+    ) -> np.ndarray:
+        """The answers' log-likelihoods of some texts, batch by batch, with one copy of the model."""
         out = np.empty((len(text_ids), len(answers)))
-        cache = self._prefix_cache(prefix) if reuse_prefix else None
-        starts = range(0, len(text_ids), self.batch_size)
-        for s in tqdm(starts, desc=f"{self.name}: scoring", disable=not progress, unit="batch"):
+        cache = self._prefix_cache(model, prefix) if reuse_prefix else None
+        for s in range(0, len(text_ids), self.batch_size):
             batch = text_ids[s : s + self.batch_size]
             if reuse_prefix:
-                out[s : s + len(batch)] = self._batch_cached(cache, len(prefix), batch, answers)
+                out[s : s + len(batch)] = self._batch_cached(model, cache, len(prefix), batch, answers)
             else:
-                out[s : s + len(batch)] = self._batch_naive(prefix, batch, answers)
+                out[s : s + len(batch)] = self._batch_naive(model, prefix, batch, answers)
+            bar.update(len(batch))
         return out
 
-    def _prefix_cache(self, prefix: list[int]) -> DynamicCache:
-        ids = torch.tensor([prefix], device=self.device)
-        return self.model(input_ids=ids, use_cache=True, logits_to_keep=1).cache
+    @staticmethod
+    def _prefix_cache(model: PreTrainedModel, prefix: list[int]) -> DynamicCache:
+        ids = torch.tensor([prefix], device=model.device)
+        return model(input_ids=ids, use_cache=True, logits_to_keep=1).cache
 
     def _batch_cached(
-        self, prefix_cache: DynamicCache, n_prefix: int, texts: list[list[int]], answers: list[list[int]]
+        self,
+        model: PreTrainedModel,
+        prefix_cache: DynamicCache,
+        n_prefix: int,
+        texts: list[list[int]],
+        answers: list[list[int]],
     ) -> np.ndarray:
         """One batch: the texts after a copy of the prefix cache (left-padded, so each text ends where the answers
         start), then every (text, answer) pair's answer tokens after the texts' cache."""
         b, c = len(texts), len(answers)
-        ids, mask = _padded(texts, self.pad_id, left=True, device=self.device)
+        ids, mask = _padded(texts, self.pad_id, left=True, device=model.device)
         positions = n_prefix + (mask.cumsum(1) - 1).clamp(min=0)
         cache = copy.deepcopy(prefix_cache)
         cache.batch_repeat_interleave(b)
-        attention = torch.cat([torch.ones(b, n_prefix, dtype=mask.dtype, device=self.device), mask], 1)
-        first = self.model(
-            input_ids=ids, attention_mask=attention, position_ids=positions, cache=cache, logits_to_keep=1
-        )
+        attention = torch.cat([torch.ones(b, n_prefix, dtype=mask.dtype, device=model.device), mask], 1)
+        first = model(input_ids=ids, attention_mask=attention, position_ids=positions, cache=cache, logits_to_keep=1)
         first_logp = torch.log_softmax(first.logits[:, -1].float(), -1)
         total = first_logp[:, [a[0] for a in answers]]  # (b, c): each answer's first token
         longest = max(map(len, answers))
@@ -515,26 +565,28 @@ class LocalBackend:
         # the answers' remaining tokens: b × c rows, text-major (the cache repeats each text c times)
         cache = first.cache
         cache.batch_repeat_interleave(c)
-        ans, ans_mask = _padded(answers, self.pad_id, left=False, device=self.device)
+        ans, ans_mask = _padded(answers, self.pad_id, left=False, device=model.device)
         rows_in, rows_mask = ans[:, :-1].repeat(b, 1), ans_mask[:, :-1].repeat(b, 1)
         attention = torch.cat([attention.repeat_interleave(c, 0), rows_mask], 1)
         ends = (n_prefix + mask.sum(1)).repeat_interleave(c)
-        positions = ends[:, None] + torch.arange(longest - 1, device=self.device)
-        rest = self.model(input_ids=rows_in, attention_mask=attention, position_ids=positions, cache=cache)
+        positions = ends[:, None] + torch.arange(longest - 1, device=model.device)
+        rest = model(input_ids=rows_in, attention_mask=attention, position_ids=positions, cache=cache)
         logp = torch.log_softmax(rest.logits.float(), -1)
         target, target_mask = ans[:, 1:].repeat(b, 1), ans_mask[:, 1:].repeat(b, 1)
         picked = logp.gather(-1, target[..., None])[..., 0] * target_mask
         return (total + picked.sum(1).view(b, c)).cpu().numpy()
 
-    def _batch_naive(self, prefix: list[int], texts: list[list[int]], answers: list[list[int]]) -> np.ndarray:
+    def _batch_naive(
+        self, model: PreTrainedModel, prefix: list[int], texts: list[list[int]], answers: list[list[int]]
+    ) -> np.ndarray:
         """One batch the naive way: the whole prompt, text and answer for every (text, class) pair."""
         rows = [prefix + t + a for t in texts for a in answers]
-        ids, mask = _padded(rows, self.pad_id, left=True, device=self.device)
+        ids, mask = _padded(rows, self.pad_id, left=True, device=model.device)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         longest = max(map(len, answers))
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=longest + 1)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=longest + 1)
         logp = torch.log_softmax(out.logits[:, :-1].float(), -1)  # position j predicts the token at j + 1
-        ans, ans_mask = _padded([a for _ in texts for a in answers], self.pad_id, left=True, device=self.device)
+        ans, ans_mask = _padded([a for _ in texts for a in answers], self.pad_id, left=True, device=model.device)
         picked = logp.gather(-1, ans[..., None])[..., 0] * ans_mask
         return picked.sum(1).view(len(texts), len(answers)).cpu().numpy()
 

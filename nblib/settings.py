@@ -535,4 +535,6 @@ class LlmSettings:
     api_base_url: str | None = setting(None, "api: the server's base URL, e.g. https://api.deepseek.com/v1")
     api_key_env: str = runtime("OPENAI_API_KEY", "api: the environment variable holding the key (never written)")
     llm_batch_size: int = runtime(16, "local: texts per forward pass", ge=1)
-    device: Literal["auto", "cpu", "cuda"] = runtime("auto", "local: auto, cpu or cuda")
+    device: Literal["auto", "cpu", "cuda"] = runtime(
+        "auto", "local: auto or cuda: every visible GPU (texts sharded), or cpu"
+    )

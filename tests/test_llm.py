@@ -239,3 +239,11 @@ def test_a_hub_id_that_cannot_be_had_says_how_to_pass_a_folder_to_07(monkeypatch
     msg = str(e.value)
     assert "HF_HUB_OFFLINE is set" in msg and "make notebooks LLM_MODEL=$PWD/models/this-llm" in msg
     assert "-p llm_model /path/to/models/this-llm" in msg and "BERT_MODEL" not in msg
+
+
+def test_texts_sharded_over_several_devices_give_the_same_probabilities(backend, codebook):
+    sharded = llm.LocalBackend(backend.source, device=["cpu", "cpu"], batch_size=2)
+    assert len(sharded.replicas) == 2 and sharded.replicas[1] is not sharded.model
+    prompt = llm.render_prompt(codebook, examples=[(TEXTS[0], 0)])
+    texts = TEXTS[:5]  # shards of 3 and 2 texts
+    np.testing.assert_allclose(sharded.score(prompt, texts).probs, backend.score(prompt, texts).probs, atol=1e-6)
