@@ -526,12 +526,14 @@ class LocalBackend:
         """The answers' log-likelihoods of some texts, batch by batch, with one copy of the model."""
         out = np.empty((len(text_ids), len(answers)))
         cache = self._prefix_cache(model, prefix) if reuse_prefix else None
-        for s in range(0, len(text_ids), self.batch_size):
-            batch = text_ids[s : s + self.batch_size]
+        # a sliding-window layer's cache keeps the last tokens by slot, padding included: batch equal lengths there
+        sliding = cache is not None and any(cache.is_sliding)
+        for rows in batches([len(t) for t in text_ids], self.batch_size, same_length=sliding):
+            batch = [text_ids[i] for i in rows]
             if reuse_prefix:
-                out[s : s + len(batch)] = self._batch_cached(model, cache, len(prefix), batch, answers)
+                out[rows] = self._batch_cached(model, cache, len(prefix), batch, answers)
             else:
-                out[s : s + len(batch)] = self._batch_naive(model, prefix, batch, answers)
+                out[rows] = self._batch_naive(model, prefix, batch, answers)
             bar.update(len(batch))
         return out
 
@@ -589,6 +591,22 @@ class LocalBackend:
         ans, ans_mask = _padded([a for _ in texts for a in answers], self.pad_id, left=True, device=model.device)
         picked = logp.gather(-1, ans[..., None])[..., 0] * ans_mask
         return picked.sum(1).view(len(texts), len(answers)).cpu().numpy()
+
+
+def batches(lengths: Sequence[int], size: int, same_length: bool = False) -> list[np.ndarray]:
+    """Batches of at most ``size`` texts (their indices): in order, or, with ``same_length``, texts of one token
+    length each (shortest first), so that no batch needs padding.
+
+    Args:
+        lengths: each text's tokens.
+        size: the most texts per batch.
+        same_length: batch only texts of equal length.
+    """
+    if not same_length:
+        return [np.arange(s, min(s + size, len(lengths))) for s in range(0, len(lengths), size)]
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    groups = np.split(order, np.flatnonzero(np.diff(np.asarray(lengths)[order])) + 1) if len(order) else []
+    return [g[s : s + size] for g in groups for s in range(0, len(g), size)]
 
 
 def _padded(

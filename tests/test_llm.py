@@ -247,3 +247,35 @@ def test_texts_sharded_over_several_devices_give_the_same_probabilities(backend,
     prompt = llm.render_prompt(codebook, examples=[(TEXTS[0], 0)])
     texts = TEXTS[:5]  # shards of 3 and 2 texts
     np.testing.assert_allclose(sharded.score(prompt, texts).probs, backend.score(prompt, texts).probs, atol=1e-6)
+
+
+def test_batches_in_order_or_of_one_length():
+    assert [list(b) for b in llm.batches([3, 1, 2, 5, 1], 2)] == [[0, 1], [2, 3], [4]]
+    assert [list(b) for b in llm.batches([3, 1, 2, 1, 1, 3], 2, same_length=True)] == [[1, 3], [4], [2], [0, 5]]
+
+
+def test_sliding_window_layers_give_the_brute_force_likelihoods_too(tmp_path, codebook):
+    """Gemma 3 (e.g. 270M) mixes sliding-window layers, whose cache keeps the last tokens by slot: the prefix reuse
+    must still equal a plain forward pass when the prompt is longer than the window and the texts' lengths differ."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    folder = llm.build_tiny_causal_lm(TEXTS, tmp_path / "gemma", extra_text=codebook.to_frame().to_string())
+    vocab = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        sliding_window=16,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        pad_token_id=0,
+    )
+    Gemma3ForCausalLM(config).save_pretrained(folder)
+    gemma = llm.LocalBackend(str(folder), device="cpu", batch_size=3)
+    prompt = llm.render_prompt(codebook, examples=[(TEXTS[0], 0)], verbalizations=NAMES)
+    assert len(gemma.encode(prompt, TEXTS)[0]) > 16
+    np.testing.assert_allclose(gemma.log_likelihoods(prompt, TEXTS), brute_force(gemma, prompt, TEXTS), atol=1e-4)
