@@ -403,7 +403,12 @@ class LocalBackend:
             together = self._encode(suffix + verbalization)  # the answer's tokens as they follow the prompt
             own = together[len(after) :] if together[: len(after)] == after else []
             answers.append(own or self._encode(verbalization))
-        return prefix_ids, [self._encode(str(t) + suffix) for t in texts], answers
+        texts_ids = (
+            self.tokenizer([str(t) + suffix for t in texts], add_special_tokens=False)["input_ids"]
+            if len(texts)
+            else []
+        )
+        return prefix_ids, texts_ids, answers
 
     def check_fits(self, prompt: Prompt, texts: Sequence[str]) -> None:
         """Refuse a prompt that, with the longest text and answer, does not fit into the model's context; the
