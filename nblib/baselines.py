@@ -66,7 +66,7 @@ class BaselineConfig:
     w2v_min_count: int = setting(2, "word2vec: a unit must occur this often", ge=1)
     mlp_hidden: int = setting(256, "hidden units of the MLPs", ge=1)
     lstm_hidden: int = setting(64, "hidden units of the LSTMs", ge=1)
-    max_len: int = setting(128, "units per text for the LSTM", ge=1)
+    lstm_max_units: int = setting(128, "units per text read by the LSTM (longer texts are cut)", ge=1)
     dropout: float = setting(0.3, "dropout of the MLPs and LSTMs", ge=0, lt=1)
     epochs: int = setting(20, "upper bound; early stopping on the validation part decides", ge=1)
     patience: int = setting(2, "stop after this many epochs without a better validation score", ge=1)
@@ -480,7 +480,7 @@ class BaselineSuite:
                 {"features": len(columns)},
             )
         vocab = features.Vocab([self.tokens[i] for i in split.train], min_count=1, max_size=c.max_features)
-        seqs = vocab.encode(self.tokens, c.max_len)
+        seqs = vocab.encode(self.tokens, c.lstm_max_units)
         extra = {"vocab": len(vocab)}
         pretrained = None
         if name == "lstm_word2vec":

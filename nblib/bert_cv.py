@@ -40,12 +40,12 @@ import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
 
-from . import bert, calibration, cli, cv, results, self_training
+from . import bert, calibration, cli, cv, predict, results, self_training
 from .data import DataError, path_list
 from .folds import FoldSplit
 from .hardware import keep_freed_memory
 from .results import ModelResults, read_folds
-from .settings import ModelSelection, StudySettings, from_params, identity, runtime, setting, to_params
+from .settings import MAX_LEN, ModelSelection, StudySettings, from_params, identity, runtime, setting, to_params
 from .study import Study, open_study
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class FineTuneConfig(Hardware):
         "bert-base-chinese", "hub id, or a local folder (offline servers), or tiny-random for a smoke run", path="model"
     )
     run_name: str | None = runtime(None, "results folder name (default bert_ + model folder name)")
-    max_len: int = setting(128, "tokens per text; longer texts are cut (and counted)", ge=1)
+    max_len: int = setting(MAX_LEN, "tokens per text; longer texts are cut (and counted)", ge=1)
     truncation: Literal["head", "head+tail"] = setting("head", "what a cut text keeps: head, or head+tail")
     train: bert.TrainSettings = field(default_factory=bert.TrainSettings)
     selection: ModelSelection = field(default_factory=ModelSelection)
@@ -289,6 +289,7 @@ class FineTuneJob:
         temperature = calibration.fit_temperature(res.val_logits, self.study.data.labels[split.val])
         if self.config.save_fold_models and PartialState().is_main_process:
             out = bert.save_checkpoint(res.model, self.tokenizer, self.run.fold_model_dir(split.fold))
+            predict.save_record(out, self.config.max_len, self.config.truncation)  # how 05 reads texts for it
             where = f"fold {split.fold}'s validation part, {len(split.val)} texts"
             calibration.save_calibration(out, calibration.Calibration(temperature, None, where))
         extra = {
@@ -366,6 +367,7 @@ class FineTuneJob:
         )
         if PartialState().is_main_process:
             out = bert.save_checkpoint(res.model, self.tokenizer, self.run.final_dir)
+            predict.save_record(out, self.config.max_len, self.config.truncation)
             info = {
                 "epochs": epochs,
                 "fold_best_epochs": best,

@@ -3,6 +3,7 @@
     ap.add_argument("--batch-size", type=cli.int_in(1), default=64)
     ap.add_argument("--n-boot", type=cli.int_in(1, 100_000), default=1000)
     ap.add_argument("--level", type=cli.float_in(0, 1, low_open=True, high_open=True), default=0.95)
+    cli.add_setting_option(ap, "--max-len", field, hint)  # type, range, choices, default, help of a settings field
 
 A value out of range (or not a number) stops the command before any work, with argparse's usual
 ``error: argument --batch-size: …`` line that names the parameter and the allowed range.
@@ -12,11 +13,25 @@ from __future__ import annotations
 
 import argparse
 import math
+import typing
 from collections.abc import Callable
+from dataclasses import MISSING, Field
+from typing import Any, Literal
 
+from .settings import StudySettings, flat_fields, help_of, range_of
 from .sheets import Params
 
-__all__ = ["SHEET_PARAMS", "add_sheet_options", "float_in", "int_in", "int_list", "positive_int", "sheet_choice"]
+__all__ = [
+    "SHEET_PARAMS",
+    "add_setting_option",
+    "add_sheet_options",
+    "float_in",
+    "int_in",
+    "int_list",
+    "positive_int",
+    "setting_type",
+    "sheet_choice",
+]
 
 
 def _range_words(low: float | None, high: float | None, low_open: bool = False, high_open: bool = False) -> str:
@@ -104,6 +119,60 @@ def int_list(low: int | None = 0) -> Callable[[str], list[int]]:
     return parse
 
 
+def _members(hint: Any) -> list[Any]:
+    """The members of a union type other than None (``int | None`` → ``[int]``)."""
+    members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, type(int | None)) else (hint,)
+    return [m for m in members if m is not type(None)]
+
+
+def _int_bounds(f: Field) -> tuple[int | None, int | None]:
+    """The least and greatest whole number a settings field's range allows (None: no bound)."""
+    r = range_of(f)
+    if r is None:
+        return None, None
+    low = r.ge if r.ge is not None else (math.floor(r.gt) + 1 if r.gt is not None else None)
+    high = r.le if r.le is not None else (math.ceil(r.lt) - 1 if r.lt is not None else None)
+    return (None if low is None else math.ceil(low)), (None if high is None else math.floor(high))
+
+
+def setting_type(f: Field, hint: Any) -> Callable[[str], Any] | None:
+    """The argparse ``type`` of a settings field: whole numbers or numbers in the field's range (None: text).
+
+    Args:
+        f: the field (its range, from :func:`nblib.settings.setting`).
+        hint: its type.
+    """
+    members = _members(hint)
+    if int in members:
+        return int_in(*_int_bounds(f))
+    if float in members:
+        r = range_of(f)
+        if r is None:
+            return float_in()
+        low, high = (r.ge if r.ge is not None else r.gt), (r.le if r.le is not None else r.lt)
+        return float_in(low, high, low_open=r.gt is not None, high_open=r.lt is not None)
+    return None
+
+
+def add_setting_option(ap: argparse.ArgumentParser, flag: str, f: Field, hint: Any) -> None:
+    """Add an option made from a settings field: its type and range (:func:`setting_type`), its Literal values as
+    choices, its default and its help text, so that the command line and the notebook check the same values.
+
+    Args:
+        ap: the parser.
+        flag: the option, e.g. ``--max-len`` (its value lands in the field's name).
+        f: the field.
+        hint: its type.
+    """
+    literal = [m for m in _members(hint) if typing.get_origin(m) is Literal]
+    kwargs: dict[str, Any] = {"dest": f.name, "default": f.default if f.default is not MISSING else f.default_factory()}
+    if literal:
+        kwargs["choices"] = typing.get_args(literal[0])
+    elif (kind := setting_type(f, hint)) is not None:
+        kwargs["type"] = kind
+    ap.add_argument(flag, help=help_of(f), **kwargs)
+
+
 def sheet_choice(text: str) -> str | int:
     """An argparse ``type`` for a sheet of a workbook: a whole number selects by 0-based position (as the
     notebooks' ``sheet`` parameter does), anything else by name.
@@ -113,8 +182,11 @@ def sheet_choice(text: str) -> str | int:
     """
     stripped = text.strip()
     if stripped.lstrip("-").isdigit():
-        return int_in(0)(stripped)
+        return int_in(*_int_bounds(_SHEET_FIELDS["sheet"]))(stripped)
     return text
+
+
+_SHEET_FIELDS = flat_fields(StudySettings)  # the ranges of --sheet and --header-row: the notebooks' sheet, header_row
 
 
 # how the options of add_sheet_options are spelt, for the messages of the sheet reader (nblib.sheets.read_sheet)
@@ -136,5 +208,8 @@ def add_sheet_options(ap: argparse.ArgumentParser, what: str) -> None:
         default=None,
         help=f"the sheet of {what} if an .xlsx: its name, or its 0-based position (0 = the first); none: the first",
     )
-    ap.add_argument("--header-row", type=positive_int, default=1, help="the row of the column names (1-based)")
+    header_row = _SHEET_FIELDS["header_row"]
+    ap.add_argument(
+        "--header-row", type=setting_type(header_row, int), default=header_row.default, help=help_of(header_row)
+    )
     ap.add_argument("--encoding", default=None, help=f"the encoding of {what} if a .csv/.tsv (none: detected)")

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from .settings import MAX_LEN
 from .sheets import ENCODING_NAMES, DataError, Params, Sheet, cell_text, clean_text, read_sheet
 
 log = logging.getLogger(__name__)
@@ -241,7 +242,7 @@ def load_labelled(
     on_conflict: Literal["drop", "error"] = "drop",
     header_row: int = 1,
     encoding: str | None = None,
-    max_len: int | None = 128,
+    max_len: int | None = MAX_LEN,
     tokenizer: Any = None,
     extra_labelled_paths: str | Path | Sequence[str | Path] | None = None,
 ) -> LabelledData:

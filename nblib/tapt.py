@@ -52,7 +52,7 @@ from .bert_cv import FineTuneConfig, Hardware, absolute_paths, launch_torchrun, 
 from .cv import set_seed
 from .hardware import keep_freed_memory
 from .results import TAPT_DONE, ResultsExistError, environment, same_source, stored_path, write_atomic
-from .settings import StudySettings, from_params, identity, runtime, setting, to_params
+from .settings import MAX_LEN, StudySettings, from_params, identity, runtime, setting, to_params
 from .study import Study, open_study
 from .text import is_content
 
@@ -72,7 +72,7 @@ class TaptSettings:
     tapt_epochs: int = setting(3, "passes over the labelled and pool texts", ge=1)
     tapt_lr: float = setting(1e-4, "peak learning rate of the masked-language-model training", gt=0)
     tapt_batch_size: int = setting(32, "texts per optimizer step, over all processes", ge=1)
-    tapt_max_len: int = setting(128, "tokens per text; longer texts are cut", ge=1)
+    tapt_max_len: int = setting(MAX_LEN, "tokens per text; longer texts are cut", ge=1)
     tapt_warmup_ratio: float = setting(0.06, "share of the steps spent warming up the learning rate", ge=0, lt=1)
     tapt_freeze_embeddings: bool = setting(False, "keep the input word embeddings (and a head tied to them) fixed")
     tapt_name: str | None = runtime(None, "encoder folder under <study>/encoders (default tapt_<model folder>)")
@@ -640,7 +640,7 @@ def _checkpoint(accelerator: Accelerator, ckpt: Path, state: dict, ident: dict, 
 
 
 def masked_examples(
-    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_len: int = 128
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_len: int = MAX_LEN
 ) -> list[tuple[list[int], list[int], str, str]]:
     """One jieba word masked in each text (its longest content word): token ids, masked positions, the word, and
     the text with the word blanked out (texts without a content word are skipped).
@@ -671,7 +671,9 @@ def masked_examples(
 
 
 @torch.no_grad()
-def fill_mask_table(sources: dict[str, str], texts: Sequence[str], top_k: int = 5, max_len: int = 128) -> pd.DataFrame:
+def fill_mask_table(
+    sources: dict[str, str], texts: Sequence[str], top_k: int = 5, max_len: int = MAX_LEN
+) -> pd.DataFrame:
     """For each text, its longest word masked and each model's ``top_k`` guesses for it (best first).
 
     A guess fills every masked position with that position's i-th best token.
