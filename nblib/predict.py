@@ -47,7 +47,7 @@ RECORD_FILE = "prediction.json"  # next to a saved model: how it reads texts (se
 
 @dataclass(frozen=True)
 class PredictParams(Params):
-    """:class:`nblib.sheets.Params` and the spelling of the ensemble choice."""
+    """:class:`nblib.sheets.Params` and the spelling of prediction's own parameters, for the messages."""
 
     ensemble: str = "ensemble="
     max_len: str = "max_len="
@@ -96,7 +96,7 @@ def save_record(model_dir: str | Path, max_len: int, truncation: str) -> Path:
         truncation: what a cut text kept in training.
     """
     path = Path(model_dir) / RECORD_FILE
-    path.write_text(json.dumps(asdict(PredictionRecord(int(max_len), truncation)), indent=2))  # type: ignore[arg-type]
+    path.write_text(json.dumps(asdict(PredictionRecord(int(max_len), truncation)), indent=2))
     return path
 
 
@@ -115,8 +115,8 @@ def load_record(model_dir: str | Path) -> PredictionRecord | None:
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
         record = PredictionRecord(int(saved["max_len"]), saved["truncation"])
-        if record.truncation not in bert.TRUNCATIONS:
-            raise ValueError(f"truncation {record.truncation!r} is not one of {bert.TRUNCATIONS}")
+        if record.truncation not in typing.get_args(Truncation):
+            raise ValueError(f"truncation {record.truncation!r} is not one of {typing.get_args(Truncation)}")
         return record
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise bert.ModelNotAvailableError(
@@ -147,6 +147,7 @@ class CalibratedClassifier(torch.nn.Module):
     ):
         super().__init__()
         self.record = record
+        self.warned: set[tuple[str, object]] = set()  # the settings given otherwise that were warned about
         n_classes = models[0].config.num_labels
         self.members = torch.nn.ModuleList(models)
         self.register_buffer("temperatures", torch.tensor([c.temperature for c in calibrations], dtype=torch.float32))
@@ -308,7 +309,7 @@ def reading(
             (:data:`OLD_RECORD` fills in, no warning).
         max_len: tokens per text (None: the model's).
         truncation: "head" or "head+tail" (None: the model's).
-        params: how the caller names the parameters, for the warnings.
+        params: how the caller names the parameters, for the warnings (once per model and value).
     """
     record = getattr(model, "record", None)
     trained = record or OLD_RECORD
@@ -316,7 +317,8 @@ def reading(
         (params.max_len, max_len, trained.max_len, "texts are cut at another length than in training"),
         (params.truncation, truncation, trained.truncation, "long texts keep other tokens than in training"),
     ):
-        if record is not None and given is not None and given != was:
+        if record is not None and given is not None and given != was and (name, given) not in model.warned:
+            model.warned.add((name, given))
             log.warning(
                 "%s%r, but the model was trained with %r (its %s): %s, and its predictions may differ from its "
                 "evaluated ones; leave it unset to read texts as trained.",

@@ -75,6 +75,8 @@ def test_a_model_trained_at_256_is_read_at_256_and_told_otherwise_warns(trained_
     predict.predict_texts(model, tok, TEXTS, truncation="head+tail", max_len=256, progress=False)
     (warning,) = warnings_of(caplog)  # max_len given as trained: no warning for it
     assert "truncation='head+tail', but the model was trained with 'head'" in warning
+    predict.predict_texts(model, tok, TEXTS, truncation="head+tail", progress=False)
+    assert len(warnings_of(caplog)) == 1  # once per model and value (05 passes it to every call)
 
 
 def test_the_fold_ensemble_reads_as_its_fold_models(trained_at_256):
