@@ -135,7 +135,8 @@ def interval(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         reps = np.array([statistic(ratings[:, d]) for d in draws], dtype=float)
-    return _percentiles(reps[None, :], level)[0]
+    lower, upper = _percentiles(reps[None, :], level)[0]
+    return float(lower), float(upper)
 
 
 def _percentiles(reps: np.ndarray, level: float) -> np.ndarray:
