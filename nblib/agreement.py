@@ -459,6 +459,7 @@ def study_agreement(
     if coders:
         models = {n: v for n, v in columns.items() if n != LABELS}
         table = pd.concat([table, agreement_table(models, SECOND_CODER, names, n_boot, seed)])
+        attrs["note"] += f" Rows against {SECOND_CODER}: the models on the coder's texts."
     table.attrs = attrs | {"matches": matches}
     return table
 

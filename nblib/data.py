@@ -259,9 +259,10 @@ def load_labelled(
     ``extra_labelled_paths`` adds the rows of filled annotator sheets (written by
     :func:`nblib.active_learning.write_annotator_sheet`; any sheet with the same text and label columns
     will do): rows whose label is left empty are skipped and counted in the report, a label that is not
-    one of the labelled sheet's (or the label table's) is an error naming the file and its rows. Added
-    rows change the data, hence its fingerprint and so the study folder: a study with them gets new folds
-    and results, and the earlier ones stay as they were.
+    one of the labelled sheet's (or the label table's) is an error naming the file and its rows, a row whose text
+    is already labelled (a blind check of 05's workbook, or a repeat) is skipped and counted: the earlier label
+    stands. Added rows change the data, hence its fingerprint and so the study folder: a study with them gets
+    new folds and results, and the earlier ones stay as they were.
 
     Args:
         path: the sheet (.xlsx, .csv, .tsv); read by :func:`nblib.sheets.read_sheet`.
