@@ -87,7 +87,7 @@ def test_the_best_epochs_weights_are_put_back_before_the_test_texts_are_predicte
     np.testing.assert_allclose(probs, bert.softmax(fitted.val_logits), atol=1e-6)
 
 
-def make_job(tmp_path, name: str) -> bert_cv.FineTuneJob:
+def make_job(tmp_path, name: str, **params) -> bert_cv.FineTuneJob:
     cfg = from_params(
         bert_cv.FineTuneConfig,
         dict(
@@ -102,7 +102,8 @@ def make_job(tmp_path, name: str) -> bert_cv.FineTuneJob:
             max_len=32,
             device="cpu",
             train_final=False,
-        ),
+        )
+        | params,
     )
     return bert_cv.FineTuneJob(cfg, open_study(cfg.study))
 
@@ -142,6 +143,11 @@ def test_fold_zero_step_by_step_is_what_run_folds_trains_and_saves(tmp_path):
     assert json.loads((models[0] / "calibration.json").read_text()) == json.loads(
         (models[1] / "calibration.json").read_text()
     )
+
+
+@pytest.mark.parametrize("params, here", [({}, True), ({"num_processes": 2, "parallel": "folds"}, False)])
+def test_03_trains_fold_0_in_view_only_where_the_job_trains_in_this_process(tmp_path, params, here):
+    assert make_job(tmp_path, "where", **params).trains_here() is here
 
 
 def test_out_of_memory_in_the_steps_gives_the_advice(tmp_path):
