@@ -794,7 +794,7 @@ class FineTuning:
 
     def summary(self) -> pd.Series:
         """The optimizer, its parameter groups and the schedule, in words and numbers (for a methods section)."""
-        s = self.settings
+        s, optimizer = self.settings, getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate's wrapper
         per_epoch, warmup, total = schedule_steps(len(self.train_dl), s)
         groups = [
             f"{sum(p.numel() for p in g['params']):,} weights at lr {g['initial_lr']:g}, weight decay {g['weight_decay']:g}"
@@ -802,7 +802,7 @@ class FineTuning:
         ]
         return pd.Series(
             {
-                "optimizer": f"{type(self.optimizer).__name__}: " + "; ".join(groups),
+                "optimizer": f"{type(optimizer).__name__}: " + "; ".join(groups),
                 "schedule": f"linear warm-up over {warmup} steps, then linear decay to 0 at step {total}",
                 "texts per optimizer step": s.batch_size,
                 "optimizer steps per epoch": per_epoch,

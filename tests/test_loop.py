@@ -124,7 +124,8 @@ def test_fold_zero_step_by_step_is_what_run_folds_trains_and_saves(tmp_path):
         job.tokenizer,
         split.seed,
     )
-    assert ft.summary()["training texts"] == len(split.train)
+    summary = ft.summary()
+    assert summary["training texts"] == len(split.train) and summary["optimizer"].startswith("AdamW: ")
     fitted = bert.fit_epochs(ft, job.config.selection.select_on, "fold 0")
     probs = bert.predict_test(ft)
     job.save_fold(split, bert.fold_result(ft, fitted, probs), len(train), seconds=1.0)
