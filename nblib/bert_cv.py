@@ -23,6 +23,7 @@ the final model, then rerun the notebook with the same settings to collect the r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -31,7 +32,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -267,9 +268,18 @@ class FineTuneJob:
         chosen = np.flatnonzero(table["chosen"].to_numpy(dtype=bool))
         return self.pool_encoded.subset(chosen).with_labels(table["label"].to_numpy()[chosen])
 
-    def fit_fold(self, split: FoldSplit) -> cv.FoldOutput:
-        """Fine-tune a fresh model on a fold's training part (self-training: and the pool texts its teacher labelled),
-        keep the best epoch, predict its test part once.
+    def trains_here(self) -> bool:
+        """Whether :meth:`cross_validate` trains the folds in this process (one process: the CPU or one GPU), rather
+        than in fold workers or under torchrun."""
+        return self.config.processes() == 1
+
+    def accelerator(self) -> Accelerator:
+        """A new Accelerator for one model on this process's device, with the run's precision."""
+        return _accelerator(self.config)
+
+    def fold_parts(self, split: FoldSplit) -> tuple[bert.Encoded, bert.Encoded, bert.Encoded]:
+        """A fold's tokenized training (self-training: with the pool texts its teacher labelled), validation and test
+        texts.
 
         Args:
             split: the fold.
@@ -278,14 +288,28 @@ class FineTuneJob:
         train = e.subset(split.train)
         if self.teacher:
             train = train.join(self.pseudo_labelled(split.fold))
-        res, self.settings = self._fine_tune(
-            self.settings,
-            train,
-            e.subset(split.val),
-            e.subset(split.test),
-            split.seed,
-            f"fold {split.fold}",
-        )
+        return train, e.subset(split.val), e.subset(split.test)
+
+    def fit_fold(self, split: FoldSplit) -> cv.FoldOutput:
+        """Fine-tune a fresh model on a fold's training part (self-training: and the pool texts its teacher labelled),
+        keep the best epoch, predict its test part once.
+
+        Args:
+            split: the fold.
+        """
+        train, val, test = self.fold_parts(split)
+        res, self.settings = self._fine_tune(self.settings, train, val, test, split.seed, f"fold {split.fold}")
+        return self.fold_output(split, res, len(train))
+
+    def fold_output(self, split: FoldSplit, res: bert.FoldResult, texts: int) -> cv.FoldOutput:
+        """A fold's output for its metrics row: the temperature fitted on its validation part, best epoch, checksum;
+        its model saved (``save_fold_models``) with that calibration.
+
+        Args:
+            split: the fold.
+            res: the fine-tuned fold.
+            texts: how many texts it was trained on (self-training: the pool texts included).
+        """
         temperature = calibration.fit_temperature(res.val_logits, self.study.data.labels[split.val])
         if self.config.save_fold_models and PartialState().is_main_process:
             out = bert.save_checkpoint(res.model, self.tokenizer, self.run.fold_model_dir(split.fold))
@@ -300,8 +324,34 @@ class FineTuneJob:
             "precision": self.config.resolved_precision(),
         }
         if self.teacher:
-            extra["pseudo_labelled"] = len(train) - len(split.train)
+            extra["pseudo_labelled"] = texts - len(split.train)
         return cv.FoldOutput(res.test_probs, extra, res.history)
+
+    def save_fold(self, split: FoldSplit, res: bert.FoldResult, texts: int, seconds: float) -> dict:
+        """Save a fold trained step by step (03's fold 0) in the run, as :meth:`run_folds` saves it: a rerun and
+        :meth:`cross_validate` then read it back. Returns its metrics row.
+
+        Args:
+            split: the fold.
+            res: the fine-tuned fold (:func:`nblib.bert.fold_result`).
+            texts: how many texts it was trained on.
+            seconds: how long it took.
+        """
+        return cv.save_fold(self.run, split, self.fold_output(split, res, texts), seconds)
+
+    @contextlib.contextmanager
+    def out_of_memory_advice(self) -> Iterator[None]:
+        """Turn CUDA out-of-memory in the steps of a fold run one by one into the advice of what to change
+        (:meth:`run_folds` retries with a halved per-device batch by itself)."""
+        try:
+            yield
+        except torch.OutOfMemoryError:
+            s = self.settings
+            per_device = bert.per_device_batch(s.batch_size, PartialState().num_processes, s.grad_accum)
+            raise RuntimeError(
+                OOM_ADVICE.format(per_device=per_device) + " Or train the fold in one call, job.run_folds([k]), "
+                "which retries with half the per-device batch."
+            ) from None
 
     def _fine_tune(
         self,

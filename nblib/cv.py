@@ -84,8 +84,21 @@ def run_folds(
         )
     for split, out, seconds in tqdm(done, desc=run.name, total=len(splits), disable=not splits or not save):
         if save:
-            m = run.save_fold(split.fold, split.test, out.probs, {"seconds": seconds, **out.extra}, out.history)
-            log.info("%s fold %d: accuracy %.3f, macro-F1 %.3f", run.name, split.fold, m["accuracy"], m["macro_f1"])
+            save_fold(run, split, out, seconds)
+
+
+def save_fold(run: ModelRun, split: FoldSplit, out: FoldOutput, seconds: float) -> dict:
+    """Save one fold's output in ``run`` (test probabilities, metrics row with its wall time, curves); its metrics row.
+
+    Args:
+        run: the model folder.
+        split: the fold.
+        out: what the model returned for it.
+        seconds: how long it took.
+    """
+    m = run.save_fold(split.fold, split.test, out.probs, {"seconds": seconds, **out.extra}, out.history)
+    log.info("%s fold %d: accuracy %.3f, macro-F1 %.3f", run.name, split.fold, m["accuracy"], m["macro_f1"])
+    return m
 
 
 def _fit_fold(
