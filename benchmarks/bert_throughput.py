@@ -37,7 +37,7 @@ from transformers import (
     default_data_collator,
 )
 
-from nblib import bert, data
+from nblib import bert, data, hardware
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets" / "weibo_emotion" / "labelled_8665.xlsx"
@@ -132,7 +132,7 @@ def fresh_accelerator(cpu: bool, precision: str) -> Accelerator:
     """An Accelerator with its own mixed precision: accelerate keeps one state per process and refuses to change
     it, so the state of the previous variant is dropped first."""
     AcceleratorState._reset_state(reset_partial_state=True)
-    return Accelerator(cpu=cpu, mixed_precision={"fp32": "no"}.get(precision, precision))
+    return Accelerator(cpu=cpu, mixed_precision=hardware.MIXED_PRECISION[precision])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         tok = bert.load_tokenizer(source)
         gpu = torch.cuda.is_available() and not args.cpu
-        precision = args.precision if args.precision != "auto" else bert.gpu_precision() if gpu else "fp32"
+        precision = args.precision if args.precision != "auto" else hardware.gpu_precision() if gpu else "fp32"
         n = args.batch_size * (args.steps + 3)
         texts, labels = labelled.texts[:n], labelled.labels[:n]
         nblib_variants = {  # name: (precision, fused AdamW); the levers one at a time

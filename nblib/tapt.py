@@ -21,6 +21,10 @@ mask token, 10% by a random token and 10% kept, as in BERT. Special tokens are n
 ``model``; ``mlm_head.safetensors`` (the MLM head, for fill-mask and further pretraining) and ``tapt.json``
 (settings, loss curves, throughput). An interrupted run resumes from ``checkpoint/`` (saved every
 ``save_every`` steps); a finished one is reused; other settings under the same name are an error.
+
+Training follows fine-tuning's rules: the device, precision, TF32 and emulated-bf16 rules, seeding and torchrun
+launching of :mod:`nblib.hardware`, AdamW of :func:`nblib.bert.make_optimizer`, the linear warm-up and decay of
+``get_linear_schedule_with_warmup`` and the clip/step of :func:`nblib.bert.clip_and_step`.
 """
 
 from __future__ import annotations
