@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+import typing
 from pathlib import Path
 
 import torch
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cpu", action="store_true")
     ap.add_argument(
         "--precision",
-        choices=["auto", "fp32", "bf16", "fp16"],
+        choices=typing.get_args(hardware.Precision),
         default="auto",
         help="of the nblib path and HF Trainer; auto: as 03_bert_cv (bf16 on GPUs of compute capability >= 8, fp16 below, fp32 on CPU)",
     )

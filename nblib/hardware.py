@@ -36,6 +36,7 @@ H = TypeVar("H", bound="Hardware")
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Device = Literal["auto", "cpu", "cuda"]
+Processes = int | Literal["auto"]  # auto: every visible GPU (1 on CPU)
 # a resolved precision as accelerate's mixed_precision
 MIXED_PRECISION: dict[str, str] = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
@@ -79,7 +80,7 @@ class Hardware:
 
     device: Device
     precision: Precision
-    num_processes: int | Literal["auto"]
+    num_processes: Processes
 
     def use_cpu(self) -> bool:
         """Whether this process trains on the CPU; ``device="cuda"`` where PyTorch sees no GPU is an error."""

@@ -58,7 +58,7 @@ from transformers import (
 from transformers import logging as hf_logging
 
 from . import bert, hardware
-from .hardware import Device, Hardware, Precision
+from .hardware import Device, Hardware, Precision, Processes
 from .results import TAPT_DONE, ResultsExistError, environment, same_source, stored_path, write_atomic
 from .settings import StudySettings, from_params, identity, runtime, setting, to_params
 from .study import Study, open_study
@@ -96,7 +96,7 @@ class TaptConfig(Hardware):
     tapt: TaptSettings = field(default_factory=TaptSettings)
     precision: Precision = runtime("auto")
     device: Device = runtime("auto")
-    num_processes: int | Literal["auto"] = runtime("auto")  # auto: every visible GPU (1 on CPU); >1: DDP
+    num_processes: Processes = runtime("auto")  # auto: every visible GPU (1 on CPU); >1: DDP
 
     @property
     def name(self) -> str:
