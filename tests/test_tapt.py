@@ -215,21 +215,16 @@ def test_tapt_follows_fine_tunings_precision_rules(
 
 def test_tapt_learning_rate_warms_up_and_decays_linearly_per_optimizer_step(tiny_study, monkeypatch):
     study = tiny_study(n_per_class=8)  # 24 texts, batches of 8: 3 steps per epoch, 6 in all
-    real, made, lrs = tapt.get_linear_schedule_with_warmup, [], []
-
-    def recorded(optimizer, warmup, total):
-        scheduler = real(optimizer, warmup, total)
-        made.append((warmup, total))
-        step = scheduler.step
-
-        def step_and_record(*args, **kwargs):
-            lrs.append(optimizer.param_groups[0]["lr"])  # the rate the optimizer step just taken used
-            return step(*args, **kwargs)
-
-        scheduler.step = step_and_record
-        return scheduler
-
-    monkeypatch.setattr(tapt, "get_linear_schedule_with_warmup", recorded)
+    schedule, made = tapt.get_linear_schedule_with_warmup, []
+    step, lrs = bert.clip_and_step, []
+    monkeypatch.setattr(tapt, "get_linear_schedule_with_warmup", lambda *a: made.append(a[1:]) or schedule(*a))
+    monkeypatch.setattr(
+        bert,
+        "clip_and_step",
+        lambda model, optimizer, *a, **k: (
+            lrs.append(optimizer.param_groups[0]["lr"]) or step(model, optimizer, *a, **k)
+        ),
+    )
     tapt.adapt(tapt_config(study, tapt_lr=1e-3, tapt_warmup_ratio=0.34), study, progress=False)
     assert made == [(2, 6)]  # int(0.34 × 6) warm-up steps
     # the former tapt._warmup_linear: step / warmup while warming up, then (total - step) / (total - warmup)
