@@ -37,7 +37,7 @@ from accelerate import PartialState
 from . import bert, calibration, cli, cv, hardware, results, self_training
 from .data import DataError
 from .folds import FoldSplit
-from .hardware import Device, Hardware, Precision, Processes
+from .hardware import Device, Hardware, Parallel, Precision, Processes
 from .results import ModelResults, read_folds
 from .settings import ModelSelection, StudySettings, from_params, identity, runtime, setting, to_params
 from .study import Study, open_study
@@ -72,9 +72,7 @@ class FineTuneConfig(Hardware):
     precision: Precision = runtime("auto", "auto, fp32, bf16 or fp16")
     device: Device = runtime("auto", "auto, cpu or cuda")
     num_processes: Processes = runtime("auto", "auto: every visible GPU (1 on CPU)", ge=1)
-    parallel: Literal["auto", "folds", "ddp"] = runtime(
-        "auto", "auto, folds (whole folds side by side) or ddp (one fold over every GPU)"
-    )
+    parallel: Parallel = runtime("auto", "auto, folds (whole folds side by side) or ddp (one fold over every GPU)")
     save_fold_models: bool = runtime(True, "keep each fold's model (05's fold ensemble, self-training teachers)")
     oom_retry: bool = runtime(True, "on CUDA out-of-memory halve the per-device batch and retry")
     teacher: str | None = setting(

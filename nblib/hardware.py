@@ -37,6 +37,7 @@ H = TypeVar("H", bound="Hardware")
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Device = Literal["auto", "cpu", "cuda"]
 Processes = int | Literal["auto"]  # auto: every visible GPU (1 on CPU)
+Parallel = Literal["auto", "folds", "ddp"]  # how several processes share a run's folds (parallel_mode)
 # a resolved precision as accelerate's mixed_precision
 MIXED_PRECISION: dict[str, str] = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
@@ -304,7 +305,7 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(n)] if visible is None else [v.strip() for v in visible.split(",")][:n]
 
 
-def parallel_mode(hw: Hardware, parallel: Literal["auto", "folds", "ddp"], pending: int) -> tuple[str, int]:
+def parallel_mode(hw: Hardware, parallel: Parallel, pending: int) -> tuple[str, int]:
     """How the processes share the pending folds: ``"ddp"`` (each fold over every GPU) or ``"folds"`` (whole folds
     side by side), and the processes a DDP group can have (one per GPU; every process on the CPU).
 
