@@ -42,12 +42,13 @@ from transformers import (
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.utils import logging as hf_logging
 
-from .cv import set_seed
+from .hardware import set_seed
 from .metrics import improves, validation_scores
 from .results import TINY_RANDOM as TINY_RANDOM
 from .results import ModelNotAvailableError, finished_model
 from .settings import SelectOn, runtime, setting
 from .sheets import DataError
+from .study import Study
 
 log = logging.getLogger(__name__)
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -65,6 +66,21 @@ COPY_AGAIN = "copy the complete model folder again (or save it again with save_p
 
 
 # --- finding and building encoders ------------------------------------------------------------------
+
+
+def model_source(model: str, study: Study) -> str:
+    """The encoder to train: a local folder or hub id (checked), or the tiny random BERT built for the study.
+
+    Args:
+        model: a hub id, a local folder, or ``tiny-random``.
+        study: the study (its texts build the tiny encoder's vocabulary; it is saved in the study folder).
+    """
+    if model != TINY_RANDOM:
+        return resolve_model(model)
+    folder = study.folder("encoders") / TINY_RANDOM
+    if not (folder / "config.json").exists():
+        build_tiny_encoder(study.data.texts, folder, seed=study.settings.seed)
+    return str(folder)
 
 
 def resolve_model(model: str) -> str:
@@ -536,6 +552,27 @@ class Encoded(torch.utils.data.Dataset):
         return out
 
 
+def tokenize_texts(
+    source: str,
+    texts: Sequence[str],
+    max_len: int,
+    labels: Sequence[int] | None = None,
+    truncation: str = "head",
+) -> tuple[PreTrainedTokenizerBase, Encoded]:
+    """The encoder's tokenizer, with ``max_len`` checked against the model's positions, and the texts encoded by it.
+
+    Args:
+        source: the encoder (local folder or hub id, resolved).
+        texts: the texts.
+        max_len: the most tokens per text.
+        labels: label ids, one per text (None for unlabelled texts).
+        truncation: ``"head"`` or ``"head+tail"``.
+    """
+    tokenizer = load_tokenizer(source)
+    check_max_len(max_len, source, tokenizer)
+    return tokenizer, Encoded(tokenizer, texts, max_len, labels, truncation=truncation)
+
+
 def _head_and_tail(tokenizer: PreTrainedTokenizerBase, text: str, room: int) -> str:
     """The text of its first ``room / 2`` (rounded up) and its last ``room / 2`` tokens, joined by a space."""
     offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
@@ -616,25 +653,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 # --- training -----------------------------------------------------------------------------------------
-
-
-def gpu_precision(device: torch.device | int | None = None) -> str:
-    """Mixed precision for a CUDA device: bf16 from compute capability 8 (Ampere) on, else fp16 with loss scaling.
-
-    ``torch.cuda.is_bf16_supported()`` also counts emulated bf16 (slow on V100, T4, RTX 20xx), so it does not decide.
-    Ask after the process's device is set (default: the current device), so that each rank asks its own GPU.
-    """
-    return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
-
-
-def cpu_bf16_native() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX, e.g. Intel Xeon from Cooper Lake / Sapphire
-    Rapids, AMD Zen 4): there ``precision="bf16"`` (autocast) trains about 1.7x faster than fp32; elsewhere bf16
-    is emulated and slower."""
-    return bool(
-        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-        or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    )
 
 
 def per_device_batch(batch_size: int, processes: int, grad_accum: int) -> int:
@@ -734,7 +752,15 @@ def clip_and_step(
     accelerator: Accelerator,
     max_grad_norm: float,
 ) -> None:
-    """One optimizer step: clip the gradients' norm, step, advance the schedule (unless fp16 skipped the step), zero."""
+    """One optimizer step: clip the gradients' norm, step, advance the schedule (unless fp16 skipped the step), zero.
+
+    Args:
+        model: the model (prepared by ``accelerator``).
+        optimizer: its optimizer.
+        scheduler: the learning-rate schedule, stepped once per optimizer step.
+        accelerator: devices, mixed precision and the fp16 loss scaler.
+        max_grad_norm: gradients are clipped to this norm.
+    """
     accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     if not accelerator.optimizer_step_was_skipped:  # fp16: the scaler skips steps with inf/NaN gradients

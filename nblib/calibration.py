@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -301,6 +302,20 @@ def save_calibration(model_dir: str | Path, cal: Calibration) -> Path:
     fields = {"temperature": cal.temperature, "bias": None if cal.bias is None else list(cal.bias)}
     path.write_text(json.dumps({**fields, "fitted_on": cal.fitted_on}, indent=2))
     return path
+
+
+def save_with_models(calibrations: Mapping[int, Calibration], model_dir: Callable[[int], Path]) -> list[Path]:
+    """Write each fold's calibration into its saved model's folder; folds whose model was not kept are skipped.
+
+    Args:
+        calibrations: fold → its calibration.
+        model_dir: fold → its model's folder (a saved model holds ``config.json``).
+    """
+    return [
+        save_calibration(model_dir(k), cal)
+        for k, cal in calibrations.items()
+        if (model_dir(k) / "config.json").exists()
+    ]
 
 
 def load_calibration(model_dir: str | Path) -> Calibration:

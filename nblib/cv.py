@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,22 +14,11 @@ from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
 from .folds import FoldSplit
-from .hardware import keep_freed_memory
+from .hardware import keep_freed_memory, set_seed
 from .results import ModelRun
 from .study import Study
 
 log = logging.getLogger(__name__)
-
-
-def set_seed(seed: int) -> None:
-    """Seed Python, NumPy and PyTorch (all devices).
-
-    Args:
-        seed: the seed.
-    """
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 @dataclass

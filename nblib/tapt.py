@@ -21,6 +21,10 @@ mask token, 10% by a random token and 10% kept, as in BERT. Special tokens are n
 ``model``; ``mlm_head.safetensors`` (the MLM head, for fill-mask and further pretraining) and ``tapt.json``
 (settings, loss curves, throughput). An interrupted run resumes from ``checkpoint/`` (saved every
 ``save_every`` steps); a finished one is reused; other settings under the same name are an error.
+
+Training follows fine-tuning's rules: the device, precision, TF32 and emulated-bf16 rules, seeding and torchrun
+launching of :mod:`nblib.hardware`, AdamW of :func:`nblib.bert.make_optimizer`, the linear warm-up and decay of
+``get_linear_schedule_with_warmup`` and the clip/step of :func:`nblib.bert.clip_and_step`.
 """
 
 from __future__ import annotations
@@ -44,13 +48,17 @@ import torch
 from accelerate import Accelerator, PartialState
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
-from transformers import AutoModel, AutoModelForMaskedLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModel,
+    AutoModelForMaskedLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    get_linear_schedule_with_warmup,
+)
 from transformers import logging as hf_logging
 
-from . import bert
-from .bert_cv import FineTuneConfig, Hardware, absolute_paths, launch_torchrun, model_source
-from .cv import set_seed
-from .hardware import keep_freed_memory
+from . import bert, hardware
+from .hardware import Device, Hardware, Precision, Processes
 from .results import TAPT_DONE, ResultsExistError, environment, same_source, stored_path, write_atomic
 from .settings import MAX_LEN, StudySettings, from_params, identity, runtime, setting, to_params
 from .study import Study, open_study
@@ -86,9 +94,9 @@ class TaptConfig(Hardware):
     study: StudySettings = runtime(default_factory=StudySettings)
     model: str = runtime("bert-base-chinese")  # the encoder to adapt: hub id, local folder, or tiny-random
     tapt: TaptSettings = field(default_factory=TaptSettings)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = runtime("auto")
-    device: Literal["auto", "cpu", "cuda"] = runtime("auto")
-    num_processes: int | Literal["auto"] = runtime("auto")  # auto: every visible GPU (1 on CPU); >1: DDP
+    precision: Precision = runtime("auto")
+    device: Device = runtime("auto")
+    num_processes: Processes = runtime("auto")  # auto: every visible GPU (1 on CPU); >1: DDP
 
     @property
     def name(self) -> str:
@@ -473,26 +481,20 @@ def adapt(config: TaptConfig, study: Study, progress: bool = True) -> TaptResult
         study: the study whose texts are read (labelled + pool).
         progress: show progress bars.
     """
-    source = bert.resolve_model(config.model) if config.model != bert.TINY_RANDOM else _tiny(study)
+    source = bert.model_source(config.model, study)
     texts, counts = mlm_texts(study)
     folder = (study.folder("encoders") / config.name).resolve()
     ident = _identity(config, source, texts, study)
     done = _check_existing(folder, ident, study)
     if done is None:
         if config.processes() > 1:
-            launch = folder / "launch.json"
-            folder.mkdir(parents=True, exist_ok=True)
-            worker = absolute_paths(replace(config, model=source, tapt=replace(config.tapt, tapt_name=config.name)))
-            launch.write_text(json.dumps(to_params(worker), indent=2, ensure_ascii=False))
-            launch_torchrun("nblib.tapt", launch, config.processes(), folder / "tapt.log")
+            worker = replace(config, model=source, tapt=replace(config.tapt, tapt_name=config.name))
+            launch = hardware.write_launch_file(worker, folder / "launch.json")
+            hardware.launch_torchrun("nblib.tapt", launch, config.processes(), folder / "tapt.log")
         else:
             _train(config, study, source, texts, counts, ident, folder, progress)
         done = json.loads((folder / INFO_FILE).read_text())
     return TaptResult(folder, done)
-
-
-def _tiny(study: Study) -> str:
-    return model_source(FineTuneConfig(model=bert.TINY_RANDOM), study)
 
 
 def _train(
@@ -505,14 +507,12 @@ def _train(
     folder: Path,
     progress: bool,
 ) -> None:
-    keep_freed_memory()
-    precision = cfg.resolved_precision()
-    accelerator = Accelerator(
-        cpu=cfg.use_cpu(), mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
-    )
+    hardware.keep_freed_memory()
+    accelerator = hardware.make_accelerator(cfg)  # fine-tuning's precision, TF32 and emulated-bf16 rules
+    precision = cfg.resolved_precision(accelerator.device)
     main = accelerator.is_main_process
     per_device = bert.per_device_batch(cfg.tapt.tapt_batch_size, accelerator.num_processes, 1)
-    set_seed(cfg.study.seed)
+    hardware.set_seed(cfg.study.seed)
     tokenizer = bert.load_tokenizer(source)
     mlm, new_head = load_mlm(source)
     bert.check_max_len(cfg.tapt.tapt_max_len, mlm.config, tokenizer, "tapt_max_len=")
@@ -526,9 +526,7 @@ def _train(
     optimizer = bert.make_optimizer(model, settings, fused=accelerator.scaler is None)
     steps_per_epoch = math.ceil(len(ds) / cfg.tapt.tapt_batch_size)
     total = steps_per_epoch * cfg.tapt.tapt_epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _warmup_linear(int(cfg.tapt.tapt_warmup_ratio * total), total)
-    )
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.tapt.tapt_warmup_ratio * total), total)
     # the schedule counts optimizer steps: not prepared (accelerate would step it once per process), but saved
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
@@ -577,11 +575,7 @@ def _train(
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             loss = model(**batch)
             accelerator.backward(loss)
-            accelerator.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            if not accelerator.optimizer_step_was_skipped:
-                scheduler.step()
-            optimizer.zero_grad()
+            bert.clip_and_step(model, optimizer, scheduler, accelerator, max_grad_norm=1.0)
             run_sum, run_n = run_sum + loss.item(), run_n + 1
             if step % log_every == 0 or step == len(loader):
                 loss_mean = accelerator.reduce(torch.tensor(run_sum / run_n, device=accelerator.device), "mean")
@@ -616,11 +610,6 @@ def _train(
         shutil.rmtree(ckpt, ignore_errors=True)
         log.info("TAPT encoder saved to %s (%.0f s, %.1f texts/s)", folder, seconds, info["texts_per_second"])
     accelerator.wait_for_everyone()
-
-
-def _warmup_linear(warmup: int, total: int):
-    """Linear warm-up to the peak rate, then linear decay to zero (``get_linear_schedule_with_warmup``'s shape)."""
-    return lambda step: step / max(1, warmup) if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
 
 
 def _checkpoint(accelerator: Accelerator, ckpt: Path, state: dict, ident: dict, start: float) -> None:
