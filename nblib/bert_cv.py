@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
 
-from . import bert, calibration, cli, cv, results, self_training
+from . import bert, calibration, cli, cv, layout, self_training
 from .data import DataError, path_list
 from .folds import FoldSplit
 from .hardware import keep_freed_memory
@@ -208,7 +208,7 @@ class FineTuneJob:
         """
         self.config, self.study = config, study
         self.source = model_source(config, study)
-        identity = config.identity(results.stored_path(self.source, study.path))  # the folder may move
+        identity = config.identity(layout.stored_path(self.source, study.path))  # the folder may move
         self.teacher = None
         if config.teacher:
             config.pseudo.check()
@@ -376,7 +376,7 @@ class FineTuneJob:
             done = self.run.done_folds()
             final_cal = read_folds(self.run.path, done).pooled_calibration() if done else calibration.Calibration()
             calibration.save_calibration(out, final_cal)
-            (out / results.FINAL_DONE).write_text(json.dumps(info, indent=2))  # last: it marks the final model done
+            (out / layout.FINAL_DONE).write_text(json.dumps(info, indent=2))  # last: it marks the final model done
             log.info("Final model (%d texts, %d epochs) saved to %s", len(train), epochs, out)
         PartialState().wait_for_everyone()
 
@@ -418,7 +418,7 @@ class FineTuneJob:
             cfg.resolved_precision(),
         )
         launch = self.write_launch()
-        final = cfg.train_final and not (run.final_dir / results.FINAL_DONE).exists()
+        final = cfg.train_final and not (run.final_dir / layout.FINAL_DONE).exists()
         for k in [*pending, *([None] if final else [])] if self.teacher else []:  # once, before workers start
             self.pseudo_labelled(k)
         if pending:
@@ -458,7 +458,7 @@ def config_of_run(study: Study, name: str, **changes: object) -> FineTuneConfig:
     if "source" not in saved:
         raise ValueError(f"'{name}' is not a fine-tuning run of 03_bert_cv.")
     params = (
-        to_params(study.settings) | saved | {"model": results.located(saved["source"], study.path), "run_name": name}
+        to_params(study.settings) | saved | {"model": layout.located(saved["source"], study.path), "run_name": name}
     )
     return from_params(FineTuneConfig, params | changes)
 

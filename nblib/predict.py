@@ -32,7 +32,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel, Pr
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from . import bert, calibration, cli
-from .results import RunFolder, finished_model, unfinished_model
+from .layout import RunFolder, finished_model, unfinished_model
 from .sheets import DataError, Params, clean_text, read_sheet, write_table, writer_kind
 
 log = logging.getLogger(__name__)

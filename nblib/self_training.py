@@ -29,8 +29,10 @@ import pandas as pd
 import torch
 from accelerate import PartialState
 
+from .files import write_atomic
+from .folds import fold_hash
+from .layout import RunFolder, unfinished_model
 from .predict import load_model, predict_texts
-from .results import RunFolder, fold_hash, unfinished_model, write_atomic
 from .settings import setting
 from .sheets import DataError, read_machine_table, write_table
 

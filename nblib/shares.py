@@ -53,7 +53,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from . import cli
 from .calibration import Calibration, apply_per_fold, cross_fitted, fit_class_bias
-from .results import ModelResults, RunFolder, load_run, run_of_saved_model
+from .layout import RunFolder, run_of_saved_model
+from .results import ModelResults, load_run
 from .sheets import DataError, clean_text, read_sheet, write_table, writer_kind
 
 log = logging.getLogger(__name__)

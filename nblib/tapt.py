@@ -50,8 +50,11 @@ from transformers import logging as hf_logging
 from . import bert
 from .bert_cv import FineTuneConfig, Hardware, absolute_paths, launch_torchrun, model_source
 from .cv import set_seed
+from .environment import environment
+from .files import write_atomic
 from .hardware import keep_freed_memory
-from .results import TAPT_DONE, ResultsExistError, environment, same_source, stored_path, write_atomic
+from .layout import TAPT_DONE, same_source, stored_path
+from .results import ResultsExistError
 from .settings import StudySettings, from_params, identity, runtime, setting, to_params
 from .study import Study, open_study
 from .text import is_content
