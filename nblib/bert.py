@@ -629,8 +629,8 @@ def gpu_precision(device: torch.device | int | None = None) -> str:
 
 def cpu_bf16_native() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX, e.g. Intel Xeon from Cooper Lake / Sapphire
-    Rapids, AMD Zen 4): there ``precision="bf16"`` (autocast) trains about 1.7x faster than fp32; elsewhere bf16
-    is emulated and slower."""
+    Rapids, AMD Zen 4): there ``precision="bf16"`` (autocast) trains faster than fp32 (benchmarks/README.md has
+    the figures); elsewhere bf16 is emulated and slower."""
     return bool(
         getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
         or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()

@@ -76,7 +76,7 @@ class Hardware:
         return self.device == "cpu" or not torch.cuda.is_available()
 
     def resolved_precision(self, device: torch.device | None = None) -> str:
-        """fp32 on CPU unless asked (``precision="bf16"`` is 1.7x faster where the CPU has native bf16, see
+        """fp32 on CPU unless asked (``precision="bf16"`` is faster where the CPU has native bf16, see
         :func:`nblib.bert.cpu_bf16_native`); on GPU bf16 from compute capability 8 (Ampere) on, else fp16 (loss scaling).
 
         Args:
@@ -136,7 +136,7 @@ class FineTuneConfig(Hardware):
             source: the resolved model (local folder or hub id).
         """
         ident = {"source": source, **identity(self), "precision": self.resolved_precision()}
-        if self.teacher is None:  # plain fine-tuning: the identity it had before self-training existed
+        if self.teacher is None:  # plain fine-tuning: the self-training settings are not part of its identity
             for name in ["teacher", *to_params(self.pseudo)]:
                 del ident[name]
         return ident

@@ -22,12 +22,12 @@ Where a calibration comes from (:class:`Calibration`, both parts fitted by minim
 - The final model, trained on every labelled text, has no held-out part: it takes the median of its folds'
   temperatures and the biases fitted on all out-of-fold outputs.
 
-Measured on the Weibo sheet with the e5-small stand-in (benchmarks/README.md): out-of-fold ECE 0.041 raw,
-0.027 with the validation temperatures, 0.018 with the cross-fitted biases added.
+How much each part lowers the expected calibration error is measured by ``benchmarks/calibration.py``
+(figures in benchmarks/README.md).
 
 A saved model keeps its calibration in ``calibration.json`` next to its weights (the validation temperature
 while its run is unfinished, then the cross-fitted one), which :mod:`nblib.predict` applies. A model folder
-without it (saved before this existed) means no calibration, and :func:`load_calibration` logs so.
+without it means no calibration, and :func:`load_calibration` logs so.
 
 Probabilities are scaled as ``softmax(log p / T + b)``, which equals ``softmax(logits / T + b)``: the raw
 probabilities of ``predictions.csv`` are enough, no logits need to be stored.
@@ -376,5 +376,5 @@ def load_calibration(model_dir: str | Path) -> Calibration:
         log.info("%s has no %s: its probabilities are not calibrated.", model_dir, CALIBRATION_FILE)
         return Calibration()
     saved = json.loads(path.read_text())
-    bias = saved.get("bias")  # files written before class biases existed hold a temperature only
+    bias = saved.get("bias")  # a file may hold a temperature only: no class biases
     return Calibration(float(saved["temperature"]), None if bias is None else tuple(bias), saved.get("fitted_on", ""))

@@ -5,7 +5,9 @@
     ap.add_argument("--level", type=cli.float_in(0, 1, low_open=True, high_open=True), default=0.95)
 
 A value out of range (or not a number) stops the command before any work, with argparse's usual
-``error: argument --batch-size: …`` line that names the parameter and the allowed range.
+``error: argument --batch-size: …`` line that names the parameter and the allowed range. An option that is
+a notebook setting too takes its type, range, default and help from the settings field (:func:`from_setting`),
+so that the command line and the notebook accept the same values.
 """
 
 from __future__ import annotations
@@ -13,10 +15,21 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from typing import Any
 
+from . import settings
 from .sheets import Params
 
-__all__ = ["SHEET_PARAMS", "add_sheet_options", "float_in", "int_in", "int_list", "positive_int", "sheet_choice"]
+__all__ = [
+    "SHEET_PARAMS",
+    "add_sheet_options",
+    "float_in",
+    "from_setting",
+    "int_in",
+    "int_list",
+    "positive_int",
+    "sheet_choice",
+]
 
 
 def _range_words(low: float | None, high: float | None, low_open: bool = False, high_open: bool = False) -> str:
@@ -102,6 +115,32 @@ def int_list(low: int | None = 0) -> Callable[[str], list[int]]:
 
     parse.__name__ = "list of whole numbers"
     return parse
+
+
+def from_setting(cls: type, name: str) -> dict[str, Any]:
+    """``add_argument`` keywords for an option that is the numeric setting ``name`` of the settings class ``cls``:
+    its ``type`` checks the range declared on the field, ``default`` and ``help`` are the field's.
+
+        ap.add_argument("--n-boot", **cli.from_setting(settings.PredictSettings, "n_boot"))
+
+    Args:
+        cls: the settings dataclass that declares the setting.
+        name: the setting's (flat) name.
+    """
+    field, hint = settings.flat_fields(cls)[name], settings.flat_types(cls)[name]
+    bounds = settings.range_of(field) or settings.Range()
+    if hint is int:
+        low = bounds.ge if bounds.gt is None else math.floor(bounds.gt) + 1
+        high = bounds.le if bounds.lt is None else math.ceil(bounds.lt) - 1
+        parse = int_in(None if low is None else int(low), None if high is None else int(high))
+        words = _range_words(low, high)
+    elif hint is float:
+        low, high = (bounds.ge if bounds.gt is None else bounds.gt), (bounds.le if bounds.lt is None else bounds.lt)
+        parse = float_in(low, high, low_open=bounds.gt is not None, high_open=bounds.lt is not None)
+        words = _range_words(low, high, bounds.gt is not None, bounds.lt is not None)
+    else:
+        raise TypeError(f"{cls.__name__}.{name} is not a number setting (it is {hint}).")
+    return {"type": parse, "default": field.default, "help": f"{settings.help_of(field)} ({words})"}
 
 
 def sheet_choice(text: str) -> str | int:

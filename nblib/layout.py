@@ -154,8 +154,8 @@ def located(path: str, study: Path) -> str:
 
 def same_source(old: dict, new: dict, study: Path | None = None) -> dict:
     """``old`` with its ``source`` replaced by ``new``'s when both name the same local folder: a run saved with a
-    relative model path reopened with the absolute one, or a run saved with an absolute path inside its study
-    folder (before paths were stored relative to it) reopened after the folder moved.
+    relative model path reopened with the absolute one, or a run whose config holds an absolute path inside its
+    study folder reopened after the folder moved.
 
     Args:
         old: a saved identity.
