@@ -75,7 +75,7 @@ def find_label_issues(
     return pd.DataFrame(
         {
             "row": pred["row"].to_numpy()[issues],
-            # the sheet of the row (the main one, or an annotator sheet read back); runs made before have none
+            # the row's sheet (the main one, or an annotator sheet read back); empty without a source column
             "source": pred["source"].to_numpy()[issues] if "source" in pred else "",
             "text": pred["text"].to_numpy()[issues],
             "given label": [label_names[i] for i in gold[issues]],
