@@ -1,7 +1,8 @@
 """Writing a file so that no reader ever sees half of it, and a write the disk refuses as one clear error.
 
-Every file of a study (config, fold results, folds, models' marks) is written through :func:`write_atomic`:
-into a temporary file in the same folder, then renamed over the target. A write refused by the disk (read-only,
+A file that a reader must never find half-written (a run's config, each fold's results, pseudo-labels, TAPT's
+record) is written through :func:`write_atomic`: into a temporary file in the same folder, then renamed over
+the target. A write refused by the disk (read-only,
 no permission) becomes one :class:`ResultsFolderError` that names the file and what to do (:func:`writing`).
 """
 
