@@ -426,7 +426,7 @@ def simulate_learning_curve(
     chosen by the strategy: ``random``, ``uncertain`` (the most uncertain, ``settings.uncertainty``) or
     ``uncertain+diverse`` (:func:`rank_for_labelling`). The TF-IDF vocabulary is fitted once per repetition
     on the pool's texts (no labels: as one would on the unlabelled pool). The regression is solved with
-    ``saga`` (the same model as the baselines' lbfgs, about ten times faster on sparse TF-IDF here).
+    ``saga`` (the same model as the baselines' lbfgs, faster on sparse TF-IDF).
 
     Args:
         texts: the labelled texts.

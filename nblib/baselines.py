@@ -129,8 +129,8 @@ class LSTMClassifier(nn.Module):
 
     The BiLSTM is two one-directional LSTMs; the backward one reads each text reversed within its own length,
     so padding enters neither direction (the same function as a packed bidirectional LSTM) while both run
-    PyTorch's fused kernel on the padded batch (oneDNN on CPU, cuDNN on GPU): 1.6× faster to train on CPU
-    than a packed sequence, whose backward pass copies the whole batch at every position.
+    PyTorch's fused kernel on the padded batch (oneDNN on CPU, cuDNN on GPU): faster to train on CPU than a
+    packed sequence, whose backward pass copies the whole batch at every position (benchmarks/README.md).
 
     Args:
         vocab_size: number of unit ids, padding included.

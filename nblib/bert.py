@@ -43,9 +43,9 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.utils import logging as hf_logging
 
 from .hardware import set_seed
+from .layout import TINY_RANDOM as TINY_RANDOM
+from .layout import ModelNotAvailableError, finished_model
 from .metrics import improves, validation_scores
-from .results import TINY_RANDOM as TINY_RANDOM
-from .results import ModelNotAvailableError, finished_model
 from .settings import SelectOn, runtime, setting
 from .sheets import DataError
 from .study import Study
@@ -213,7 +213,7 @@ def build_tiny_encoder(
 
 def check_model_folder(folder: str | Path) -> Path:
     """A local model folder, checked before loading: completely saved (its done marker,
-    :func:`nblib.results.finished_model`), a readable ``config.json`` of a model, undamaged weights and
+    :func:`nblib.layout.finished_model`), a readable ``config.json`` of a model, undamaged weights and
     tokenizer files. Without this, transformers loads a folder that lacks its tokenizer files with a
     5-token vocabulary (every character ``[UNK]``), and damaged files give tracebacks that name no file.
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
 
-from . import bert, calibration, cli, cv, hardware, predict, results, self_training
+from . import bert, calibration, cli, cv, hardware, layout, predict, self_training
 from .data import DataError
 from .folds import FoldSplit
 from .hardware import Device, Hardware, Parallel, Precision, Processes
@@ -93,7 +93,7 @@ class FineTuneConfig(Hardware):
             source: the resolved model (local folder or hub id).
         """
         ident = {"source": source, **identity(self), "precision": self.resolved_precision()}
-        if self.teacher is None:  # plain fine-tuning: the identity it had before self-training existed
+        if self.teacher is None:  # plain fine-tuning: the self-training settings are not part of its identity
             for name in ["teacher", *to_params(self.pseudo)]:
                 del ident[name]
         return ident
@@ -136,7 +136,7 @@ class FineTuneJob:
         """
         self.config, self.study = config, study
         self.source = bert.model_source(config.model, study)
-        identity = config.identity(results.stored_path(self.source, study.path))  # the folder may move
+        identity = config.identity(layout.stored_path(self.source, study.path))  # the folder may move
         self.teacher = self_training.Teacher(study, config.teacher, config.pseudo) if config.teacher else None
         if self.teacher:
             identity["pool_sha"] = self.teacher.pool_sha
@@ -336,7 +336,7 @@ class FineTuneJob:
             done = self.run.done_folds()
             final_cal = read_folds(self.run.path, done).pooled_calibration() if done else calibration.Calibration()
             calibration.save_calibration(out, final_cal)
-            (out / results.FINAL_DONE).write_text(json.dumps(info, indent=2))  # last: it marks the final model done
+            (out / layout.FINAL_DONE).write_text(json.dumps(info, indent=2))  # last: it marks the final model done
             log.info("Final model (%d texts, %d epochs) saved to %s", len(train), epochs, out)
         PartialState().wait_for_everyone()
 
@@ -367,7 +367,7 @@ class FineTuneJob:
             cfg.resolved_precision(),
         )
         launch = self.write_launch()
-        final = cfg.train_final and not (run.final_dir / results.FINAL_DONE).exists()
+        final = cfg.train_final and not (run.final_dir / layout.FINAL_DONE).exists()
         for k in [*pending, *([None] if final else [])] if self.teacher else []:  # once, before workers start
             self.pseudo_labelled(k)
         if pending:
@@ -407,7 +407,7 @@ def config_of_run(study: Study, name: str, **changes: object) -> FineTuneConfig:
     if "source" not in saved:
         raise ValueError(f"'{name}' is not a fine-tuning run of 03_bert_cv.")
     params = (
-        to_params(study.settings) | saved | {"model": results.located(saved["source"], study.path), "run_name": name}
+        to_params(study.settings) | saved | {"model": layout.located(saved["source"], study.path), "run_name": name}
     )
     return from_params(FineTuneConfig, params | changes)
 

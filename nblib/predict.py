@@ -36,8 +36,8 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel, Pr
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from . import bert, calibration, cli
-from .results import RunFolder, finished_model, unfinished_model
-from .settings import MAX_LEN, Ensemble, PredictSettings, Truncation, flat_fields
+from .layout import RunFolder, finished_model, unfinished_model
+from .settings import MAX_LEN, Ensemble, PredictSettings, Truncation
 from .sheets import DataError, Params, clean_text, read_sheet, write_table, writer_kind
 
 log = logging.getLogger(__name__)
@@ -574,9 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("input", help="the sheet to label: .xlsx, .csv or .tsv")
     ap.add_argument("output", help=".xlsx, .csv or .tsv to write (the suffix decides the format)")
     cli.add_sheet_options(ap, "the input")
-    fields, hints = flat_fields(PredictSettings), typing.get_type_hints(PredictSettings)
     for name, flag in CLI_OPTIONS.items():
-        cli.add_setting_option(ap, flag, fields[name], hints[name])
+        ap.add_argument(flag, **cli.from_setting(PredictSettings, name))
     ap.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     return ap
 

@@ -32,8 +32,10 @@ from accelerate import PartialState
 from transformers import PreTrainedTokenizerBase
 
 from .bert import Encoded
+from .files import write_atomic
+from .folds import fold_hash
+from .layout import RunFolder, unfinished_model
 from .predict import load_model, predict_texts
-from .results import RunFolder, fold_hash, unfinished_model, write_atomic
 from .settings import setting
 from .sheets import DataError, read_machine_table, write_table
 from .study import Study

@@ -58,8 +58,11 @@ from transformers import (
 from transformers import logging as hf_logging
 
 from . import bert, hardware
+from .environment import environment
+from .files import write_atomic
 from .hardware import Device, Hardware, Precision, Processes
-from .results import TAPT_DONE, ResultsExistError, environment, same_source, stored_path, write_atomic
+from .layout import TAPT_DONE, same_source, stored_path
+from .results import ResultsExistError
 from .settings import MAX_LEN, StudySettings, from_params, identity, runtime, setting, to_params
 from .study import Study, open_study
 from .text import is_content

@@ -552,7 +552,7 @@ def test_a_batch_that_does_not_divide_evenly_is_an_error(tmp_path, write_sheet, 
 WRITER = """
 import sys, time
 from pathlib import Path
-from nblib.results import write_atomic
+from nblib.files import write_atomic
 path, me = Path(sys.argv[1]), sys.argv[2]
 (path.parent / f"ready_{me}").touch()
 while len(list(path.parent.glob("ready_*"))) < 2:

@@ -9,7 +9,7 @@ import json
 import logging
 import re
 import typing
-from dataclasses import fields, make_dataclass
+from dataclasses import make_dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -155,7 +155,7 @@ def test_cli_options_are_05s_settings_with_their_ranges(capsys):
 def test_a_range_changed_in_the_settings_changes_the_command_line():
     narrower = make_dataclass("Narrower", [("batch_size", int, settings.setting(64, "texts per batch", ge=8))])
     ap = argparse.ArgumentParser()
-    cli.add_setting_option(ap, "--batch-size", fields(narrower)[0], int)
+    ap.add_argument("--batch-size", **cli.from_setting(narrower, "batch_size"))
     with pytest.raises(SystemExit):
         ap.parse_args(["--batch-size", "7"])
     assert ap.parse_args(["--batch-size", "8"]).batch_size == 8
