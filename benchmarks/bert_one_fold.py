@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+import typing
 from pathlib import Path
 
-from nblib import analysis, baselines, bert_cv, results
+from nblib import analysis, baselines, bert_cv, hardware, results
 from nblib.settings import from_params
 from nblib.study import open_study
 
@@ -33,7 +34,7 @@ def main() -> None:
     ap.add_argument("--freeze-embeddings", action="store_true")
     ap.add_argument("--max-len", type=int, default=128)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    ap.add_argument("--precision", default="auto", choices=typing.get_args(hardware.Precision))
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = from_params(

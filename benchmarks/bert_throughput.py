@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+import typing
 from pathlib import Path
 
 import torch
@@ -37,7 +38,7 @@ from transformers import (
     default_data_collator,
 )
 
-from nblib import bert, data
+from nblib import bert, data, hardware
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets" / "weibo_emotion" / "labelled_8665.xlsx"
@@ -132,7 +133,7 @@ def fresh_accelerator(cpu: bool, precision: str) -> Accelerator:
     """An Accelerator with its own mixed precision: accelerate keeps one state per process and refuses to change
     it, so the state of the previous variant is dropped first."""
     AcceleratorState._reset_state(reset_partial_state=True)
-    return Accelerator(cpu=cpu, mixed_precision={"fp32": "no"}.get(precision, precision))
+    return Accelerator(cpu=cpu, mixed_precision=hardware.MIXED_PRECISION[precision])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cpu", action="store_true")
     ap.add_argument(
         "--precision",
-        choices=["auto", "fp32", "bf16", "fp16"],
+        choices=typing.get_args(hardware.Precision),
         default="auto",
         help="of the nblib path and HF Trainer; auto: as 03_bert_cv (bf16 on GPUs of compute capability >= 8, fp16 below, fp32 on CPU)",
     )
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         tok = bert.load_tokenizer(source)
         gpu = torch.cuda.is_available() and not args.cpu
-        precision = args.precision if args.precision != "auto" else bert.gpu_precision() if gpu else "fp32"
+        precision = args.precision if args.precision != "auto" else hardware.gpu_precision() if gpu else "fp32"
         n = args.batch_size * (args.steps + 3)
         texts, labels = labelled.texts[:n], labelled.labels[:n]
         nblib_variants = {  # name: (precision, fused AdamW); the levers one at a time

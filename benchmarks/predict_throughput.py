@@ -41,9 +41,11 @@ def main() -> None:
             bert.load_classifier(source, ["a", "b", "c", "d"]), bert.load_tokenizer(source), Path(tmp) / "model"
         )
         model, tok = predict.load_model(saved)
-        predict.predict_texts(model, tok, texts[:64], args.batch_size, device=args.device, progress=False)  # warm-up
+        predict.predict_texts(
+            model, tok, texts[:64], batch_size=args.batch_size, device=args.device, progress=False
+        )  # warm-up
         start = time.perf_counter()
-        predict.predict_texts(model, tok, texts, args.batch_size, device=args.device)
+        predict.predict_texts(model, tok, texts, batch_size=args.batch_size, device=args.device)
         seconds = time.perf_counter() - start
     device = (
         torch.cuda.get_device_name(0)

@@ -7,9 +7,9 @@
 Cross-validates the TF-IDF char 1-3-gram + logistic regression baseline (5 folds, in a fresh temporary
 folder), then, for every fold in turn, holds it out, resamples it so that its rarest class is twice and its
 largest class half as frequent as in the training folds, and estimates its class shares from the other
-folds' error rates (nblib.shares.shift_check): absolute error per class of the raw count (CC) and of the
+folds' error rates (nblib.shares_check.shift_check): absolute error per class of the raw count (CC) and of the
 adjusted estimates. Last, the coverage of the 95% bootstrap intervals over repeated shifted samples
-(nblib.shares.coverage; target 90-97%): by default the bootstrap draws the training folds before their texts,
+(nblib.shares_check.coverage; target 90-97%): by default the bootstrap draws the training folds before their texts,
 as nblib.headline.pool_headline does; --text-bootstrap draws texts only. With --run, the same on the out-of-fold
 probabilities of a finished run instead, e.g. a fine-tuned encoder's from 03_bert_cv. Probabilities are
 calibrated as a run calibrates them (nblib.calibration), without the held-out fold's labels; --raw leaves
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nblib import baselines, headline, shares
+from nblib import baselines, headline, shares, shares_check
 from nblib.results import load_run
 from nblib.study import open_study
 
@@ -82,7 +82,7 @@ def main() -> None:
 
     start = time.perf_counter()
     checks = [
-        shares.shift_check(probs, gold, folds, names, test_fold=k, seed=args.seed + k, calibrate=not args.raw)
+        shares_check.shift_check(probs, gold, folds, names, test_fold=k, seed=args.seed + k, calibrate=not args.raw)
         for k in range(args.folds)
     ]
     print("\nFold 0 held out and shifted (fractions; error = absolute error):")
@@ -101,7 +101,7 @@ def main() -> None:
     print(f"({time.perf_counter() - start:.0f} s)")
 
     start = time.perf_counter()
-    cover = shares.coverage(
+    cover = shares_check.coverage(
         probs,
         gold,
         folds,
@@ -127,18 +127,20 @@ def evaluate_headline(probs: np.ndarray, gold: np.ndarray, folds: np.ndarray, ar
     rng = np.random.default_rng(args.seed)
     rows, choices = [], []
     for k in np.unique(folds):
-        (tr_p, tr_y), (te_p, te_y), up, down = shares._held_out(probs, gold, folds, k, None, None, not args.raw)
+        (tr_p, tr_y), (te_p, te_y), up, down = shares_check._held_out(probs, gold, folds, k, None, None, not args.raw)
         tr_f = folds[folds != k]
-        size = len(shares.shifted_sample(te_y, up, down, np.random.default_rng(0)))  # a pool as large as the check's
-        check = shares.coverage(
+        size = len(
+            shares_check.shifted_sample(te_y, up, down, np.random.default_rng(0))
+        )  # a pool as large as the check's
+        check = shares_check.coverage(
             tr_p, tr_y, tr_f, args.check_repeats, args.check_boot, seed=int(k), calibrate=False, texts=size
         )
         choice = headline.choose(check)
         choices.append({"left-out fold": int(k), "headline": choice.method, "factor": round(choice.factor, 2)})
         for shift in (2.0, 1.0):
             for _ in range(args.pools):
-                idx = shares.shifted_sample(te_y, up, down, rng, shift, texts=size)
-                truth = shares.shifted_prevalence(
+                idx = shares_check.shifted_sample(te_y, up, down, rng, shift, texts=size)
+                truth = shares_check.shifted_prevalence(
                     np.bincount(te_y, minlength=probs.shape[1]).astype(float), up, down, shift
                 )
                 t = shares.shares(

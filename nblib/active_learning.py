@@ -25,7 +25,9 @@ scikit-learn (TF-IDF, nearest neighbours, k-means), so neither library is a depe
 
 The annotator sheet (:func:`write_annotator_sheet`) has the study's text and label columns, so that the
 filled sheet is read back by :func:`nblib.data.load_labelled` (``extra_labelled_paths``) as extra labelled
-rows. :func:`simulate_learning_curve` shows on labelled data, with TF-IDF + logistic regression, how many
+rows. :func:`mix_blind_checks` mixes a share of already-labelled texts in blind (recorded in a separate file,
+:func:`blind_record_path`), and :func:`returned_sheet` measures the coder's agreement with their original
+labels on them (see docs/agreement.md); their rows never come back as new labels. :func:`simulate_learning_curve` shows on labelled data, with TF-IDF + logistic regression, how many
 labels the strategy saves against random choice.
 """
 
@@ -46,13 +48,18 @@ from sklearn.model_selection import train_test_split
 from sklearn.neighbors import NearestNeighbors
 
 from . import features
-from .data import LABEL_SHEET, LabelledData
+from .agreement import agreement_table, match_by_text
+from .agreement import summary as agreement_summary
+from .data import LABEL_SHEET, LabelledData, LoadReport, annotated_rows
+from .results import ModelResults
 from .settings import setting
 from .sheets import DataError, clean_text, write_table
 
 log = logging.getLogger(__name__)
 Measure = Literal["margin", "entropy"]
 STRATEGIES = ("random", "uncertain", "uncertain+diverse")  # what the simulation compares
+BLIND_RECORD = "_blind_record.csv"  # suffix of the hidden record of an annotator workbook's blind checks
+INSTRUCTIONS_SHEET = "instructions"  # the annotator workbook's codebook sheet
 
 
 @dataclass
@@ -60,6 +67,8 @@ class ActiveLearningSettings:
     """What to label next (05_predict): the annotator sheet, and the simulated learning curve that tests it."""
 
     n_to_label: int = setting(50, "texts in the annotator sheet", ge=1)
+    blind_share: float = setting(0.0, "share of the sheet's rows that are labelled texts mixed in blind", ge=0, lt=1)
+    show_guesses: bool = setting(True, "show the model's guess in the annotator sheet (False: coder not anchored)")
     uncertainty: Measure = setting("margin", "margin (gap between the two likeliest classes) or entropy")
     al_start: int = setting(100, "simulated learning curve: labelled texts at the start", ge=2)
     al_batch: int = setting(50, "texts added per round", ge=1)
@@ -167,51 +176,237 @@ def _most_uncertain_per_cluster(candidates: np.ndarray, vectors, n: int, seed: i
     return candidates[np.sort(np.concatenate([first, rest]))]
 
 
+def blind_record_path(sheet: str | Path) -> Path:
+    """The hidden record of an annotator workbook's blind checks: ``<workbook>_blind_record.csv`` next to it.
+
+    Args:
+        sheet: the annotator workbook (.xlsx).
+    """
+    sheet = Path(sheet)
+    return sheet.with_name(f"{sheet.stem}{BLIND_RECORD}")
+
+
+def mix_blind_checks(
+    batch: pd.DataFrame,
+    data: LabelledData,
+    share: float,
+    seed: int = 0,
+    oof: ModelResults | None = None,
+) -> pd.DataFrame:
+    """Mix already-labelled texts into a batch to label, blind: every row shuffled, the checks not marked.
+
+    ``round(share × n / (1 − share))`` distinct labelled texts are drawn at random (seeded), so that they are
+    ``share`` of the ``n + checks`` rows; none is a text of the batch. Their model guess comes from ``oof``, the
+    run's out-of-fold predictions (calibrated): the final model has been trained on them, so its guesses
+    would be near-certain and right, and give the checks away.
+
+    Args:
+        batch: the output of :func:`rank_for_labelling`.
+        data: the study's labelled data (the checks are drawn from it).
+        share: the checks' share of the rows, in [0, 1); 0 gives the batch in its order, with no check.
+        seed: the seed of the draw and of the shuffle.
+        oof: the run whose out-of-fold predictions give the checks' guesses; None: the checks have no guess
+            (write the sheet with ``guesses=False``).
+
+    Returns:
+        The rows in the order the coder sees them: ``item`` (1…), the batch's columns (``rank`` NaN for a check),
+        ``check`` (True for a check) and ``label`` (a check's class id in the labelled sheet, else NaN).
+    """
+    if not 0 <= share < 1:
+        raise DataError(f"blind_share = {share} is out of range: it must be >= 0 and < 1.")
+    n_checks = int(round(share * len(batch) / (1 - share)))
+    candidates = data.df.drop_duplicates("text")
+    candidates = candidates[~candidates["text"].isin(set(batch["text"]))]
+    if n_checks > len(candidates):
+        raise DataError(
+            f"blind_share = {share} asks for {n_checks} labelled texts among {len(batch)} new ones, but the study has "
+            f"{len(candidates)} distinct labelled texts: lower blind_share."
+        )
+    rng = np.random.default_rng(seed)
+    checks = candidates.iloc[np.sort(rng.choice(len(candidates), n_checks, replace=False))]
+    guess, guess_prob = np.full(n_checks, np.nan), np.full(n_checks, np.nan)
+    if oof is not None and n_checks:
+        probs = pd.DataFrame(oof.calibrated_probs, index=oof.predictions["text"].to_numpy())
+        probs = probs[~probs.index.duplicated()].reindex(checks["text"]).to_numpy()
+        guess, guess_prob = np.argmax(np.nan_to_num(probs, nan=-1), axis=1), probs.max(axis=1)
+        guess = np.where(np.isnan(guess_prob), np.nan, guess)
+    mixed = pd.concat(
+        [
+            batch.assign(check=False, label=np.nan),
+            pd.DataFrame(
+                {
+                    "rank": np.nan,
+                    "position": np.nan,
+                    "text": checks["text"].to_numpy(),
+                    "guess": guess,
+                    "guess_prob": guess_prob,
+                    "check": True,
+                    "label": checks["label"].to_numpy(),
+                }
+            ),
+        ],
+        ignore_index=True,
+    )
+    if n_checks:
+        mixed = mixed.iloc[rng.permutation(len(mixed))].reset_index(drop=True)
+    mixed.insert(0, "item", range(1, len(mixed) + 1))
+    return mixed.astype({"check": bool})
+
+
 def write_annotator_sheet(
     batch: pd.DataFrame,
     path: str | Path,
     data: LabelledData,
     text_col: str = "Sentence",
     label_col: str = "Label",
+    guesses: bool = True,
+    instructions: pd.DataFrame | None = None,
 ) -> Path:
     """Write the chosen texts as an .xlsx for the annotator, with the label table as a second sheet.
 
     The first sheet has ``rank``, the text (column ``text_col``), the model's ``guess`` (as the label is
     written in the labelled sheet) with ``guess_name`` and ``guess_probability``, and an empty ``label_col``
-    to fill in; the sheet ``labels`` lists ``Label``, ``Name``, ``Description`` of every class. Filled in, it
-    goes back into the study through ``extra_labelled_paths`` (rows left empty are skipped). Written by
-    :func:`nblib.sheets.write_table` (formula-safe); an existing file is never replaced.
+    to fill in; the sheet ``labels`` lists ``Label``, ``Name``, ``Description`` of every class, and the sheet
+    ``instructions`` the codebook when one is given. Filled in, it goes back into the study through
+    ``extra_labelled_paths`` (rows left empty are skipped). Written by :func:`nblib.sheets.write_table`
+    (formula-safe); an existing file is never replaced.
+
+    With blind checks (a batch from :func:`mix_blind_checks` with ``check`` rows) nothing in the sheet tells
+    them apart: ``item`` (the row's number) replaces ``rank``, and ``guess_probability`` is left out (the chosen
+    texts are the uncertain ones, so low probabilities would mark them). Which rows are checks, with their
+    labels, goes to a separate file the coder does not get, :func:`blind_record_path`; :func:`returned_sheet`
+    reads both back.
 
     Args:
-        batch: the output of :func:`rank_for_labelling`.
+        batch: the output of :func:`rank_for_labelling` (or of :func:`mix_blind_checks`).
         path: the .xlsx to write.
         data: the study's labelled data (its label values, names and descriptions).
         text_col: the study's text column name.
         label_col: the study's label column name.
+        guesses: False: no guess columns (the coder is not anchored by the model).
+        instructions: the codebook as a table (``Codebook.to_frame()``), written as the sheet ``instructions``.
 
     Returns:
         The path written.
     """
     path = Path(path)
-    if path.exists():
-        raise FileExistsError(f"{path} exists: choose another file name (an annotator sheet is never overwritten).")
+    mixed = "check" in batch and bool(batch["check"].any())
+    record = blind_record_path(path)
+    for target in (path, record) if mixed else (path,):
+        if target.exists():
+            raise FileExistsError(
+                f"{target} exists: choose another file name (an annotator sheet is never overwritten)."
+            )
     if path.suffix.lower() != ".xlsx":
         raise DataError(f"Cannot write {path.name}: an annotator sheet is an .xlsx (it holds the label table too).")
-    sheet = pd.DataFrame(
-        {
-            "rank": batch["rank"].to_numpy(),
-            text_col: batch["text"].to_numpy(),
-            "guess": [data.label_values[g] for g in batch["guess"]],
-            "guess_name": [data.label_names[g] for g in batch["guess"]],
-            "guess_probability": batch["guess_prob"].round(3).to_numpy(),
-            label_col: None,
-        }
-    )
+    if guesses and batch["guess"].isna().any():
+        raise DataError(
+            f"{int(batch['guess'].isna().sum())} rows have no model guess (blind checks need the run's out-of-fold "
+            f"predictions: mix_blind_checks(..., oof=run)); or write the sheet without guesses (guesses=False; in 05: show_guesses=False)."
+        )
+    sheet = pd.DataFrame({"item": batch["item"]} if mixed else {"rank": batch["rank"]}).reset_index(drop=True)
+    sheet[text_col] = batch["text"].to_numpy()
+    if guesses:
+        sheet["guess"] = [data.label_values[int(g)] for g in batch["guess"]]
+        sheet["guess_name"] = [data.label_names[int(g)] for g in batch["guess"]]
+        if not mixed:
+            sheet["guess_probability"] = batch["guess_prob"].round(3).to_numpy()
+    sheet[label_col] = None
     table = data.label_table()
     labels = pd.DataFrame(
         {"Label": table["value in sheet"], "Name": table["name"], "Description": table["description"]}
     )
-    return write_table(sheet, path, more_sheets={LABEL_SHEET: labels})
+    more = {LABEL_SHEET: labels} | ({INSTRUCTIONS_SHEET: instructions} if instructions is not None else {})
+    written = write_table(sheet, path, more_sheets=more)
+    if mixed:
+        checks = batch["check"].to_numpy(bool)
+        label = batch["label"].to_numpy()
+        write_table(
+            pd.DataFrame(
+                {
+                    "item": batch["item"].to_numpy(),
+                    "text": batch["text"].to_numpy(),
+                    "check": checks,
+                    "original_label": [data.label_values[int(y)] if c else None for y, c in zip(label, checks)],
+                    "original_name": [data.label_names[int(y)] if c else None for y, c in zip(label, checks)],
+                    "rank": batch["rank"].to_numpy(),
+                    "guess_from": np.where(checks, "out-of-fold", "model") if guesses else "not shown",
+                }
+            ),
+            record,
+        )
+        log.info(
+            "%d blind checks among %d rows; which ones: %s (keep it from the coder)", checks.sum(), len(batch), record
+        )
+    return written
+
+
+@dataclass
+class ReturnedSheet:
+    """A filled annotator sheet read back: the coder's agreement on the blind checks, and the new labels."""
+
+    agreement: pd.DataFrame  # nblib.agreement.agreement_table: the coder against the original labels
+    checks: pd.DataFrame  # per check text: text, original (class id), coder (class id; NaN: left empty)
+    new: pd.DataFrame  # the labelled rows that are not checks: text, label_value, row (what goes onward)
+    summary: str  # one sentence
+
+
+def returned_sheet(
+    path: str | Path,
+    data: LabelledData,
+    record: str | Path | None = None,
+    text_col: str = "Sentence",
+    label_col: str = "Label",
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> ReturnedSheet:
+    """Read a filled annotator sheet with blind checks: the coder's κ and α against the original labels (with
+    bootstrap intervals, :mod:`nblib.agreement`) on the checks, and only the genuinely new labelled rows.
+
+    The checks are found by text (a coder may sort the sheet); passing the filled sheet as
+    ``extra_labelled_paths`` adds its new rows only, as :func:`nblib.data.load_labelled` skips texts that are
+    already labelled.
+
+    Args:
+        path: the filled workbook.
+        data: the study's labelled data (the label values the labels must be among).
+        record: its hidden record (None: :func:`blind_record_path` of ``path``; give it when the file was renamed).
+        text_col: the sheet's text column.
+        label_col: the sheet's label column.
+        n_boot: bootstrap replicates.
+        seed: their seed.
+    """
+    path = Path(path)
+    record = blind_record_path(path) if record is None else Path(record)
+    if not record.exists():
+        raise DataError(
+            f"No blind record {record.name} next to {path.name}: pass record= the *{BLIND_RECORD} file written with "
+            f"the workbook (it says which rows are checks)."
+        )
+    known = set(data.label_values)
+    report = LoadReport(path.name)
+    coded = annotated_rows(path, text_col, label_col, known, report)
+    original = annotated_rows(record, "text", "original_label", known, LoadReport(record.name))
+    ids = {v: i for i, v in enumerate(data.label_values)}
+    original = original.assign(original=original["label_value"].map(ids))
+    coded = coded.assign(coder=coded["label_value"].map(ids))
+    matched = match_by_text(original, coded, "text", ("original", "coder"), ("original", "coder"))
+    checks = original[["text", "original"]].merge(matched[["text", "coder"]], on="text", how="left")
+    agreement = agreement_table(
+        {"original labels": checks["original"], "coder": checks["coder"]},
+        "original labels",
+        data.label_names,
+        n_boot,
+        seed,
+        coders=["coder"],
+    )
+    new = coded.loc[~coded["text"].isin(set(original["text"])), ["text", "label_value", "row"]]
+    done = int(checks["coder"].notna().sum())
+    summary = f"{path.name}: {len(new)} new labels; the coder labelled {done} of {len(checks)} blind checks" + (
+        f"; {agreement_summary(agreement)}" if done else "."
+    )
+    log.info(summary)
+    return ReturnedSheet(agreement, checks, new.reset_index(drop=True), summary)
 
 
 def simulate_learning_curve(
@@ -231,7 +426,7 @@ def simulate_learning_curve(
     chosen by the strategy: ``random``, ``uncertain`` (the most uncertain, ``settings.uncertainty``) or
     ``uncertain+diverse`` (:func:`rank_for_labelling`). The TF-IDF vocabulary is fitted once per repetition
     on the pool's texts (no labels: as one would on the unlabelled pool). The regression is solved with
-    ``saga`` (the same model as the baselines' lbfgs, about ten times faster on sparse TF-IDF here).
+    ``saga`` (the same model as the baselines' lbfgs, faster on sparse TF-IDF).
 
     Args:
         texts: the labelled texts.

@@ -66,7 +66,7 @@ class BaselineConfig:
     w2v_min_count: int = setting(2, "word2vec: a unit must occur this often", ge=1)
     mlp_hidden: int = setting(256, "hidden units of the MLPs", ge=1)
     lstm_hidden: int = setting(64, "hidden units of the LSTMs", ge=1)
-    max_len: int = setting(128, "units per text for the LSTM", ge=1)
+    lstm_max_units: int = setting(128, "units per text read by the LSTM (longer texts are cut)", ge=1)
     dropout: float = setting(0.3, "dropout of the MLPs and LSTMs", ge=0, lt=1)
     epochs: int = setting(20, "upper bound; early stopping on the validation part decides", ge=1)
     patience: int = setting(2, "stop after this many epochs without a better validation score", ge=1)
@@ -129,8 +129,8 @@ class LSTMClassifier(nn.Module):
 
     The BiLSTM is two one-directional LSTMs; the backward one reads each text reversed within its own length,
     so padding enters neither direction (the same function as a packed bidirectional LSTM) while both run
-    PyTorch's fused kernel on the padded batch (oneDNN on CPU, cuDNN on GPU): 1.6× faster to train on CPU
-    than a packed sequence, whose backward pass copies the whole batch at every position.
+    PyTorch's fused kernel on the padded batch (oneDNN on CPU, cuDNN on GPU): faster to train on CPU than a
+    packed sequence, whose backward pass copies the whole batch at every position (benchmarks/README.md).
 
     Args:
         vocab_size: number of unit ids, padding included.
@@ -280,6 +280,63 @@ def predict_proba(model: nn.Module, batches: Iterable) -> np.ndarray:
     return out
 
 
+def train_one_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer) -> float:
+    """One pass over the training batches (cross-entropy, backward, step); the mean training loss.
+
+    Args:
+        model: the model.
+        batches: shuffled training batches ``((inputs…), labels)``.
+        optimizer: the optimizer of ``model``'s parameters.
+    """
+    model.train()
+    total, count = 0.0, 0
+    for inputs, y in batches:
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(*inputs), y)
+        loss.backward()
+        optimizer.step()
+        total, count = total + loss.item() * len(y), count + len(y)
+    return total / count
+
+
+class BestEpoch:
+    """Early stopping: keeps a copy of the weights of the best epoch so far by the validation score
+    (:func:`nblib.metrics.improves`), says when ``patience`` epochs passed without a better one, puts them back.
+
+    Args:
+        select_on: the validation score that decides the best epoch.
+        patience: stop after this many epochs without a better validation score.
+    """
+
+    def __init__(self, select_on: SelectOn, patience: int) -> None:
+        self.select_on, self.patience = select_on, patience
+        self.scores: dict[str, float] | None = None
+        self.state: dict[str, torch.Tensor] | None = None
+        self.epoch = 0
+
+    def stop_after(self, epoch: int, scores: dict[str, float], model: nn.Module) -> bool:
+        """Record an epoch's validation scores (copying the weights when they are the best so far); whether to stop.
+
+        Args:
+            epoch: the epoch just trained (from 1).
+            scores: its :func:`nblib.metrics.validation_scores`.
+            model: the model, with this epoch's weights.
+        """
+        if improves(scores, self.scores, self.select_on):
+            self.scores, self.state, self.epoch = scores, copy.deepcopy(model.state_dict()), epoch
+            return False
+        return epoch - self.epoch >= self.patience
+
+    def restore(self, model: nn.Module) -> nn.Module:
+        """Put the best epoch's weights back into ``model``; returns it.
+
+        Args:
+            model: the model that was trained.
+        """
+        model.load_state_dict(self.state)
+        return model
+
+
 def train_early_stopping(
     model: nn.Module,
     train: DataLoader,
@@ -308,25 +365,14 @@ def train_early_stopping(
         The model with the best epoch's weights, the per-epoch curves, and the best epoch.
     """
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    loss_fn = nn.CrossEntropyLoss()
-    best, best_state, best_epoch, rows = None, None, 0, []
+    best, rows = BestEpoch(select_on, patience), []
     for epoch in range(1, epochs + 1):
-        model.train()
-        total, count = 0.0, 0
-        for inputs, y in train:
-            optimizer.zero_grad()
-            loss = loss_fn(model(*inputs), y)
-            loss.backward()
-            optimizer.step()
-            total, count = total + loss.item() * len(y), count + len(y)
+        train_loss = train_one_epoch(model, train, optimizer)
         scores = validation_scores(y_val, predict_proba(model, val))
-        rows.append({"epoch": epoch, "train_loss": total / count, **scores})
-        if improves(scores, best, select_on):
-            best, best_state, best_epoch = scores, copy.deepcopy(model.state_dict()), epoch
-        elif epoch - best_epoch >= patience:
+        rows.append({"epoch": epoch, "train_loss": train_loss, **scores})
+        if best.stop_after(epoch, scores, model):
             break
-    model.load_state_dict(best_state)
-    return model, pd.DataFrame(rows), best_epoch
+    return best.restore(model), pd.DataFrame(rows), best.epoch
 
 
 # --- one fold of each kind of model ---------------------------------------------------------------
@@ -464,12 +510,14 @@ class BaselineSuite:
         return vec.transform(self.tokens).astype(np.float32), vec.get_feature_names_out().tolist()
 
     def build(self, name: str, split: FoldSplit) -> FoldModel:
-        """The fresh (untrained) model of baseline ``name`` for one fold, with its batches.
+        """The fresh (untrained) model of baseline ``name`` for one fold, with its batches; its initial weights are
+        seeded with the fold's seed (the same here as in :meth:`run`).
 
         Args:
             name: one of ``MODELS`` except ``lr_tfidf_char``.
             split: the fold.
         """
+        torch.manual_seed(split.seed)
         c, y, k = self.cfg, self.data.labels, self.data.num_labels
         if name.startswith("mlp_"):
             x, columns = self.feature_matrix(name.removeprefix("mlp_"), split)
@@ -480,7 +528,7 @@ class BaselineSuite:
                 {"features": len(columns)},
             )
         vocab = features.Vocab([self.tokens[i] for i in split.train], min_count=1, max_size=c.max_features)
-        seqs = vocab.encode(self.tokens, c.max_len)
+        seqs = vocab.encode(self.tokens, c.lstm_max_units)
         extra = {"vocab": len(vocab)}
         pretrained = None
         if name == "lstm_word2vec":

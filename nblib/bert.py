@@ -42,12 +42,13 @@ from transformers import (
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.utils import logging as hf_logging
 
-from .cv import set_seed
+from .hardware import set_seed
+from .layout import TINY_RANDOM as TINY_RANDOM
+from .layout import ModelNotAvailableError, finished_model
 from .metrics import improves, validation_scores
-from .results import TINY_RANDOM as TINY_RANDOM
-from .results import ModelNotAvailableError, finished_model
 from .settings import SelectOn, runtime, setting
 from .sheets import DataError
+from .study import Study
 
 log = logging.getLogger(__name__)
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -65,6 +66,21 @@ COPY_AGAIN = "copy the complete model folder again (or save it again with save_p
 
 
 # --- finding and building encoders ------------------------------------------------------------------
+
+
+def model_source(model: str, study: Study) -> str:
+    """The encoder to train: a local folder or hub id (checked), or the tiny random BERT built for the study.
+
+    Args:
+        model: a hub id, a local folder, or ``tiny-random``.
+        study: the study (its texts build the tiny encoder's vocabulary; it is saved in the study folder).
+    """
+    if model != TINY_RANDOM:
+        return resolve_model(model)
+    folder = study.folder("encoders") / TINY_RANDOM
+    if not (folder / "config.json").exists():
+        build_tiny_encoder(study.data.texts, folder, seed=study.settings.seed)
+    return str(folder)
 
 
 def resolve_model(model: str, pass_as: tuple[str, str] = ("BERT_MODEL", "model")) -> str:
@@ -202,7 +218,7 @@ def build_tiny_encoder(
 
 def check_model_folder(folder: str | Path) -> Path:
     """A local model folder, checked before loading: completely saved (its done marker,
-    :func:`nblib.results.finished_model`), a readable ``config.json`` of a model, undamaged weights and
+    :func:`nblib.layout.finished_model`), a readable ``config.json`` of a model, undamaged weights and
     tokenizer files. Without this, transformers loads a folder that lacks its tokenizer files with a
     5-token vocabulary (every character ``[UNK]``), and damaged files give tracebacks that name no file.
 
@@ -541,6 +557,27 @@ class Encoded(torch.utils.data.Dataset):
         return out
 
 
+def tokenize_texts(
+    source: str,
+    texts: Sequence[str],
+    max_len: int,
+    labels: Sequence[int] | None = None,
+    truncation: str = "head",
+) -> tuple[PreTrainedTokenizerBase, Encoded]:
+    """The encoder's tokenizer, with ``max_len`` checked against the model's positions, and the texts encoded by it.
+
+    Args:
+        source: the encoder (local folder or hub id, resolved).
+        texts: the texts.
+        max_len: the most tokens per text.
+        labels: label ids, one per text (None for unlabelled texts).
+        truncation: ``"head"`` or ``"head+tail"``.
+    """
+    tokenizer = load_tokenizer(source)
+    check_max_len(max_len, source, tokenizer)
+    return tokenizer, Encoded(tokenizer, texts, max_len, labels, truncation=truncation)
+
+
 def _head_and_tail(tokenizer: PreTrainedTokenizerBase, text: str, room: int) -> str:
     """The text of its first ``room / 2`` (rounded up) and its last ``room / 2`` tokens, joined by a space."""
     offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
@@ -621,25 +658,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 # --- training -----------------------------------------------------------------------------------------
-
-
-def gpu_precision(device: torch.device | int | None = None) -> str:
-    """Mixed precision for a CUDA device: bf16 from compute capability 8 (Ampere) on, else fp16 with loss scaling.
-
-    ``torch.cuda.is_bf16_supported()`` also counts emulated bf16 (slow on V100, T4, RTX 20xx), so it does not decide.
-    Ask after the process's device is set (default: the current device), so that each rank asks its own GPU.
-    """
-    return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
-
-
-def cpu_bf16_native() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX, e.g. Intel Xeon from Cooper Lake / Sapphire
-    Rapids, AMD Zen 4): there ``precision="bf16"`` (autocast) trains about 1.7x faster than fp32; elsewhere bf16
-    is emulated and slower."""
-    return bool(
-        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-        or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    )
 
 
 def per_device_batch(batch_size: int, processes: int, grad_accum: int) -> int:
@@ -732,6 +750,29 @@ class FoldResult:
     val_logits: np.ndarray | None = None  # the kept epoch's logits on the validation texts (for calibration)
 
 
+def clip_and_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    accelerator: Accelerator,
+    max_grad_norm: float,
+) -> None:
+    """One optimizer step: clip the gradients' norm, step, advance the schedule (unless fp16 skipped the step), zero.
+
+    Args:
+        model: the model (prepared by ``accelerator``).
+        optimizer: its optimizer.
+        scheduler: the learning-rate schedule, stepped once per optimizer step.
+        accelerator: devices, mixed precision and the fp16 loss scaler.
+        max_grad_norm: gradients are clipped to this norm.
+    """
+    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    if not accelerator.optimizer_step_was_skipped:  # fp16: the scaler skips steps with inf/NaN gradients
+        scheduler.step()
+    optimizer.zero_grad()
+
+
 def train_epoch(
     model: torch.nn.Module,
     loader: DataLoader,
@@ -761,16 +802,67 @@ def train_epoch(
             loss = model(**batch).loss  # input_ids, attention_mask and labels: padding is masked out
             accelerator.backward(loss / settings.grad_accum)
         if last_micro:
-            accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-            optimizer.step()
-            if not accelerator.optimizer_step_was_skipped:  # fp16: the scaler skips steps with inf/NaN gradients
-                scheduler.step()
-            optimizer.zero_grad()
+            clip_and_step(model, optimizer, scheduler, accelerator, settings.max_grad_norm)
         loss_sum, seen = loss_sum + loss.detach().float() * len(batch["labels"]), seen + len(batch["labels"])
     return accelerator.reduce(loss_sum / seen, "mean").item()
 
 
-def fine_tune(
+@dataclass
+class FineTuning:
+    """One model ready to fine-tune (:func:`prepare`): the model, optimizer, schedule and batches, all prepared by
+    ``accelerator``, with the settings the schedule was made for."""
+
+    model: torch.nn.Module  # prepared by the accelerator (wrapped for mixed precision or DDP)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_dl: DataLoader
+    val_dl: DataLoader | None
+    test_dl: DataLoader | None
+    val_labels: np.ndarray | None  # gold label ids of the validation texts, in their order
+    settings: TrainSettings
+    accelerator: Accelerator
+    encoder_checksum: float  # of the pretrained weights it starts from (:func:`encoder_checksum`)
+
+    def summary(self) -> pd.Series:
+        """The optimizer, its parameter groups and the schedule, in words and numbers (for a methods section)."""
+        s, optimizer = self.settings, getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate's wrapper
+        per_epoch, warmup, total = schedule_steps(len(self.train_dl), s)
+        groups = [
+            f"{sum(p.numel() for p in g['params']):,} weights at lr {g['initial_lr']:g}, weight decay {g['weight_decay']:g}"
+            for g in self.optimizer.param_groups
+        ]
+        return pd.Series(
+            {
+                "optimizer": f"{type(optimizer).__name__}: " + "; ".join(groups),
+                "schedule": f"linear warm-up over {warmup} steps, then linear decay to 0 at step {total}",
+                "texts per optimizer step": s.batch_size,
+                "optimizer steps per epoch": per_epoch,
+                "epochs": s.epochs,
+                "gradient norm clipped to": s.max_grad_norm,
+                "training texts": len(self.train_dl.dataset),
+                "validation texts": 0 if self.val_dl is None else len(self.val_dl.dataset),
+                "test texts": 0 if self.test_dl is None else len(self.test_dl.dataset),
+                "mixed precision": self.accelerator.mixed_precision,
+                "processes": self.accelerator.num_processes,
+            },
+            name="fine-tuning",
+        )
+
+
+def schedule_steps(batches: int, settings: TrainSettings) -> tuple[int, int, int]:
+    """Optimizer steps per epoch, warm-up steps and all steps of a run with ``batches`` training batches per epoch
+    (per process).
+
+    Args:
+        batches: training batches per epoch and process.
+        settings: ``grad_accum``, ``warmup_ratio`` and ``epochs``.
+    """
+    per_epoch = math.ceil(batches / settings.grad_accum)
+    total = per_epoch * settings.epochs
+    return per_epoch, int(settings.warmup_ratio * total), total
+
+
+def prepare(
     source: str,
     label_names: Sequence[str],
     train: Encoded,
@@ -780,14 +872,11 @@ def fine_tune(
     accelerator: Accelerator,
     tokenizer: PreTrainedTokenizerBase,
     seed: int,
-    select_on: SelectOn,
-    desc: str = "",
-) -> FoldResult:
-    """Fine-tune a fresh copy of ``source`` on ``train``; keep the epoch with the best validation score.
+) -> FineTuning:
+    """A fresh copy of ``source`` with a new classification head, its optimizer, batches and learning-rate schedule.
 
-    Without ``val`` (the final model on all data) the last epoch is kept. ``test`` is predicted once, with the
-    kept weights, after training. Seeded with ``seed`` (the same call gives the same model). Give each model a
-    fresh ``accelerator`` when it has fp16 loss scaling: the scaler's state lives in the accelerator.
+    Seeded with ``seed`` (the head's initialisation and the batch order). Give each model a fresh ``accelerator``
+    when it has fp16 loss scaling: the scaler's state lives in the accelerator.
 
     Args:
         source: the pretrained encoder (local folder or hub id); a new classification head is added.
@@ -799,8 +888,6 @@ def fine_tune(
         accelerator: devices and mixed precision.
         tokenizer: pads the batches.
         seed: seeds the head's initialisation and the batch order.
-        select_on: the validation score that decides the epoch kept (:func:`nblib.metrics.improves`).
-        desc: a label for progress bars and log lines.
     """
     per_device = per_device_batch(settings.batch_size, accelerator.num_processes, settings.grad_accum)
     # an earlier model (another fold, a failed try) must be gone before this one loads: accelerate's mixed-precision
@@ -822,22 +909,45 @@ def fine_tune(
     train_dl = loaders[0]
     val_dl = loaders[1] if val is not None else None
     test_dl = loaders[-1] if test is not None else None
-    total = math.ceil(len(train_dl) / settings.grad_accum) * settings.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total), total)
+    _, warmup, total = schedule_steps(len(train_dl), settings)
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total)  # linear warm-up, then linear decay to 0
+    val_labels = np.array([item["labels"] for item in val.items]) if val is not None else None
+    return FineTuning(
+        model, optimizer, scheduler, train_dl, val_dl, test_dl, val_labels, settings, accelerator, checksum
+    )
 
-    best, best_state, best_epoch, rows, best_logits = None, None, settings.epochs, [], None
-    for epoch in range(1, settings.epochs + 1):
-        row = {
-            "epoch": epoch,
-            "train_loss": train_epoch(
-                model, train_dl, optimizer, scheduler, accelerator, settings, f"{desc} epoch {epoch}"
-            ),
-        }
-        if val_dl is not None:
-            logits = evaluate(model, val_dl, accelerator)
-            scores = validation_scores(np.array([item["labels"] for item in val.items]), softmax(logits))
+
+@dataclass
+class Fitted:
+    """What :func:`fit_epochs` found: the per-epoch curves, the epoch kept, and its logits on the validation texts."""
+
+    history: pd.DataFrame
+    best_epoch: int
+    val_logits: np.ndarray | None  # None without validation texts
+
+
+def fit_epochs(ft: FineTuning, select_on: SelectOn, desc: str = "") -> Fitted:
+    """Train every epoch; after each, score the validation texts and copy the weights when the score improves
+    (:func:`nblib.metrics.improves`); at the end put the best epoch's weights back. Without validation texts the
+    last epoch is kept.
+
+    Args:
+        ft: the model, optimizer, schedule and batches from :func:`prepare`.
+        select_on: the validation score that decides the epoch kept.
+        desc: a label for progress bars and log lines.
+    """
+    model, accelerator, epochs = ft.model, ft.accelerator, ft.settings.epochs
+    best, best_state, best_epoch, best_logits, rows = None, None, epochs, None, []
+    for epoch in range(1, epochs + 1):
+        loss = train_epoch(
+            model, ft.train_dl, ft.optimizer, ft.scheduler, accelerator, ft.settings, f"{desc} epoch {epoch}"
+        )
+        row = {"epoch": epoch, "train_loss": loss}
+        if ft.val_dl is not None:
+            logits = evaluate(model, ft.val_dl, accelerator)
+            scores = validation_scores(ft.val_labels, softmax(logits))
             row |= scores
-            if improves(scores, best, select_on):
+            if improves(scores, best, select_on):  # keep a copy of this epoch's weights, off the GPU
                 best, best_epoch, best_logits = scores, epoch, logits
                 best_state = {
                     k: v.detach().to("cpu", copy=True) for k, v in accelerator.unwrap_model(model).state_dict().items()
@@ -846,17 +956,76 @@ def fine_tune(
                 "%s epoch %d: train loss %.4f, val loss %.4f, val macro-F1 %.4f",
                 desc,
                 epoch,
-                row["train_loss"],
+                loss,
                 row["val_loss"],
                 row["val_macro_f1"],
             )
         rows.append(row)
-    plain = accelerator.unwrap_model(model)
     if best_state is not None:
-        plain.load_state_dict(best_state)
-    probs = softmax(evaluate(model, test_dl, accelerator)) if test_dl is not None else None
-    accelerator.free_memory()
-    return FoldResult(probs, pd.DataFrame(rows), best_epoch, plain, checksum, best_logits)
+        accelerator.unwrap_model(model).load_state_dict(best_state)  # the best epoch's weights, back in the model
+    return Fitted(pd.DataFrame(rows), best_epoch, best_logits)
+
+
+def predict_test(ft: FineTuning) -> np.ndarray | None:
+    """Class probabilities of the test texts, in their order, by the model as it is now (after :func:`fit_epochs`:
+    the kept epoch's weights); None without test texts.
+
+    Args:
+        ft: the fine-tuned model and its batches.
+    """
+    return softmax(evaluate(ft.model, ft.test_dl, ft.accelerator)) if ft.test_dl is not None else None
+
+
+def fold_result(ft: FineTuning, fitted: Fitted, test_probs: np.ndarray | None) -> FoldResult:
+    """The steps' results as one :class:`FoldResult` (the model unwrapped); the accelerator lets go of the model,
+    optimizer and batches, so that the next model's memory is free once this one's result is dropped.
+
+    Args:
+        ft: the fine-tuned model (from :func:`prepare`, after :func:`fit_epochs`).
+        fitted: what :func:`fit_epochs` returned.
+        test_probs: what :func:`predict_test` returned.
+    """
+    plain = ft.accelerator.unwrap_model(ft.model)
+    ft.accelerator.free_memory()
+    return FoldResult(test_probs, fitted.history, fitted.best_epoch, plain, ft.encoder_checksum, fitted.val_logits)
+
+
+def fine_tune(
+    source: str,
+    label_names: Sequence[str],
+    train: Encoded,
+    val: Encoded | None,
+    test: Encoded | None,
+    settings: TrainSettings,
+    accelerator: Accelerator,
+    tokenizer: PreTrainedTokenizerBase,
+    seed: int,
+    select_on: SelectOn,
+    desc: str = "",
+) -> FoldResult:
+    """Fine-tune a fresh copy of ``source`` on ``train``; keep the epoch with the best validation score.
+
+    The steps in order: :func:`prepare`, :func:`fit_epochs`, :func:`predict_test` (``test`` is predicted once, with
+    the kept weights, after training), :func:`fold_result`. Without ``val`` (the final model on all data) the last
+    epoch is kept. Seeded with ``seed`` (the same call gives the same model). Give each model a fresh
+    ``accelerator`` when it has fp16 loss scaling: the scaler's state lives in the accelerator.
+
+    Args:
+        source: the pretrained encoder (local folder or hub id); a new classification head is added.
+        label_names: the class names (their number sizes the head).
+        train: the tokenized training texts with labels.
+        val: the validation texts that choose the epoch, or None.
+        test: the texts to predict once at the end, or None.
+        settings: epochs, batch size, learning rates, warm-up, weight decay, clipping, frozen embeddings.
+        accelerator: devices and mixed precision.
+        tokenizer: pads the batches.
+        seed: seeds the head's initialisation and the batch order.
+        select_on: the validation score that decides the epoch kept (:func:`nblib.metrics.improves`).
+        desc: a label for progress bars and log lines.
+    """
+    ft = prepare(source, label_names, train, val, test, settings, accelerator, tokenizer, seed)
+    fitted = fit_epochs(ft, select_on, desc)
+    return fold_result(ft, fitted, predict_test(ft))
 
 
 def show_batch(batch: dict, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], tokens: int = 12) -> pd.DataFrame:

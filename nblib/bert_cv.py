@@ -23,74 +23,33 @@ the final model, then rerun the notebook with the same settings to collect the r
 from __future__ import annotations
 
 import argparse
-import ctypes
-import hashlib
+import contextlib
 import json
 import logging
-import os
-import signal
-import subprocess
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 
 import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
 
-from . import bert, calibration, cli, cv, results, self_training
-from .data import DataError, path_list
+from . import bert, calibration, cli, cv, hardware, layout, predict, self_training
+from .data import DataError
 from .folds import FoldSplit
-from .hardware import keep_freed_memory
+from .hardware import Device, Hardware, Parallel, Precision, Processes
 from .results import ModelResults, read_folds
-from .settings import ModelSelection, StudySettings, from_params, identity, runtime, setting, to_params
+from .settings import MAX_LEN, ModelSelection, StudySettings, from_params, identity, runtime, setting, to_params
 from .study import Study, open_study
 
 log = logging.getLogger(__name__)
-C = TypeVar("C")
 
 OOM_ADVICE = (
     "CUDA ran out of memory at batch size {per_device} per device. Try, in this order: a smaller "
     "max_len (texts are short; see 01_eda's length table), precision='bf16' or 'fp16', a smaller "
     "batch_size with grad_accum > 1 (same effective batch), or a smaller model."
 )
-
-
-class Hardware:
-    """Where a run executes, shared by the settings classes with ``device``, ``precision`` and ``num_processes``
-    fields (fine-tuning, TAPT)."""
-
-    device: str
-    precision: str
-    num_processes: int | str
-
-    def use_cpu(self) -> bool:
-        """Whether this process trains on the CPU; ``device="cuda"`` where PyTorch sees no GPU is an error."""
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(
-                "device='cuda', but PyTorch sees no CUDA GPU here (a CPU-only torch build, no driver, "
-                "or CUDA_VISIBLE_DEVICES empty). Use device='cpu' or 'auto' to train on the CPU."
-            )
-        return self.device == "cpu" or not torch.cuda.is_available()
-
-    def resolved_precision(self, device: torch.device | None = None) -> str:
-        """fp32 on CPU unless asked (``precision="bf16"`` is 1.7x faster where the CPU has native bf16, see
-        :func:`nblib.bert.cpu_bf16_native`); on GPU bf16 from compute capability 8 (Ampere) on, else fp16 (loss scaling).
-
-        Args:
-            device: this process's GPU (default: the current device).
-        """
-        if self.precision != "auto":
-            return self.precision
-        return "fp32" if self.use_cpu() else bert.gpu_precision(device)
-
-    def processes(self) -> int:
-        """The number of processes: ``num_processes``, or every visible GPU (1 on CPU)."""
-        if self.num_processes != "auto":
-            return int(self.num_processes)
-        return 1 if self.use_cpu() else max(1, torch.cuda.device_count())
 
 
 @dataclass
@@ -106,17 +65,15 @@ class FineTuneConfig(Hardware):
         "bert-base-chinese", "hub id, or a local folder (offline servers), or tiny-random for a smoke run", path="model"
     )
     run_name: str | None = runtime(None, "results folder name (default bert_ + model folder name)")
-    max_len: int = setting(128, "tokens per text; longer texts are cut (and counted)", ge=1)
+    max_len: int = setting(MAX_LEN, "tokens per text; longer texts are cut (and counted)", ge=1)
     truncation: Literal["head", "head+tail"] = setting("head", "what a cut text keeps: head, or head+tail")
     train: bert.TrainSettings = field(default_factory=bert.TrainSettings)
     selection: ModelSelection = field(default_factory=ModelSelection)
     train_final: bool = setting(True, "also train one model on all labelled texts")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = runtime("auto", "auto, fp32, bf16 or fp16")
-    device: Literal["auto", "cpu", "cuda"] = runtime("auto", "auto, cpu or cuda")
-    num_processes: int | Literal["auto"] = runtime("auto", "auto: every visible GPU (1 on CPU)", ge=1)
-    parallel: Literal["auto", "folds", "ddp"] = runtime(
-        "auto", "auto, folds (whole folds side by side) or ddp (one fold over every GPU)"
-    )
+    precision: Precision = runtime("auto", "auto, fp32, bf16 or fp16")
+    device: Device = runtime("auto", "auto, cpu or cuda")
+    num_processes: Processes = runtime("auto", "auto: every visible GPU (1 on CPU)", ge=1)
+    parallel: Parallel = runtime("auto", "auto, folds (whole folds side by side) or ddp (one fold over every GPU)")
     save_fold_models: bool = runtime(True, "keep each fold's model (05's fold ensemble, self-training teachers)")
     oom_retry: bool = runtime(True, "on CUDA out-of-memory halve the per-device batch and retry")
     teacher: str | None = setting(
@@ -136,24 +93,10 @@ class FineTuneConfig(Hardware):
             source: the resolved model (local folder or hub id).
         """
         ident = {"source": source, **identity(self), "precision": self.resolved_precision()}
-        if self.teacher is None:  # plain fine-tuning: the identity it had before self-training existed
+        if self.teacher is None:  # plain fine-tuning: the self-training settings are not part of its identity
             for name in ["teacher", *to_params(self.pseudo)]:
                 del ident[name]
         return ident
-
-
-def _accelerator(cfg: FineTuneConfig) -> Accelerator:
-    """A new Accelerator (fresh fp16 loss-scale state) on this process's device.
-
-    The device is set first (under torchrun: this rank's GPU), then "auto" precision is decided on it.
-    TF32 matrix products only with mixed precision: ``precision="fp32"`` means full fp32.
-    """
-    cpu = cfg.use_cpu()
-    precision = cfg.resolved_precision(PartialState(cpu=cpu).device)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision != "fp32"
-    if cpu and precision == "bf16" and not bert.cpu_bf16_native():
-        log.warning("precision='bf16' on a CPU without native bf16 (AVX512-BF16 or AMX): emulated, slower than fp32.")
-    return Accelerator(cpu=cpu, mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision])
 
 
 def _fine_tune_retrying(
@@ -162,7 +105,7 @@ def _fine_tune_retrying(
     """fine_tune with a fresh Accelerator, and on CUDA out-of-memory: halve the per-device batch (doubling
     accumulation) and retry. Returns the result and the settings that fitted, for the next folds."""
     while True:
-        accelerator = _accelerator(cfg)
+        accelerator = hardware.make_accelerator(cfg)
         per_device = bert.per_device_batch(settings.batch_size, accelerator.num_processes, settings.grad_accum)
         try:
             return bert.fine_tune(settings=settings, accelerator=accelerator, **kw), settings
@@ -180,21 +123,6 @@ def _fine_tune_retrying(
         )
 
 
-def model_source(cfg: FineTuneConfig, study: Study) -> str:
-    """The encoder to fine-tune: a local folder or hub id (checked), or the tiny random BERT built for the study.
-
-    Args:
-        cfg: the run's settings (``model``).
-        study: the study (its texts build the tiny encoder's vocabulary; it is saved in the study folder).
-    """
-    if cfg.model != bert.TINY_RANDOM:
-        return bert.resolve_model(cfg.model)
-    folder = study.folder("encoders") / bert.TINY_RANDOM
-    if not (folder / "config.json").exists():
-        bert.build_tiny_encoder(study.data.texts, folder, seed=study.settings.seed)
-    return str(folder)
-
-
 class FineTuneJob:
     """One fine-tuning run of a study: the resolved model, the tokenized texts, and the run's results folder."""
 
@@ -207,25 +135,17 @@ class FineTuneJob:
             write: False in the processes of a distributed run that do not save.
         """
         self.config, self.study = config, study
-        self.source = model_source(config, study)
-        identity = config.identity(results.stored_path(self.source, study.path))  # the folder may move
-        self.teacher = None
-        if config.teacher:
-            config.pseudo.check()
-            self.pool = study.unseen_pool(required_by="self-training").texts
-            self.teacher = study.run_folder(config.teacher)
-            self_training.check_teacher(self.teacher, study.folds)
-            identity["pool_sha"] = hashlib.sha256("\n".join(self.pool["text"]).encode()).hexdigest()[:16]
+        self.source = bert.model_source(config.model, study)
+        identity = config.identity(layout.stored_path(self.source, study.path))  # the folder may move
+        self.teacher = self_training.Teacher(study, config.teacher, config.pseudo) if config.teacher else None
+        if self.teacher:
+            identity["pool_sha"] = self.teacher.pool_sha
         self.run = study.open_run(config.name, identity, write=write)
-        self.tokenizer = bert.load_tokenizer(self.source)
-        bert.check_max_len(config.max_len, self.source, self.tokenizer)
-        self.encoded = bert.Encoded(
-            self.tokenizer, study.data.texts, config.max_len, study.data.labels, truncation=config.truncation
+        self.tokenizer, self.encoded = bert.tokenize_texts(
+            self.source, study.data.texts, config.max_len, study.data.labels, config.truncation
         )
         if self.teacher:
-            self.pool_encoded = bert.Encoded(
-                self.tokenizer, self.pool["text"], config.max_len, truncation=config.truncation
-            )
+            self.teacher.encode_pool(self.tokenizer, config.max_len, config.truncation)
         self.settings = config.train  # a batch halved after running out of memory stays halved for later folds
 
     def describe(self) -> str:
@@ -243,7 +163,7 @@ class FineTuneJob:
             split: the fold.
             size: texts in the batch.
         """
-        collator = bert.make_collator(self.tokenizer, _accelerator(self.config))
+        collator = bert.make_collator(self.tokenizer, hardware.make_accelerator(self.config))
         batch = next(iter(bert.train_loader(self.encoded.subset(split.train), collator, size, split.seed)))
         batch["idx"] = torch.as_tensor(split.train)[batch["idx"]]  # back to rows of the study's data
         return batch
@@ -255,21 +175,21 @@ class FineTuneJob:
         Args:
             k: the fold (None: the final model).
         """
-        table = self_training.load_or_make(
-            self.run.path / "pseudo_labels" / f"{'final' if k is None else f'fold_{k}'}.csv",
-            self_training.teacher_model(self.teacher, k),
-            self.pool,
-            self.config.pseudo,
-            max_len=self.config.max_len,
-            truncation=self.config.truncation,
-            device="cpu" if self.config.use_cpu() else "cuda",
-        )
-        chosen = np.flatnonzero(table["chosen"].to_numpy(dtype=bool))
-        return self.pool_encoded.subset(chosen).with_labels(table["label"].to_numpy()[chosen])
+        device = "cpu" if self.config.use_cpu() else "cuda"
+        return self.teacher.pseudo_labelled(k, self.run.path / "pseudo_labels", device)
 
-    def fit_fold(self, split: FoldSplit) -> cv.FoldOutput:
-        """Fine-tune a fresh model on a fold's training part (self-training: and the pool texts its teacher labelled),
-        keep the best epoch, predict its test part once.
+    def trains_here(self) -> bool:
+        """Whether :meth:`cross_validate` trains the folds in this process (one process: the CPU or one GPU), rather
+        than in fold workers or under torchrun."""
+        return self.config.processes() == 1
+
+    def accelerator(self) -> Accelerator:
+        """A new Accelerator for one model on this process's device, with the run's precision."""
+        return hardware.make_accelerator(self.config)
+
+    def fold_parts(self, split: FoldSplit) -> tuple[bert.Encoded, bert.Encoded, bert.Encoded]:
+        """A fold's tokenized training (self-training: with the pool texts its teacher labelled), validation and test
+        texts.
 
         Args:
             split: the fold.
@@ -278,17 +198,32 @@ class FineTuneJob:
         train = e.subset(split.train)
         if self.teacher:
             train = train.join(self.pseudo_labelled(split.fold))
-        res, self.settings = self._fine_tune(
-            self.settings,
-            train,
-            e.subset(split.val),
-            e.subset(split.test),
-            split.seed,
-            f"fold {split.fold}",
-        )
+        return train, e.subset(split.val), e.subset(split.test)
+
+    def fit_fold(self, split: FoldSplit) -> cv.FoldOutput:
+        """Fine-tune a fresh model on a fold's training part (self-training: and the pool texts its teacher labelled),
+        keep the best epoch, predict its test part once.
+
+        Args:
+            split: the fold.
+        """
+        train, val, test = self.fold_parts(split)
+        res, self.settings = self._fine_tune(self.settings, train, val, test, split.seed, f"fold {split.fold}")
+        return self.fold_output(split, res, len(train))
+
+    def fold_output(self, split: FoldSplit, res: bert.FoldResult, texts: int) -> cv.FoldOutput:
+        """A fold's output for its metrics row: the temperature fitted on its validation part, best epoch, checksum;
+        its model saved (``save_fold_models``) with that calibration.
+
+        Args:
+            split: the fold.
+            res: the fine-tuned fold.
+            texts: how many texts it was trained on (self-training: the pool texts included).
+        """
         temperature = calibration.fit_temperature(res.val_logits, self.study.data.labels[split.val])
         if self.config.save_fold_models and PartialState().is_main_process:
             out = bert.save_checkpoint(res.model, self.tokenizer, self.run.fold_model_dir(split.fold))
+            predict.save_record(out, self.config.max_len, self.config.truncation)  # how 05 reads texts for it
             where = f"fold {split.fold}'s validation part, {len(split.val)} texts"
             calibration.save_calibration(out, calibration.Calibration(temperature, None, where))
         extra = {
@@ -299,8 +234,34 @@ class FineTuneJob:
             "precision": self.config.resolved_precision(),
         }
         if self.teacher:
-            extra["pseudo_labelled"] = len(train) - len(split.train)
+            extra["pseudo_labelled"] = texts - len(split.train)
         return cv.FoldOutput(res.test_probs, extra, res.history)
+
+    def save_fold(self, split: FoldSplit, res: bert.FoldResult, texts: int, seconds: float) -> dict:
+        """Save a fold trained step by step (03's fold 0) in the run, as :meth:`run_folds` saves it: a rerun and
+        :meth:`cross_validate` then read it back. Returns its metrics row.
+
+        Args:
+            split: the fold.
+            res: the fine-tuned fold (:func:`nblib.bert.fold_result`).
+            texts: how many texts it was trained on.
+            seconds: how long it took.
+        """
+        return cv.save_fold(self.run, split, self.fold_output(split, res, texts), seconds)
+
+    @contextlib.contextmanager
+    def out_of_memory_advice(self) -> Iterator[None]:
+        """Turn CUDA out-of-memory in the steps of a fold run one by one into the advice of what to change
+        (:meth:`run_folds` retries with a halved per-device batch by itself)."""
+        try:
+            yield
+        except torch.OutOfMemoryError:
+            s = self.settings
+            per_device = bert.per_device_batch(s.batch_size, PartialState().num_processes, s.grad_accum)
+            raise RuntimeError(
+                OOM_ADVICE.format(per_device=per_device) + " Or train the fold in one call, job.run_folds([k]), "
+                "which retries with half the per-device batch."
+            ) from None
 
     def _fine_tune(
         self,
@@ -350,14 +311,12 @@ class FineTuneJob:
         results; nothing while a fold is unfinished."""
         if self.run.pending_folds():
             return
-        res = read_folds(self.run.path, range(self.study.n_folds))
-        for k, cal in res.calibrations.items():
-            if (self.run.fold_model_dir(k) / "config.json").exists():
-                calibration.save_calibration(self.run.fold_model_dir(k), cal)
+        calibrations = read_folds(self.run.path, range(self.study.n_folds)).calibrations
+        calibration.save_with_models(calibrations, self.run.fold_model_dir)
 
     def train_final(self) -> None:
         """One model on all labelled texts, for the median of the folds' best epochs; saved in ``final/``."""
-        keep_freed_memory()
+        hardware.keep_freed_memory()
         best = self.run.best_epochs()
         epochs = int(np.median(best)) if best else self.settings.epochs
         train = self.encoded.join(self.pseudo_labelled(None)) if self.teacher else self.encoded
@@ -366,6 +325,7 @@ class FineTuneJob:
         )
         if PartialState().is_main_process:
             out = bert.save_checkpoint(res.model, self.tokenizer, self.run.final_dir)
+            predict.save_record(out, self.config.max_len, self.config.truncation)
             info = {
                 "epochs": epochs,
                 "fold_best_epochs": best,
@@ -376,7 +336,7 @@ class FineTuneJob:
             done = self.run.done_folds()
             final_cal = read_folds(self.run.path, done).pooled_calibration() if done else calibration.Calibration()
             calibration.save_calibration(out, final_cal)
-            (out / results.FINAL_DONE).write_text(json.dumps(info, indent=2))  # last: it marks the final model done
+            (out / layout.FINAL_DONE).write_text(json.dumps(info, indent=2))  # last: it marks the final model done
             log.info("Final model (%d texts, %d epochs) saved to %s", len(train), epochs, out)
         PartialState().wait_for_everyone()
 
@@ -386,24 +346,13 @@ class FineTuneJob:
         For several machines: start ``-m nblib.bert_cv --config <path>`` under torchrun on every node (see the
         module docstring), then the same with ``--final``, then rerun the notebook to collect the results.
         """
-        path = self.run.launch_file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(to_params(absolute_paths(self.config)), indent=2, ensure_ascii=False))
-        return path
+        return hardware.write_launch_file(self.config, self.run.launch_file)
 
     def cross_validate(self) -> ModelResults:
         """Every pending fold (side by side on several GPUs), then the final model if asked; all folds' results."""
         cfg, run = self.config, self.run
         pending, n_proc = run.pending_folds(), cfg.processes()
-        n_ddp = n_proc if cfg.use_cpu() else min(n_proc, len(_visible_gpus()))  # DDP: one process per GPU
-        # auto: DDP only while there are fewer pending folds than processes, and a GPU for each process
-        ddp = n_proc > max(1, len(pending)) and n_ddp == n_proc
-        mode = cfg.parallel if cfg.parallel != "auto" else ("ddp" if ddp else "folds")
-        if mode == "ddp" and n_ddp < n_proc and pending:
-            raise ValueError(
-                f"num_processes={n_proc} with parallel='ddp' needs one GPU per process, but {n_ddp} are visible; "
-                f"parallel='folds' runs several folds side by side on one GPU."
-            )
+        mode, n_ddp = hardware.parallel_mode(cfg, cfg.parallel, len(pending))
         # fail before starting anything; the final model is trained by the DDP processes together
         bert.per_device_batch(
             self.settings.batch_size, n_ddp if mode == "ddp" or cfg.train_final else 1, self.settings.grad_accum
@@ -418,22 +367,22 @@ class FineTuneJob:
             cfg.resolved_precision(),
         )
         launch = self.write_launch()
-        final = cfg.train_final and not (run.final_dir / results.FINAL_DONE).exists()
+        final = cfg.train_final and not (run.final_dir / layout.FINAL_DONE).exists()
         for k in [*pending, *([None] if final else [])] if self.teacher else []:  # once, before workers start
             self.pseudo_labelled(k)
         if pending:
             if n_proc == 1:
                 self.run_folds(pending)
             elif mode == "ddp":
-                launch_torchrun("nblib.bert_cv", launch, n_proc, run.log_dir / "ddp.log")
+                hardware.launch_torchrun("nblib.bert_cv", launch, n_proc, run.log_dir / "ddp.log")
             else:
-                _launch_fold_workers(cfg, launch, pending, n_proc, run.log_dir)
+                hardware.launch_fold_workers(cfg, "nblib.bert_cv", launch, pending, n_proc, run.log_dir)
         self.save_calibrations()
         if final:
             if n_ddp == 1:
                 self.train_final()
             else:
-                launch_torchrun("nblib.bert_cv", launch, n_ddp, run.log_dir / "final.log", final=True)
+                hardware.launch_torchrun("nblib.bert_cv", launch, n_ddp, run.log_dir / "final.log", final=True)
         return run.finish()
 
 
@@ -458,7 +407,7 @@ def config_of_run(study: Study, name: str, **changes: object) -> FineTuneConfig:
     if "source" not in saved:
         raise ValueError(f"'{name}' is not a fine-tuning run of 03_bert_cv.")
     params = (
-        to_params(study.settings) | saved | {"model": results.located(saved["source"], study.path), "run_name": name}
+        to_params(study.settings) | saved | {"model": layout.located(saved["source"], study.path), "run_name": name}
     )
     return from_params(FineTuneConfig, params | changes)
 
@@ -484,160 +433,6 @@ def write_launch(config: FineTuneConfig) -> Path:
         config: the run's settings, as 03_bert_cv would use them.
     """
     return FineTuneJob(config, open_study(config.study), write=False).write_launch()
-
-
-# --- worker processes -------------------------------------------------------------------------------
-
-
-def absolute_paths(cfg: C) -> C:
-    """Data, pool, annotator sheets, results, a label-table file and a local model folder as absolute paths: workers may start in
-    another folder or on another machine.
-
-    Args:
-        cfg: settings with ``study`` and ``model`` fields (fine-tuning or TAPT).
-    """
-
-    def resolved(path: str) -> str:
-        return str(Path(path).expanduser().resolve())
-
-    s = cfg.study
-    model_dir = Path(cfg.model).expanduser().is_dir()
-    table_file = isinstance(s.label_table, str) and Path(s.label_table).expanduser().is_file()
-    study = replace(
-        s,
-        data_path=resolved(s.data_path),
-        results_dir=resolved(s.results_dir),
-        unlabelled_path=resolved(s.unlabelled_path) if s.unlabelled_path else None,
-        label_table=resolved(s.label_table) if table_file else s.label_table,
-        extra_labelled_paths=[resolved(p) for p in path_list(s.extra_labelled_paths)] or None,
-    )
-    return replace(cfg, study=study, model=resolved(cfg.model) if model_dir else cfg.model)
-
-
-_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_this_process() -> Callable[[], None] | None:
-    """A ``preexec_fn`` (Linux) that makes the child get SIGTERM when this process dies, even by SIGKILL."""
-    if _prctl is None:
-        return None
-    parent = os.getpid()
-
-    def set_death_signal() -> None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # the parent died before the call above
-            os._exit(1)
-
-    return set_death_signal
-
-
-def _stop(procs: list[subprocess.Popen], grace_s: float = 30) -> None:
-    """Terminate the processes still running (torchrun passes it on to its workers); kill those that linger."""
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
-def _run_logged(commands: list[tuple[list[str], dict, Path]]) -> None:
-    """Start the commands side by side, wait for all, and fail with the end of the log of any that failed.
-
-    No worker outlives this call: on an error or interrupt (KeyboardInterrupt) they are terminated, and on
-    Linux they get SIGTERM when this process dies.
-    """
-    procs, logs = [], []
-    try:
-        for cmd, env, log_file in commands:
-            log_file.parent.mkdir(parents=True, exist_ok=True)
-            logs.append(log_file.open("w"))
-            procs.append(
-                subprocess.Popen(
-                    cmd, env=env, stdout=logs[-1], stderr=subprocess.STDOUT, preexec_fn=_die_with_this_process()
-                )
-            )
-        codes = [p.wait() for p in procs]
-    finally:
-        _stop(procs)
-        for handle in logs:
-            handle.close()
-    for code, (_, _, f) in zip(codes, commands):
-        if code != 0:
-            tail = "\n".join(f.read_text(errors="replace").splitlines()[-30:])
-            raise RuntimeError(f"worker failed (exit {code}); log {f}:\n{tail}")
-        log.info("worker finished; log in %s", f)
-
-
-def launch_torchrun(module: str, config_file: Path, n_proc: int, log_file: Path, final: bool = False) -> None:
-    """Run ``python -m <module> --config <config_file>`` in ``n_proc`` processes under torchrun (one machine).
-
-    Args:
-        module: the entry point (``nblib.bert_cv`` or ``nblib.tapt``).
-        config_file: the settings the processes read.
-        n_proc: processes (one per GPU).
-        log_file: where their output goes.
-        final: pass ``--final`` (the final model of a fine-tuning run).
-    """
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={n_proc}",
-        "-m",
-        module,
-        "--config",
-        str(config_file),
-    ] + (["--final"] if final else [])
-    log.info("DDP over %d processes: %s", n_proc, " ".join(cmd))
-    _run_logged([(cmd, dict(os.environ), log_file)])
-
-
-def _visible_gpus() -> list[str]:
-    """This process's GPUs as ``CUDA_VISIBLE_DEVICES`` entries (indices or UUIDs), in the order torch numbers them."""
-    n = torch.cuda.device_count()
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    return [str(i) for i in range(n)] if visible is None else [v.strip() for v in visible.split(",")][:n]
-
-
-def _launch_fold_workers(cfg: FineTuneConfig, launch: Path, pending: list[int], n_proc: int, log_dir: Path) -> None:
-    """``n_proc`` worker processes, each training its share of the folds on its own device.
-
-    Worker i runs on GPU ``i mod (visible GPUs)``: more workers than GPUs put several folds side by side on
-    one GPU (worth it when the model leaves the card mostly idle, e.g. bert-base with batch 32 of short texts).
-    Every worker gets an equal share of the CPU threads (``OMP_NUM_THREADS``, unless it is set already).
-    """
-    gpus = None if cfg.use_cpu() else _visible_gpus()
-    if gpus == []:
-        raise ValueError("parallel='folds' on the GPU, but no GPU is visible: set device='cpu', or check the GPUs.")
-    threads = str(max(1, (os.cpu_count() or 1) // n_proc))
-    commands = []
-    for i in range(n_proc):
-        mine = pending[i::n_proc]
-        if not mine:
-            continue
-        env, config = {"OMP_NUM_THREADS": threads, **os.environ}, launch
-        if gpus is not None:  # the precision this process recorded, and an error instead of a silent CPU run
-            env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
-            config = log_dir / f"worker_{i}.json"
-            log_dir.mkdir(parents=True, exist_ok=True)
-            worker = replace(cfg, device="cuda", precision=cfg.resolved_precision(), num_processes=1)
-            config.write_text(json.dumps(to_params(absolute_paths(worker)), ensure_ascii=False))
-        folds = ",".join(map(str, mine))
-        commands.append(
-            (
-                [sys.executable, "-m", "nblib.bert_cv", "--config", str(config), "--folds", folds],
-                env,
-                log_dir / f"worker_{i}.log",
-            )
-        )
-        log.info("worker %d: folds %s%s", i, mine, "" if gpus is None else f" on GPU {gpus[i % len(gpus)]}")
-    _run_logged(commands)
 
 
 def main(argv: list[str] | None = None) -> None:

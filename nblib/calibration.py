@@ -22,12 +22,12 @@ Where a calibration comes from (:class:`Calibration`, both parts fitted by minim
 - The final model, trained on every labelled text, has no held-out part: it takes the median of its folds'
   temperatures and the biases fitted on all out-of-fold outputs.
 
-Measured on the Weibo sheet with the e5-small stand-in (benchmarks/README.md): out-of-fold ECE 0.041 raw,
-0.027 with the validation temperatures, 0.018 with the cross-fitted biases added.
+How much each part lowers the expected calibration error is measured by ``benchmarks/calibration.py``
+(figures in benchmarks/README.md).
 
 A saved model keeps its calibration in ``calibration.json`` next to its weights (the validation temperature
 while its run is unfinished, then the cross-fitted one), which :mod:`nblib.predict` applies. A model folder
-without it (saved before this existed) means no calibration, and :func:`load_calibration` logs so.
+without it means no calibration, and :func:`load_calibration` logs so.
 
 Probabilities are scaled as ``softmax(log p / T + b)``, which equals ``softmax(logits / T + b)``: the raw
 probabilities of ``predictions.csv`` are enough, no logits need to be stored.
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -202,6 +203,67 @@ def apply_per_fold(probs: np.ndarray, folds: np.ndarray, calibrations: dict[int,
     return out
 
 
+# --- which calibration a run's probabilities get ------------------------------------------------------------
+
+
+def cross_fits(folds: Iterable[int]) -> bool:
+    """Whether a run's class biases are cross-fitted: it has out-of-fold outputs of two or more folds.
+
+    Args:
+        folds: the folds of the run's out-of-fold outputs.
+    """
+    return len(set(int(k) for k in folds)) >= 2
+
+
+def temperature_calibrations(temperatures: Mapping[int, float]) -> dict[int, Calibration]:
+    """Each fold's validation temperature alone as its calibration (no class biases), by fold.
+
+    Args:
+        temperatures: each fold's validation temperature (folds without one left out).
+    """
+    return {int(k): Calibration(float(t), None, f"fold {k}'s validation part") for k, t in temperatures.items()}
+
+
+def fold_calibrations(
+    probs: np.ndarray, labels: np.ndarray, folds: np.ndarray, temperatures: dict[int, float]
+) -> dict[int, Calibration]:
+    """The calibration each fold's out-of-fold outputs get: its validation temperature, then, with two or more
+    folds (:func:`cross_fits`), class biases fitted on the other folds' outputs (:func:`cross_fitted`). A fold
+    without a temperature (a run without calibration, TF-IDF + LR) has ``T = 1``.
+
+    Args:
+        probs: raw out-of-fold class probabilities, one row per text.
+        labels: the gold label id of each row.
+        folds: the fold of each row.
+        temperatures: each fold's validation temperature (folds without one left out).
+    """
+    if cross_fits(np.unique(folds)):
+        return cross_fitted(probs, labels, folds, temperatures)
+    return temperature_calibrations(temperatures)
+
+
+def pooled_calibration(
+    probs: np.ndarray, labels: np.ndarray, folds: np.ndarray, temperatures: dict[int, float]
+) -> Calibration:
+    """The final model's calibration, which no held-out part can give: the median of the folds' temperatures
+    and the class biases fitted on all out-of-fold outputs (each scaled by its fold's temperature).
+
+    Args:
+        probs: raw out-of-fold class probabilities, one row per text.
+        labels: the gold label id of each row.
+        folds: the fold of each row.
+        temperatures: each fold's validation temperature (folds without one left out).
+    """
+    scaled = apply_per_fold(probs, folds, temperature_calibrations(temperatures))
+    bias = fit_class_bias(scaled, np.asarray(labels))
+    where = (
+        f"temperature: the median of folds' validation temperatures; class biases: the out-of-fold outputs "
+        f"of folds {', '.join(str(int(k)) for k in np.unique(folds))}, {len(scaled)} texts"
+    )
+    temps = list(temperatures.values())
+    return Calibration(float(np.median(temps)) if temps else 1.0, tuple(float(b) for b in bias), where)
+
+
 def reliability(probs: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS) -> pd.DataFrame:
     """Reliability-diagram data: texts binned by their top-class probability (equal-width bins over [0, 1]).
 
@@ -303,6 +365,20 @@ def save_calibration(model_dir: str | Path, cal: Calibration) -> Path:
     return path
 
 
+def save_with_models(calibrations: Mapping[int, Calibration], model_dir: Callable[[int], Path]) -> list[Path]:
+    """Write each fold's calibration into its saved model's folder; folds whose model was not kept are skipped.
+
+    Args:
+        calibrations: fold → its calibration.
+        model_dir: fold → its model's folder (a saved model holds ``config.json``).
+    """
+    return [
+        save_calibration(model_dir(k), cal)
+        for k, cal in calibrations.items()
+        if (model_dir(k) / "config.json").exists()
+    ]
+
+
 def load_calibration(model_dir: str | Path) -> Calibration:
     """The calibration of a saved model (its ``calibration.json``); none (logged) when the folder has none.
 
@@ -314,5 +390,5 @@ def load_calibration(model_dir: str | Path) -> Calibration:
         log.info("%s has no %s: its probabilities are not calibrated.", model_dir, CALIBRATION_FILE)
         return Calibration()
     saved = json.loads(path.read_text())
-    bias = saved.get("bias")  # files written before class biases existed hold a temperature only
+    bias = saved.get("bias")  # a file may hold a temperature only: no class biases
     return Calibration(float(saved["temperature"]), None if bias is None else tuple(bias), saved.get("fitted_on", ""))

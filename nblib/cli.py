@@ -3,20 +3,37 @@
     ap.add_argument("--batch-size", type=cli.int_in(1), default=64)
     ap.add_argument("--n-boot", type=cli.int_in(1, 100_000), default=1000)
     ap.add_argument("--level", type=cli.float_in(0, 1, low_open=True, high_open=True), default=0.95)
+    ap.add_argument("--max-len", **cli.from_setting(PredictSettings, "max_len"))  # type, range, default, help
 
 A value out of range (or not a number) stops the command before any work, with argparse's usual
-``error: argument --batch-size: …`` line that names the parameter and the allowed range.
+``error: argument --batch-size: …`` line that names the parameter and the allowed range. An option that is
+a notebook setting too takes its type, range, default and help from the settings field (:func:`from_setting`),
+so that the command line and the notebook accept the same values.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import typing
 from collections.abc import Callable
+from dataclasses import MISSING
+from typing import Any, Literal
 
+from . import settings
+from .settings import StudySettings, flat_fields, help_of, range_of
 from .sheets import Params
 
-__all__ = ["SHEET_PARAMS", "add_sheet_options", "float_in", "int_in", "int_list", "positive_int", "sheet_choice"]
+__all__ = [
+    "SHEET_PARAMS",
+    "add_sheet_options",
+    "float_in",
+    "from_setting",
+    "int_in",
+    "int_list",
+    "positive_int",
+    "sheet_choice",
+]
 
 
 def _range_words(low: float | None, high: float | None, low_open: bool = False, high_open: bool = False) -> str:
@@ -104,6 +121,54 @@ def int_list(low: int | None = 0) -> Callable[[str], list[int]]:
     return parse
 
 
+def _members(hint: Any) -> list[Any]:
+    """The members of a union type other than None (``int | None`` → ``[int]``)."""
+    members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, type(int | None)) else (hint,)
+    return [m for m in members if m is not type(None)]
+
+
+def _int_bounds(r: settings.Range) -> tuple[int | None, int | None]:
+    """The least and greatest whole number a settings range allows (None: no bound)."""
+    low = r.ge if r.ge is not None else (math.floor(r.gt) + 1 if r.gt is not None else None)
+    high = r.le if r.le is not None else (math.ceil(r.lt) - 1 if r.lt is not None else None)
+    return (None if low is None else math.ceil(low)), (None if high is None else math.floor(high))
+
+
+def from_setting(cls: type, name: str) -> dict[str, Any]:
+    """``add_argument`` keywords for an option that is the setting ``name`` of the settings class ``cls``: numbers
+    are checked against the range declared on the field (named in the help), Literal values are the choices, and
+    ``dest``, ``default`` and ``help`` are the field's, so the command line and the notebook accept the same values.
+
+        ap.add_argument("--n-boot", **cli.from_setting(settings.PredictSettings, "n_boot"))
+
+    Args:
+        cls: the settings dataclass that declares the setting.
+        name: the setting's (flat) name.
+    """
+    field, hint = flat_fields(cls)[name], settings.flat_types(cls)[name]
+    members = _members(hint)
+    default = field.default if field.default is not MISSING else field.default_factory()
+    kwargs: dict[str, Any] = {"dest": name, "default": default, "help": help_of(field)}
+    literal = [m for m in members if typing.get_origin(m) is Literal]
+    bounds = range_of(field) or settings.Range()
+    if literal:
+        kwargs["choices"] = typing.get_args(literal[0])
+        return kwargs
+    if int in members:
+        low, high = _int_bounds(bounds)
+        kwargs["type"], words = int_in(low, high), _range_words(low, high)
+    elif float in members:
+        low, high = (bounds.ge if bounds.gt is None else bounds.gt), (bounds.le if bounds.lt is None else bounds.lt)
+        low_open, high_open = bounds.gt is not None, bounds.lt is not None
+        kwargs["type"] = float_in(low, high, low_open=low_open, high_open=high_open)
+        words = _range_words(low, high, low_open, high_open)
+    else:
+        return kwargs
+    if words != "any number":
+        kwargs["help"] += f" ({words})"
+    return kwargs
+
+
 def sheet_choice(text: str) -> str | int:
     """An argparse ``type`` for a sheet of a workbook: a whole number selects by 0-based position (as the
     notebooks' ``sheet`` parameter does), anything else by name.
@@ -113,8 +178,11 @@ def sheet_choice(text: str) -> str | int:
     """
     stripped = text.strip()
     if stripped.lstrip("-").isdigit():
-        return int_in(0)(stripped)
+        return int_in(*_int_bounds(range_of(_SHEET_FIELDS["sheet"]) or settings.Range()))(stripped)
     return text
+
+
+_SHEET_FIELDS = flat_fields(StudySettings)  # the ranges of --sheet and --header-row: the notebooks' sheet, header_row
 
 
 # how the options of add_sheet_options are spelt, for the messages of the sheet reader (nblib.sheets.read_sheet)
@@ -136,5 +204,5 @@ def add_sheet_options(ap: argparse.ArgumentParser, what: str) -> None:
         default=None,
         help=f"the sheet of {what} if an .xlsx: its name, or its 0-based position (0 = the first); none: the first",
     )
-    ap.add_argument("--header-row", type=positive_int, default=1, help="the row of the column names (1-based)")
+    ap.add_argument("--header-row", **from_setting(StudySettings, "header_row"))
     ap.add_argument("--encoding", default=None, help=f"the encoding of {what} if a .csv/.tsv (none: detected)")

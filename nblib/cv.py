@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,22 +14,11 @@ from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
 from .folds import FoldSplit
-from .hardware import keep_freed_memory
+from .hardware import keep_freed_memory, set_seed
 from .results import ModelRun
 from .study import Study
 
 log = logging.getLogger(__name__)
-
-
-def set_seed(seed: int) -> None:
-    """Seed Python, NumPy and PyTorch (all devices).
-
-    Args:
-        seed: the seed.
-    """
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 @dataclass
@@ -84,8 +72,21 @@ def run_folds(
         )
     for split, out, seconds in tqdm(done, desc=run.name, total=len(splits), disable=not splits or not save):
         if save:
-            m = run.save_fold(split.fold, split.test, out.probs, {"seconds": seconds, **out.extra}, out.history)
-            log.info("%s fold %d: accuracy %.3f, macro-F1 %.3f", run.name, split.fold, m["accuracy"], m["macro_f1"])
+            save_fold(run, split, out, seconds)
+
+
+def save_fold(run: ModelRun, split: FoldSplit, out: FoldOutput, seconds: float) -> dict:
+    """Save one fold's output in ``run`` (test probabilities, metrics row with its wall time, curves); its metrics row.
+
+    Args:
+        run: the model folder.
+        split: the fold.
+        out: what the model returned for it.
+        seconds: how long it took.
+    """
+    m = run.save_fold(split.fold, split.test, out.probs, {"seconds": seconds, **out.extra}, out.history)
+    log.info("%s fold %d: accuracy %.3f, macro-F1 %.3f", run.name, split.fold, m["accuracy"], m["macro_f1"])
+    return m
 
 
 def _fit_fold(

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from .settings import MAX_LEN
 from .sheets import ENCODING_NAMES, DataError, Params, Sheet, cell_text, clean_text, read_sheet
 
 log = logging.getLogger(__name__)
@@ -241,7 +242,7 @@ def load_labelled(
     on_conflict: Literal["drop", "error"] = "drop",
     header_row: int = 1,
     encoding: str | None = None,
-    max_len: int | None = 128,
+    max_len: int | None = MAX_LEN,
     tokenizer: Any = None,
     extra_labelled_paths: str | Path | Sequence[str | Path] | None = None,
 ) -> LabelledData:
@@ -259,9 +260,10 @@ def load_labelled(
     ``extra_labelled_paths`` adds the rows of filled annotator sheets (written by
     :func:`nblib.active_learning.write_annotator_sheet`; any sheet with the same text and label columns
     will do): rows whose label is left empty are skipped and counted in the report, a label that is not
-    one of the labelled sheet's (or the label table's) is an error naming the file and its rows. Added
-    rows change the data, hence its fingerprint and so the study folder: a study with them gets new folds
-    and results, and the earlier ones stay as they were.
+    one of the labelled sheet's (or the label table's) is an error naming the file and its rows, a row whose text
+    is already labelled (a blind check of 05's workbook, or a repeat) is skipped and counted: the earlier label
+    stands. Added rows change the data, hence its fingerprint and so the study folder: a study with them gets
+    new folds and results, and the earlier ones stay as they were.
 
     Args:
         path: the sheet (.xlsx, .csv, .tsv); read by :func:`nblib.sheets.read_sheet`.
@@ -296,7 +298,14 @@ def load_labelled(
     table_of_labels = _read_label_table(label_table, path)
     known = set(df["label_value"]) if table_of_labels is None else set(table_of_labels["Label"])
     for extra in path_list(extra_labelled_paths):
-        df = pd.concat([df, _annotated_rows(Path(extra), text_col, label_col, known, report)], ignore_index=True)
+        rows = annotated_rows(Path(extra), text_col, label_col, known, report)
+        again = rows["text"].isin(set(df["text"]))  # blind checks (05's blind_share) or repeats: not new labels
+        report.add(
+            f"{Path(extra).name}: text already labelled (a blind check, or a repeat)",
+            rows.loc[again, "row"],
+            "skipped (the earlier label stands; nblib.active_learning.returned_sheet measures agreement)",
+        )
+        df = pd.concat([df, rows[~again]], ignore_index=True)
 
     df = _resolve_conflicts(df, report, on_conflict)
     values, names, descriptions = _label_scheme(df["label_value"], table_of_labels, path, label_col)
@@ -349,8 +358,19 @@ def path_list(paths: str | Path | Sequence[str | Path] | None) -> list[str | Pat
     return [] if paths is None else [paths] if isinstance(paths, (str, Path)) else list(paths)
 
 
-def _annotated_rows(path: Path, text_col: str, label_col: str, known: set, report: LoadReport) -> pd.DataFrame:
-    """The labelled rows of a filled annotator sheet; an empty label skips its row, an unknown label is an error."""
+def annotated_rows(path: Path, text_col: str, label_col: str, known: set, report: LoadReport) -> pd.DataFrame:
+    """The labelled rows of a filled annotator sheet; an empty label skips its row, an unknown label is an error.
+
+    Args:
+        path: the sheet.
+        text_col: its column of texts.
+        label_col: its column of labels.
+        known: the label values allowed (as the labelled sheet writes them, normalised).
+        report: the study's load report; the sheet's own findings are added under its name.
+
+    Returns:
+        Columns ``text`` (cleaned), ``label_value`` (normalised), ``row`` (the sheet row), ``source`` (file name).
+    """
     table = read_sheet(path, [text_col, label_col], params=EXTRA_PARAMS)
     own = LoadReport(source=path.name, rows_read=len(table.df))
     own.read_from(table)

@@ -139,14 +139,14 @@ class Vocab:
     def __len__(self) -> int:
         return len(self.itos)
 
-    def encode(self, token_lists: Sequence[list[str]], max_len: int = 128) -> list[list[int]]:
-        """Ids of each text, cut to ``max_len`` (an empty text becomes a single unknown id).
+    def encode(self, token_lists: Sequence[list[str]], max_units: int) -> list[list[int]]:
+        """Ids of each text, cut to ``max_units`` (an empty text becomes a single unknown id).
 
         Args:
             token_lists: the tokenized texts.
-            max_len: the most ids kept per text.
+            max_units: the most ids kept per text.
         """
-        return [[self.stoi.get(t, UNK) for t in tokens[:max_len]] or [UNK] for tokens in token_lists]
+        return [[self.stoi.get(t, UNK) for t in tokens[:max_units]] or [UNK] for tokens in token_lists]
 
     def embedding_matrix(self, wv: KeyedVectors, seed: int = 0) -> tuple[np.ndarray, float]:
         """Embedding init: word2vec vectors where known, small random vectors elsewhere; returns (matrix, coverage).

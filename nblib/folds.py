@@ -7,6 +7,7 @@ aside for model selection; the test fold is only predicted, once.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -16,10 +17,19 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from .data import DataError, LabelledData
-from .results import fold_hash, writing
+from .files import writing
 from .sheets import read_machine_table, write_table
 
 log = logging.getLogger(__name__)
+
+
+def fold_hash(folds: np.ndarray) -> str:
+    """A short hash of a fold assignment, stored with every run to tie it to its folds.
+
+    Args:
+        folds: fold id per text.
+    """
+    return hashlib.sha256(np.asarray(folds, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
 def make_folds(data: LabelledData, n_splits: int = 5, seed: int = 42) -> np.ndarray:
@@ -137,7 +147,7 @@ def load_or_make_folds(data: LabelledData, path: str | Path, n_splits: int = 5, 
 
     Args:
         data: the labelled texts.
-        path: the folds file of the study (``nblib.results.folds_file``).
+        path: the folds file of the study (``nblib.layout.folds_file``).
         n_splits: number of folds.
         seed: splitter seed.
 

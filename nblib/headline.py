@@ -3,14 +3,14 @@
 Which class-share estimator to trust depends on the model: with a weak classifier the adjusted estimates
 (ACC, PACC, EMQ) swing with their noisy error rates and the probability average (PCC) lands closest; with a
 strong one the adjusted estimates are unbiased and precise while PCC keeps the model's pull towards the
-training shares. The run's own labelled texts decide, on the held-out shifted check of :mod:`nblib.shares`
+training shares. The run's own labelled texts decide, on the held-out shifted check of :mod:`nblib.shares_check`
 (each fold in turn held out, resampled to other class shares, estimated from the other folds):
 
 1. **Choice**: the method with the lowest mean absolute error over the check's samples and classes; methods
    within :data:`TIE` (10%) of that error count as tied, and of those the one with the narrowest calibrated
    intervals wins (mean width on the check × its factor).
 2. **Calibration**: the chosen method's intervals are scaled around the estimate by the factor with which
-   95% of its intervals on the check's samples hold the truth (:func:`nblib.shares.needed_factor`): widened
+   95% of its intervals on the check's samples hold the truth (:func:`nblib.shares_check.needed_factor`): widened
    where they held it less often, narrowed where the bootstrap over-covers; the factor is stated with the
    estimate. CC and PCC intervals are sampling-only (they ignore the model's bias), which is what the
    widening makes up for when one of them is chosen.
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from . import shares
+from . import shares, shares_check, shares_pool
 from .results import ModelResults
 from .sheets import DataError
 
@@ -50,11 +50,11 @@ class Choice:
     method: str
     factor: float
     reason: str
-    check: pd.DataFrame  # nblib.shares.coverage: one row per method
+    check: pd.DataFrame  # nblib.shares_check.coverage: one row per method
 
 
 def choose(check: pd.DataFrame, level: float = 0.95, tie: float = TIE) -> Choice:
-    """The headline method of a held-out check (:func:`nblib.shares.coverage`), its widening and the reason.
+    """The headline method of a held-out check (:func:`nblib.shares_check.coverage`), its widening and the reason.
 
     Args:
         check: one row per method with ``mean abs error``, ``coverage``, ``needed factor`` and ``samples``.
@@ -119,7 +119,7 @@ def run_choice(
         texts: the size of the check's samples: give the pool's (drawn with replacement from a smaller fold),
             so that the calibration is made at the pool's size.
     """
-    check = shares.coverage(
+    check = shares_check.coverage(
         res.temperature_scaled_probs,
         res.predictions["gold"].to_numpy(),
         res.predictions["fold"].to_numpy(),
@@ -203,7 +203,7 @@ def headline_shares(
 
 def pool_headline(
     res: ModelResults,
-    pool: shares.Pool,
+    pool: shares_pool.Pool,
     choice: Choice,
     methods: Sequence[str] = shares.METHODS,
     n_boot: int = 1000,
@@ -211,7 +211,7 @@ def pool_headline(
     seed: int = 0,
     min_group: int = shares.MIN_GROUP,
 ) -> Headline:
-    """:func:`headline_shares` of a checked pool (:func:`nblib.shares.pool_from_table`) with a run's error rates.
+    """:func:`headline_shares` of a checked pool (:func:`nblib.shares_pool.pool_from_table`) with a run's error rates.
 
     Args:
         res: the run's results.

@@ -8,7 +8,7 @@ calibrated out-of-fold ones (``ModelResults.calibrated_probs``) of one model, or
 models (an ensemble: a text is flagged when the models together find its label unlikely).
 
 The sheet for the annotator also counts how many of the study's models predict another class than the
-given one: the view of the former hand-written rule (every model rejects the label), kept as a column.
+given one (a column beside cleanlab's ranking: all models rejecting a label is a strong hint on its own).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def find_label_issues(
     return pd.DataFrame(
         {
             "row": pred["row"].to_numpy()[issues],
-            # the sheet of the row (the main one, or an annotator sheet read back); runs made before have none
+            # the row's sheet (the main one, or an annotator sheet read back); empty without a source column
             "source": pred["source"].to_numpy()[issues] if "source" in pred else "",
             "text": pred["text"].to_numpy()[issues],
             "given label": [label_names[i] for i in gold[issues]],

@@ -42,18 +42,13 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
-from .bert import (
-    COPY_AGAIN,
-    check_model_folder,
-    gpu_precision,
-    load_pretrained,
-    load_tokenizer,
-    max_positions,
-    resolve_model,
-)
+from .bert import COPY_AGAIN, check_model_folder, load_pretrained, load_tokenizer, max_positions, resolve_model
 from .codebook import Codebook, entries_text, read_codebook
 from .cv import FoldOutput, run_folds
-from .results import TINY_RANDOM, ModelNotAvailableError, ModelResults, write_atomic
+from .files import write_atomic
+from .hardware import gpu_precision
+from .layout import TINY_RANDOM, ModelNotAvailableError
+from .results import ModelResults
 from .sheets import DataError
 
 if TYPE_CHECKING:

@@ -19,7 +19,13 @@ class IpcEngine(NBClientEngine):
 
     @classmethod
     def execute_managed_notebook(cls, nb_man: Any, kernel_name: str, **kwargs: Any) -> Any:
-        """Execute like :class:`papermill.engines.NBClientEngine`, the kernel manager configured for IPC."""
+        """Execute like :class:`papermill.engines.NBClientEngine`, the kernel manager configured for IPC.
+
+        Args:
+            nb_man: papermill's notebook execution manager.
+            kernel_name: the kernel to start.
+            **kwargs: papermill's other engine arguments; a ``config`` among them is kept, with the transport set.
+        """
         config = Config(kwargs.pop("config", None) or {})
         config.KernelManager.transport = "ipc"
         return super().execute_managed_notebook(nb_man, kernel_name, config=config, **kwargs)

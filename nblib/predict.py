@@ -4,6 +4,10 @@ the average of a run's fold models.
     python -m nblib.predict MODEL_DIR in.xlsx out.xlsx --column Sentence
     python -m nblib.predict RUN_DIR in.xlsx out.xlsx --column Sentence --ensemble folds
 
+Texts are read as the model was trained: 03_bert_cv writes ``prediction.json`` (``max_len``, ``truncation``) into
+every model folder it saves, and ``max_len``/``truncation`` left unset (None) take its values; a value given that
+differs is used, with a warning (see docs/predict.md). A model saved without that file is read with ``max_len=128``
+and ``truncation="head"``, the defaults of its time, and one warning says so.
 Probabilities are calibrated: each saved model's logits are divided by the temperature in its
 ``calibration.json`` and shifted by its class biases (``nblib.calibration``; no file means uncalibrated).
 ``--ensemble folds`` averages the k fold models' calibrated probabilities (``<run>/fold_models/fold_<k>``, saved
@@ -19,10 +23,10 @@ import json
 import logging
 import sys
 import tempfile
+import typing
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -32,20 +36,22 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel, Pr
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from . import bert, calibration, cli
-from .results import RunFolder, finished_model, unfinished_model
+from .layout import RunFolder, finished_model, unfinished_model
+from .settings import MAX_LEN, Ensemble, PredictSettings, Truncation
 from .sheets import DataError, Params, clean_text, read_sheet, write_table, writer_kind
 
 log = logging.getLogger(__name__)
-Ensemble = Literal["final", "folds"]
-ENSEMBLES = ("final", "folds")
+ENSEMBLES = typing.get_args(Ensemble)
+RECORD_FILE = "prediction.json"  # next to a saved model: how it reads texts (see PredictionRecord)
 
 
 @dataclass(frozen=True)
 class PredictParams(Params):
-    """:class:`nblib.sheets.Params` and the spelling of the ensemble choice."""
+    """:class:`nblib.sheets.Params` and the spelling of prediction's own parameters, for the messages."""
 
     ensemble: str = "ensemble="
     max_len: str = "max_len="
+    truncation: str = "truncation="
     batch_size: str = "batch_size="
     device: str = "device="
 
@@ -53,14 +59,70 @@ class PredictParams(Params):
 NOTEBOOK_PARAMS = PredictParams(
     columns="input_col=", sheet="input_sheet=", header_row="input_header_row=", encoding="input_encoding="
 )  # how 05_predict names predict_file's parameters
-CLI_PARAMS = PredictParams(
-    **vars(cli.SHEET_PARAMS),
-    ensemble="--ensemble ",
-    max_len="--max-len ",
-    batch_size="--batch-size ",
-    device="--device ",
-)
-DEVICES = ("auto", "cpu", "cuda")
+# the command line's options that are PredictSettings fields, by field name (type, range, choices, help from there)
+CLI_OPTIONS = {
+    "batch_size": "--batch-size",
+    "max_len": "--max-len",
+    "truncation": "--truncation",
+    "device": "--device",
+    "ensemble": "--ensemble",
+}
+CLI_PARAMS = PredictParams(**vars(cli.SHEET_PARAMS), **{name: f"{flag} " for name, flag in CLI_OPTIONS.items()})
+DEVICES = typing.get_args(typing.get_type_hints(PredictSettings)["device"])
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    """How a saved model reads texts, as it was trained: written as ``prediction.json`` next to the model.
+
+    The model's other needs sit next to it too: its label names in ``config.json`` (``id2label``), its calibration
+    in ``calibration.json``.
+    """
+
+    max_len: int = MAX_LEN
+    truncation: Truncation = "head"
+
+
+OLD_RECORD = PredictionRecord()  # how a model saved without prediction.json is read: the defaults of its time
+
+
+def save_record(model_dir: str | Path, max_len: int, truncation: str) -> Path:
+    """Write ``prediction.json`` into a saved model's folder: the ``max_len`` and ``truncation`` it was trained with
+    (read back by :func:`load_record`).
+
+    Args:
+        model_dir: the saved model's folder.
+        max_len: tokens per text in training.
+        truncation: what a cut text kept in training.
+    """
+    path = Path(model_dir) / RECORD_FILE
+    path.write_text(json.dumps(asdict(PredictionRecord(int(max_len), truncation)), indent=2))
+    return path
+
+
+def load_record(model_dir: str | Path) -> PredictionRecord | None:
+    """The saved :class:`PredictionRecord` of a model (None: saved before models carried one).
+
+    Args:
+        model_dir: the saved model's folder.
+
+    Raises:
+        bert.ModelNotAvailableError: the file is damaged; the message names it.
+    """
+    path = Path(model_dir) / RECORD_FILE
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        record = PredictionRecord(int(saved["max_len"]), saved["truncation"])
+        if record.truncation not in typing.get_args(Truncation):
+            raise ValueError(f"truncation {record.truncation!r} is not one of {typing.get_args(Truncation)}")
+        return record
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise bert.ModelNotAvailableError(
+            f"{path} is damaged ({type(e).__name__}: {e}). Copy the model folder again, or write it back with the "
+            f"max_len and truncation of the run's config.json, or delete it to read texts with {OLD_RECORD}."
+        ) from None
 
 
 class CalibratedClassifier(torch.nn.Module):
@@ -68,15 +130,24 @@ class CalibratedClassifier(torch.nn.Module):
     probabilities: one member (a final or fold model), or a run's fold models (the fold ensemble).
 
     Its ``logits`` are ``log mean_k softmax(z_k / T_k + b_k)``, so :func:`predict_texts` (and
-    ``nblib.bert.evaluate``) use it like any classifier; ``config`` is the first member's (label names).
+    ``nblib.bert.evaluate``) use it like any classifier; ``config`` is the first member's (label names);
+    ``record`` says how it reads texts (:class:`PredictionRecord`).
 
     Args:
         models: the classifiers, with the same labels.
         calibrations: the calibration of each (from its ``calibration.json``).
+        record: how they read texts (from ``prediction.json``; None: not known, read with :data:`OLD_RECORD`).
     """
 
-    def __init__(self, models: Sequence[PreTrainedModel], calibrations: Sequence[calibration.Calibration]):
+    def __init__(
+        self,
+        models: Sequence[PreTrainedModel],
+        calibrations: Sequence[calibration.Calibration],
+        record: PredictionRecord | None = None,
+    ):
         super().__init__()
+        self.record = record
+        self.warned: set[tuple[str, object]] = set()  # the settings given otherwise that were warned about
         n_classes = models[0].config.num_labels
         self.members = torch.nn.ModuleList(models)
         self.register_buffer("temperatures", torch.tensor([c.temperature for c in calibrations], dtype=torch.float32))
@@ -201,7 +272,63 @@ def load_model(
         raise bert.ModelNotAvailableError(f"{differ} have other labels or another vocabulary than {dirs[0]}.")
     cals = [_calibration(d) for d in dirs]
     log.info("%d model(s) from %s, calibration(s): %s", len(dirs), model_dir, [c.describe() for c in cals])
-    return CalibratedClassifier(models, cals), tokenizers[0]
+    return CalibratedClassifier(models, cals, _record(dirs)), tokenizers[0]
+
+
+def _record(dirs: Sequence[Path]) -> PredictionRecord | None:
+    """The one record of the models in ``dirs`` (None, warned once: saved without one); an error when they differ."""
+    records = [load_record(d) for d in dirs]
+    if any(r != records[0] for r in records):
+        raise bert.ModelNotAvailableError(
+            f"{[str(d) for d in dirs]} read texts differently ({RECORD_FILE}: {records}): average fold models of one run."
+        )
+    if records[0] is None:
+        log.warning(
+            "%s has no %s (saved before models recorded how they read texts): predicting with max_len=%d and "
+            "truncation='%s', the defaults of its time; if it was trained otherwise (see its run's config.json), "
+            "pass those values.",
+            dirs[0],
+            RECORD_FILE,
+            OLD_RECORD.max_len,
+            OLD_RECORD.truncation,
+        )
+    return records[0]
+
+
+def reading(
+    model: torch.nn.Module,
+    max_len: int | None = None,
+    truncation: str | None = None,
+    params: PredictParams = NOTEBOOK_PARAMS,
+) -> tuple[int, str]:
+    """The ``max_len`` and ``truncation`` a prediction uses: the model's (its :class:`PredictionRecord`) where
+    None, else those given, with a warning for each that differs from how the model was trained.
+
+    Args:
+        model: a classifier from :func:`load_model` (its ``record``); a plain classifier has none
+            (:data:`OLD_RECORD` fills in, no warning).
+        max_len: tokens per text (None: the model's).
+        truncation: "head" or "head+tail" (None: the model's).
+        params: how the caller names the parameters, for the warnings (once per model and value).
+    """
+    record = getattr(model, "record", None)
+    trained = record or OLD_RECORD
+    for name, given, was, effect in (
+        (params.max_len, max_len, trained.max_len, "texts are cut at another length than in training"),
+        (params.truncation, truncation, trained.truncation, "long texts keep other tokens than in training"),
+    ):
+        if record is not None and given is not None and given != was and (name, given) not in model.warned:
+            model.warned.add((name, given))
+            log.warning(
+                "%s%r, but the model was trained with %r (its %s): %s, and its predictions may differ from its "
+                "evaluated ones; leave it unset to read texts as trained.",
+                name,
+                given,
+                was,
+                RECORD_FILE,
+                effect,
+            )
+    return (trained.max_len if max_len is None else max_len), (trained.truncation if truncation is None else truncation)
 
 
 def _calibration(model_dir: Path) -> calibration.Calibration:
@@ -277,11 +404,12 @@ def predict_texts(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     texts: Sequence[str],
+    *,
     batch_size: int = 64,
-    max_len: int = 128,
+    max_len: int | None = None,
+    truncation: str | None = None,
     device: str = "auto",
     progress: bool = True,
-    truncation: str = "head",
     params: PredictParams = NOTEBOOK_PARAMS,
 ) -> pd.DataFrame:
     """Predicted label id and name, every class probability, and whether the text was cut, one row per text.
@@ -291,10 +419,12 @@ def predict_texts(
         tokenizer: its tokenizer.
         texts: the texts; empty ones get no prediction (NaN).
         batch_size: texts per batch.
-        max_len: tokens per text read by the model; longer texts are cut (``truncated`` is True).
+        max_len: tokens per text read by the model; longer texts are cut (``truncated`` is True). None: as the
+            model was trained (see :func:`reading`); another value is used, with a warning.
+        truncation: "head" (keep the start of a long text) or "head+tail" (its start and its end); None: as the
+            model was trained.
         device: "auto", "cpu" or "cuda".
         progress: show a progress bar.
-        truncation: "head" (keep the start of a long text) or "head+tail" (its start and its end).
         params: how the caller names the parameters, for the messages.
 
     Returns:
@@ -303,10 +433,39 @@ def predict_texts(
     Raises:
         DataError: ``max_len`` outside what the model reads, ``batch_size`` below 1, or an unusable ``device``.
     """
+    max_len, truncation = reading(model, max_len, truncation, params)
+    return _predict(model, tokenizer, texts, batch_size, max_len, truncation, device, progress, params)
+
+
+def _check(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int, max_len: int, device: str, params
+) -> None:
+    """Refuse a ``max_len`` the model cannot read, a ``batch_size`` below 1 or an unusable device."""
     bert.check_max_len(max_len, model.config, tokenizer, params.max_len)
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise DataError(f"{params.batch_size}{batch_size!r} is out of range: give a whole number ≥ 1.")
     check_device(device, params)
+
+
+def _columns(model: PreTrainedModel) -> list[str]:
+    """The columns of a prediction table (:func:`predict_texts`)."""
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    return ["pred_id", "pred_label", *[f"prob_{n}" for n in names], "truncated"]
+
+
+def _predict(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    batch_size: int,
+    max_len: int,
+    truncation: str,
+    device: str,
+    progress: bool,
+    params: PredictParams,
+) -> pd.DataFrame:
+    """:func:`predict_texts` with ``max_len`` and ``truncation`` settled."""
+    _check(model, tokenizer, batch_size, max_len, device, params)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     texts = [clean_text(t) for t in texts]
     present = [i for i, t in enumerate(texts) if t]
@@ -337,17 +496,18 @@ def predict_file(
     model_dir: str | Path,
     in_path: str | Path,
     out_path: str | Path,
+    *,
     column: str = "Sentence",
     sheet: str | int | None = None,
-    batch_size: int = 64,
-    max_len: int = 128,
-    device: str = "auto",
-    overwrite: bool = False,
     header_row: int = 1,
     encoding: str | None = None,
-    truncation: str = "head",
-    params: PredictParams = NOTEBOOK_PARAMS,
+    batch_size: int = 64,
+    max_len: int | None = None,
+    truncation: str | None = None,
+    device: str = "auto",
     ensemble: Ensemble = "final",
+    overwrite: bool = False,
+    params: PredictParams = NOTEBOOK_PARAMS,
 ) -> pd.DataFrame:
     """Read a sheet, predict its ``column``, write the sheet with the predictions appended.
 
@@ -357,15 +517,15 @@ def predict_file(
         out_path: where to write (.xlsx, .csv or .tsv, by suffix), by :func:`nblib.sheets.write_table`.
         column: the text column.
         sheet: sheet name or 0-based index of an .xlsx input (None: the first).
-        batch_size: texts per batch.
-        max_len: tokens per text read by the model.
-        device: "auto", "cpu" or "cuda".
-        overwrite: replace an existing output file.
         header_row: the row of the column names in the input (1-based).
         encoding: the encoding of a CSV/TSV input (None: detected).
-        truncation: "head" or "head+tail" (see :class:`nblib.bert.Encoded`).
-        params: how the caller names these parameters, for the error messages.
+        batch_size: texts per batch.
+        max_len: tokens per text read by the model (None: as the model was trained; see :func:`reading`).
+        truncation: "head" or "head+tail" (see :class:`nblib.bert.Encoded`; None: as the model was trained).
+        device: "auto", "cpu" or "cuda".
         ensemble: "final" (one model) or "folds" (the mean of the run's fold models' calibrated probabilities).
+        overwrite: replace an existing output file.
+        params: how the caller names these parameters, for the error messages.
 
     Returns:
         The input's columns followed by the prediction columns (see :func:`predict_texts`).
@@ -373,44 +533,35 @@ def predict_file(
     out_path = check_output(out_path, overwrite)  # before the model loads and the texts are predicted
     check_device(device, params)
     model, tokenizer = load_model(model_dir, ensemble, params)
+    max_len, truncation = reading(model, max_len, truncation, params)
+    _check(model, tokenizer, batch_size, max_len, device, params)
     table = read_sheet(in_path, [column], sheet, header_row, encoding, params)
     for problem, rows, action in table.notes:
         log.warning("%s: %d row(s) %s — %s", Path(in_path).name, len(rows), problem, action)
-    empty = predict_texts(model, tokenizer, [], batch_size, max_len, device, False, truncation, params)
-    clash = [c for c in empty.columns if c in table.df.columns]
+    clash = [c for c in _columns(model) if c in table.df.columns]
     if clash:
         raise DataError(
             f"{Path(in_path).name} already has column(s) {clash} (a sheet of earlier predictions?): "
             f"rename or remove them, so that the new predictions do not mix with them."
         )
-    predictions = predict_texts(
-        model,
-        tokenizer,
-        ["" if pd.isna(v) else str(v) for v in table.df[column]],
-        batch_size,
-        max_len,
-        device,
-        truncation=truncation,
-        params=params,
-    )
+    texts = ["" if pd.isna(v) else str(v) for v in table.df[column]]
+    predictions = _predict(model, tokenizer, texts, batch_size, max_len, truncation, device, True, params)
     result = pd.concat([table.df.reset_index(drop=True), predictions], axis=1)
     write_table(result, out_path)
     log.info(
-        "Wrote %d predictions to %s (%d texts cut at max_len=%d).",
+        "Wrote %d predictions to %s (%d texts cut at max_len=%d, truncation='%s').",
         len(result),
         out_path,
         int(result["truncated"].sum()),
         max_len,
+        truncation,
     )
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The command line: ``python -m nblib.predict MODEL_DIR IN OUT --column C``; returns the exit status.
-
-    Args:
-        argv: the arguments (None: ``sys.argv[1:]``).
-    """
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser: its options that are :class:`nblib.settings.PredictSettings` fields
+    (:data:`CLI_OPTIONS`) take their type, range, choices, default and help from the field."""
     ap = argparse.ArgumentParser(
         prog="python -m nblib.predict",
         description="Label texts with a saved model.",
@@ -423,50 +574,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("input", help="the sheet to label: .xlsx, .csv or .tsv")
     ap.add_argument("output", help=".xlsx, .csv or .tsv to write (the suffix decides the format)")
     cli.add_sheet_options(ap, "the input")
-    ap.add_argument("--batch-size", type=cli.positive_int, default=64, help="texts per batch (≥ 1)")
-    ap.add_argument(
-        "--max-len",
-        type=cli.positive_int,
-        default=128,
-        help="tokens read per text, special tokens included; at most the model's max_position_embeddings",
-    )
-    ap.add_argument(
-        "--truncation",
-        default="head",
-        choices=bert.TRUNCATIONS,
-        help="what a text longer than --max-len keeps: its start, or its start and end",
-    )
-    ap.add_argument(
-        "--device",
-        default="auto",
-        choices=DEVICES,
-        help="auto: a GPU when there is one; cuda without a GPU is an error",
-    )
+    for name, flag in CLI_OPTIONS.items():
+        ap.add_argument(flag, **cli.from_setting(PredictSettings, name))
     ap.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    ap.add_argument(
-        "--ensemble",
-        default="final",
-        choices=ENSEMBLES,
-        help="final: the one saved model given; folds: average the calibrated probabilities of the run's fold models",
-    )
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line: ``python -m nblib.predict MODEL_DIR IN OUT --column C``; returns the exit status.
+
+    Args:
+        argv: the arguments (None: ``sys.argv[1:]``).
+    """
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    options = {name: getattr(args, name) for name in CLI_OPTIONS}
     try:
         result = predict_file(
             args.model_dir,
             args.input,
             args.output,
-            args.column,
-            args.sheet,
-            args.batch_size,
-            args.max_len,
-            args.device,
-            args.overwrite,
-            args.header_row,
-            args.encoding,
-            args.truncation,
-            CLI_PARAMS,
-            args.ensemble,
+            column=args.column,
+            sheet=args.sheet,
+            header_row=args.header_row,
+            encoding=args.encoding,
+            overwrite=args.overwrite,
+            params=CLI_PARAMS,
+            **options,
         )
     except (DataError, FileNotFoundError, FileExistsError, bert.ModelNotAvailableError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -19,6 +19,7 @@ of every fold are written to ``<run>/pseudo_labels/fold_<k>.csv`` (``final.csv``
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +29,16 @@ import numpy as np
 import pandas as pd
 import torch
 from accelerate import PartialState
+from transformers import PreTrainedTokenizerBase
 
+from .bert import Encoded
+from .files import write_atomic
+from .folds import fold_hash
+from .layout import RunFolder, unfinished_model
 from .predict import load_model, predict_texts
-from .results import RunFolder, fold_hash, unfinished_model, write_atomic
 from .settings import setting
 from .sheets import DataError, read_machine_table, write_table
+from .study import Study
 
 log = logging.getLogger(__name__)
 PseudoRule = Literal["per_class", "threshold"]
@@ -187,6 +193,63 @@ def load_or_make(
             torch.cuda.empty_cache()  # the teacher's memory, before the student (or a fold worker) needs it
     state.wait_for_everyone()
     return table if table is not None else _read(path)
+
+
+class Teacher:
+    """A self-training run's teacher: its run, the pool its models label, and the pseudo-labelled training texts.
+
+    Args:
+        study: the student's study (the teacher must be a run of it, on its folds).
+        name: the teacher run's folder name.
+        settings: which pool texts the pseudo-labels add.
+    """
+
+    def __init__(self, study: Study, name: str, settings: PseudoLabelling) -> None:
+        settings.check()
+        self.settings = settings
+        self.pool = study.unseen_pool(required_by="self-training").texts
+        self.run = study.run_folder(name)
+        check_teacher(self.run, study.folds)
+        self.pool_encoded: Encoded | None = None
+
+    @property
+    def pool_sha(self) -> str:
+        """A fingerprint of the pool texts, part of the student run's identity."""
+        return hashlib.sha256("\n".join(self.pool["text"]).encode()).hexdigest()[:16]
+
+    def encode_pool(self, tokenizer: PreTrainedTokenizerBase, max_len: int, truncation: str) -> None:
+        """Tokenize the pool texts once, as the student reads them (and the teacher's models are asked with them).
+
+        Args:
+            tokenizer: the student's tokenizer.
+            max_len: tokens per text.
+            truncation: what a cut text keeps.
+        """
+        self.max_len, self.truncation = max_len, truncation
+        self.pool_encoded = Encoded(tokenizer, self.pool["text"], max_len, truncation=truncation)
+
+    def pseudo_labelled(self, k: int | None, folder: Path, device: str) -> Encoded:
+        """The pool texts the teacher's fold-k model labels confidently, with those labels, as training texts for
+        fold ``k`` (None: the teacher's final model, for the final model); saved in ``folder`` (:func:`load_or_make`).
+
+        Args:
+            k: the fold (None: the final model).
+            folder: the student run's ``pseudo_labels/`` folder.
+            device: where the teacher predicts ("cpu" or "cuda").
+        """
+        if self.pool_encoded is None:
+            raise RuntimeError("Teacher.encode_pool must be called before pseudo_labelled.")
+        table = load_or_make(
+            folder / f"{'final' if k is None else f'fold_{k}'}.csv",
+            teacher_model(self.run, k),
+            self.pool,
+            self.settings,
+            max_len=self.max_len,
+            truncation=self.truncation,
+            device=device,
+        )
+        chosen = np.flatnonzero(table["chosen"].to_numpy(dtype=bool))
+        return self.pool_encoded.subset(chosen).with_labels(table["label"].to_numpy()[chosen])
 
 
 def _read(path: Path) -> pd.DataFrame:

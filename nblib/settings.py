@@ -24,6 +24,10 @@ from .sheets import DataError
 
 T = TypeVar("T")
 SelectOn = Literal["val_macro_f1", "val_loss"]
+Ensemble = Literal["final", "folds"]
+Device = Literal["auto", "cpu", "cuda"]
+Truncation = Literal["head", "head+tail"]
+MAX_LEN = 128  # BERT's tokens per text, [CLS] and [SEP] included: the default of every max_len (03, 05, TAPT)
 PathKind = Literal["input", "output", "model"]
 _IDENTITY, _HELP, _RANGE, _PATH = "identity", "help", "range", "path"
 
@@ -465,21 +469,21 @@ class PredictSettings:
     model_dir: str | None = setting(
         None, "or a model folder (final, fold_models/fold_k); overrides bert_run", path="model"
     )
-    ensemble: Literal["final", "folds"] = setting("final", "final: the final model; folds: the mean of the fold models")
+    ensemble: Ensemble = setting("final", "final: the final model; folds: the mean of the fold models")
     input_path: str | None = setting(None, "the texts to label (None: the study's unlabelled_path)", path="input")
     input_col: str | None = setting(None, "their column (None: unlabelled_text_col)")
     input_sheet: str | int | None = setting(None, "sheet name or index of an .xlsx input (None: the first)", ge=0)
     input_header_row: int = setting(1, "the input's row that holds the column names", ge=1)
     input_encoding: str | None = setting(None, "of a .csv/.tsv input (None: detected)")
-    truncation: Literal["head", "head+tail"] = setting(
-        "head", "texts longer than max_len tokens: keep head, or head+tail"
+    truncation: Truncation | None = setting(
+        None, "texts longer than max_len: keep head, or head+tail (None: as the model was trained)"
     )
     output_path: str | None = setting(
         None, "None: <study>/predictions/<input>_<run>.xlsx, never overwritten", path="output"
     )
     batch_size: int = setting(64, "texts per forward pass", ge=1)
-    max_len: int = setting(128, "tokens per text; longer texts are cut", ge=1)
-    device: Literal["auto", "cpu", "cuda"] = setting("auto", "auto, cpu or cuda")
+    max_len: int | None = setting(None, "tokens per text; longer ones are cut (None: as the model was trained)", ge=1)
+    device: Device = setting("auto", "auto, cpu or cuda (cuda without a GPU is an error)")
     group_col: str | None = setting(None, "an input column that groups the texts (e.g. the TV show): shares per group")
     shares_methods: str = setting(
         "CC,ACC,PCC,PACC,EMQ,PPI", "class-share estimators, comma-separated (nblib.shares.METHODS)"

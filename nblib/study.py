@@ -21,11 +21,12 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from . import notebook, results
+from . import layout, notebook, results
 from .data import LabelledData, load_labelled, load_unlabelled
-from .folds import FoldSplit, load_or_make_folds, split_fold
+from .folds import FoldSplit, fold_hash, load_or_make_folds, split_fold
+from .layout import RunFolder
 from .metrics import mean_std_table
-from .results import ModelResults, ModelRun, RunFolder
+from .results import ModelResults, ModelRun
 from .settings import StudySettings
 from .sheets import DataError, write_table
 
@@ -43,7 +44,7 @@ class UnseenPool:
 
 @dataclass
 class Study:
-    """A loaded labelled sheet with its folds and its study folder (see :mod:`nblib.results` for the layout)."""
+    """A loaded labelled sheet with its folds and its study folder (see :mod:`nblib.layout` for the layout)."""
 
     settings: StudySettings
     data: LabelledData
@@ -147,7 +148,7 @@ class Study:
         Args:
             kind: which folder.
         """
-        return results.study_subfolder(self.path, kind)
+        return layout.study_subfolder(self.path, kind)
 
     def open_run(self, name: str, config: dict, write: bool = True) -> ModelRun:
         """Open (create or resume) the model folder ``models/<name>``.
@@ -169,8 +170,8 @@ class Study:
 
     def runs(self) -> dict[str, ModelResults]:
         """Every finished model of this study on these folds, by name."""
-        sha = results.fold_hash(self.folds)
-        finished = [RunFolder(p) for p in results.run_paths(self.path)]
+        sha = fold_hash(self.folds)
+        finished = [RunFolder(p) for p in layout.run_paths(self.path)]
         return {
             run.name: results.load_run(run.path)
             for run in finished
@@ -193,8 +194,8 @@ class Study:
 
     def unfinished_runs(self) -> dict[str, str]:
         """Model folders of this study that :meth:`runs` leaves out, with the reason for each."""
-        sha, out = results.fold_hash(self.folds), {}
-        for path in results.run_paths(self.path):
+        sha, out = fold_hash(self.folds), {}
+        for path in layout.run_paths(self.path):
             run = RunFolder(path)
             if not run.is_finished():
                 out[run.name] = (
@@ -206,22 +207,22 @@ class Study:
 
     def final_model(self, name: str | None = None) -> Path:
         """The folder of the model trained on all labelled texts by a BERT run of this study; only a completely
-        saved one (:func:`nblib.results.unfinished_model`).
+        saved one (:func:`nblib.layout.unfinished_model`).
 
         Args:
             name: the run's folder name (None: the newest run that has a finished final model).
 
         Raises:
             FileNotFoundError: no run (of that name) has a final model.
-            results.ModelNotAvailableError: the named run's final model is not completely saved.
+            layout.ModelNotAvailableError: the named run's final model is not completely saved.
         """
-        finals = [RunFolder(p).final_dir for p in results.run_paths(self.path) if name in (None, p.name)]
+        finals = [RunFolder(p).final_dir for p in layout.run_paths(self.path) if name in (None, p.name)]
         finals = [f for f in finals if f.exists()]
-        unfinished = {f: results.unfinished_model(f) for f in finals}
+        unfinished = {f: layout.unfinished_model(f) for f in finals}
         done = sorted((f for f, why in unfinished.items() if why is None), key=lambda f: f.stat().st_mtime)
         broken = [why for why in unfinished.values() if why is not None]
         if name is not None and broken:
-            raise results.ModelNotAvailableError(broken[0] + ".")
+            raise layout.ModelNotAvailableError(broken[0] + ".")
         if not done:
             raise FileNotFoundError(
                 f"No final model {'of ' + name + ' ' if name else ''}under {self.path / 'models'}; "
@@ -240,7 +241,7 @@ class Study:
         """
         runs = self.runs() if runs is None else runs
         table = mean_std_table({name: res.metrics for name, res in runs.items()})
-        write_table(table.reset_index(), results.comparison_file(self.path))
+        write_table(table.reset_index(), layout.comparison_file(self.path))
         return table
 
 
@@ -267,8 +268,8 @@ def open_study(data_path: str | Path | StudySettings, **settings: Any) -> Study:
         encoding=s.encoding,
         extra_labelled_paths=s.extra_labelled_paths,
     )
-    path = results.study_path(s.results_dir, data)
-    folds = load_or_make_folds(data, results.folds_file(path, s.n_folds, s.seed), s.n_folds, s.seed)
+    path = layout.study_path(s.results_dir, data)
+    folds = load_or_make_folds(data, layout.folds_file(path, s.n_folds, s.seed), s.n_folds, s.seed)
     return Study(s, data, folds, path)
 
 

@@ -50,6 +50,8 @@ from .sheets import read_sheet
 
 DEFAULT_FOLDERS = {"results_dir": "results", "fig_dir": "figures"}  # next to the study file
 PAPERMILL_MARKER = "# Parameters"  # the first line of papermill's injected-parameters cell
+# parameters renamed in a notebook: {notebook: {old name: (new name, what the old name means now)}}
+RENAMED = {"02_baselines": {"max_len": ("lstm_max_units", "BERT's tokens per text, a parameter of 03 and 05")}}
 
 
 def notebook_settings() -> dict[str, list[type]]:
@@ -216,13 +218,26 @@ def use_parameters(namespace: MutableMapping[str, Any], notebook: str) -> dict[s
     classes = notebook_settings()[notebook]
     params = _parameters(classes)
     taken: dict[str, Any] = {}
+    for old, (new, now) in RENAMED.get(notebook, {}).items():
+        if old in namespace:
+            raise SettingsError(
+                f"{old} = {namespace[old]!r} is no longer a parameter of {notebook}: it is now called {new}. "
+                f"Pass {new} instead ({old} is {now})."
+            )
     study_path = namespace.get(STUDY_PARAMETER)
     if study_path and not isinstance(study_path, (str, os.PathLike)):
         study_path = None  # the Study an earlier run of the data cell opened: the file's values are in place already
     if study_path:
         declared = {name: value for cls in classes for name, value in defaults(cls).items()}
         given = given_explicitly(namespace, declared)
-        taken = {k: v for k, v in read_study_file(study_path).items() if k in params and k not in given}
+        values = read_study_file(study_path)
+        taken = {k: v for k, v in values.items() if k in params and k not in given}
+        for old, (new, now) in RENAMED.get(notebook, {}).items():
+            if old in values and new not in values:
+                print(
+                    f"Study file {study_path}: {old} = {values[old]!r} no longer applies to {notebook} ({old} is {now}); "
+                    f"the setting it used to be here is now called {new} ({namespace.get(new)!r} in this run)."
+                )
         namespace.update(taken)
         kept = sorted(given & set(params))
         print(

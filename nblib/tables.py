@@ -340,3 +340,29 @@ def class_shares(table: pd.DataFrame) -> pd.DataFrame:
         + (f" {CLIPPED} interval clipped to [0, 100]." if clipped.any() else "")
     )
     return out
+
+
+def agreement(table: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """The paper's agreement table: texts, Cohen's κ and Krippendorff's α as ``0.812 [0.781, 0.840]``.
+
+    Args:
+        table: :func:`nblib.agreement.agreement_table` (or :func:`nblib.agreement.study_agreement`) output; its
+            note (how it was computed, and whether a second coder was measured) is kept.
+        level: the intervals' coverage, for the column names.
+    """
+
+    def cell(value: float, lower: float, upper: float) -> str:
+        if np.isnan(value):
+            return "n/a"
+        return f"{value:.3f}" + ("" if np.isnan(lower) else f" [{lower:.3f}, {upper:.3f}]")
+
+    out = pd.DataFrame(
+        {
+            "texts": table["texts"].astype(int),
+            f"κ [{level:.0%} CI]": [cell(*v) for v in table[["kappa", "kappa_lower", "kappa_upper"]].to_numpy()],
+            f"α [{level:.0%} CI]": [cell(*v) for v in table[["alpha", "alpha_lower", "alpha_upper"]].to_numpy()],
+        },
+        index=table.index,
+    )
+    out.attrs["note"] = table.attrs.get("note", "") + " n/a: undefined (e.g. a class neither rater used)."
+    return out

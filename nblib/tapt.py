@@ -21,6 +21,10 @@ mask token, 10% by a random token and 10% kept, as in BERT. Special tokens are n
 ``model``; ``mlm_head.safetensors`` (the MLM head, for fill-mask and further pretraining) and ``tapt.json``
 (settings, loss curves, throughput). An interrupted run resumes from ``checkpoint/`` (saved every
 ``save_every`` steps); a finished one is reused; other settings under the same name are an error.
+
+Training follows fine-tuning's rules: the device, precision, TF32 and emulated-bf16 rules, seeding and torchrun
+launching of :mod:`nblib.hardware`, AdamW of :func:`nblib.bert.make_optimizer`, the linear warm-up and decay of
+``get_linear_schedule_with_warmup`` and the clip/step of :func:`nblib.bert.clip_and_step`.
 """
 
 from __future__ import annotations
@@ -44,15 +48,22 @@ import torch
 from accelerate import Accelerator, PartialState
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
-from transformers import AutoModel, AutoModelForMaskedLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModel,
+    AutoModelForMaskedLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    get_linear_schedule_with_warmup,
+)
 from transformers import logging as hf_logging
 
-from . import bert
-from .bert_cv import FineTuneConfig, Hardware, absolute_paths, launch_torchrun, model_source
-from .cv import set_seed
-from .hardware import keep_freed_memory
-from .results import TAPT_DONE, ResultsExistError, environment, same_source, stored_path, write_atomic
-from .settings import StudySettings, from_params, identity, runtime, setting, to_params
+from . import bert, hardware
+from .environment import environment
+from .files import write_atomic
+from .hardware import Device, Hardware, Precision, Processes
+from .layout import TAPT_DONE, same_source, stored_path
+from .results import ResultsExistError
+from .settings import MAX_LEN, StudySettings, from_params, identity, runtime, setting, to_params
 from .study import Study, open_study
 from .text import is_content
 
@@ -72,7 +83,7 @@ class TaptSettings:
     tapt_epochs: int = setting(3, "passes over the labelled and pool texts", ge=1)
     tapt_lr: float = setting(1e-4, "peak learning rate of the masked-language-model training", gt=0)
     tapt_batch_size: int = setting(32, "texts per optimizer step, over all processes", ge=1)
-    tapt_max_len: int = setting(128, "tokens per text; longer texts are cut", ge=1)
+    tapt_max_len: int = setting(MAX_LEN, "tokens per text; longer texts are cut", ge=1)
     tapt_warmup_ratio: float = setting(0.06, "share of the steps spent warming up the learning rate", ge=0, lt=1)
     tapt_freeze_embeddings: bool = setting(False, "keep the input word embeddings (and a head tied to them) fixed")
     tapt_name: str | None = runtime(None, "encoder folder under <study>/encoders (default tapt_<model folder>)")
@@ -86,9 +97,9 @@ class TaptConfig(Hardware):
     study: StudySettings = runtime(default_factory=StudySettings)
     model: str = runtime("bert-base-chinese")  # the encoder to adapt: hub id, local folder, or tiny-random
     tapt: TaptSettings = field(default_factory=TaptSettings)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = runtime("auto")
-    device: Literal["auto", "cpu", "cuda"] = runtime("auto")
-    num_processes: int | Literal["auto"] = runtime("auto")  # auto: every visible GPU (1 on CPU); >1: DDP
+    precision: Precision = runtime("auto")
+    device: Device = runtime("auto")
+    num_processes: Processes = runtime("auto")  # auto: every visible GPU (1 on CPU); >1: DDP
 
     @property
     def name(self) -> str:
@@ -473,26 +484,20 @@ def adapt(config: TaptConfig, study: Study, progress: bool = True) -> TaptResult
         study: the study whose texts are read (labelled + pool).
         progress: show progress bars.
     """
-    source = bert.resolve_model(config.model) if config.model != bert.TINY_RANDOM else _tiny(study)
+    source = bert.model_source(config.model, study)
     texts, counts = mlm_texts(study)
     folder = (study.folder("encoders") / config.name).resolve()
     ident = _identity(config, source, texts, study)
     done = _check_existing(folder, ident, study)
     if done is None:
         if config.processes() > 1:
-            launch = folder / "launch.json"
-            folder.mkdir(parents=True, exist_ok=True)
-            worker = absolute_paths(replace(config, model=source, tapt=replace(config.tapt, tapt_name=config.name)))
-            launch.write_text(json.dumps(to_params(worker), indent=2, ensure_ascii=False))
-            launch_torchrun("nblib.tapt", launch, config.processes(), folder / "tapt.log")
+            worker = replace(config, model=source, tapt=replace(config.tapt, tapt_name=config.name))
+            launch = hardware.write_launch_file(worker, folder / "launch.json")
+            hardware.launch_torchrun("nblib.tapt", launch, config.processes(), folder / "tapt.log")
         else:
             _train(config, study, source, texts, counts, ident, folder, progress)
         done = json.loads((folder / INFO_FILE).read_text())
     return TaptResult(folder, done)
-
-
-def _tiny(study: Study) -> str:
-    return model_source(FineTuneConfig(model=bert.TINY_RANDOM), study)
 
 
 def _train(
@@ -505,14 +510,12 @@ def _train(
     folder: Path,
     progress: bool,
 ) -> None:
-    keep_freed_memory()
-    precision = cfg.resolved_precision()
-    accelerator = Accelerator(
-        cpu=cfg.use_cpu(), mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
-    )
+    hardware.keep_freed_memory()
+    accelerator = hardware.make_accelerator(cfg)  # fine-tuning's precision, TF32 and emulated-bf16 rules
+    precision = cfg.resolved_precision(accelerator.device)
     main = accelerator.is_main_process
     per_device = bert.per_device_batch(cfg.tapt.tapt_batch_size, accelerator.num_processes, 1)
-    set_seed(cfg.study.seed)
+    hardware.set_seed(cfg.study.seed)
     tokenizer = bert.load_tokenizer(source)
     mlm, new_head = load_mlm(source)
     bert.check_max_len(cfg.tapt.tapt_max_len, mlm.config, tokenizer, "tapt_max_len=")
@@ -526,9 +529,7 @@ def _train(
     optimizer = bert.make_optimizer(model, settings, fused=accelerator.scaler is None)
     steps_per_epoch = math.ceil(len(ds) / cfg.tapt.tapt_batch_size)
     total = steps_per_epoch * cfg.tapt.tapt_epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _warmup_linear(int(cfg.tapt.tapt_warmup_ratio * total), total)
-    )
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.tapt.tapt_warmup_ratio * total), total)
     # the schedule counts optimizer steps: not prepared (accelerate would step it once per process), but saved
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
@@ -577,11 +578,7 @@ def _train(
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             loss = model(**batch)
             accelerator.backward(loss)
-            accelerator.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            if not accelerator.optimizer_step_was_skipped:
-                scheduler.step()
-            optimizer.zero_grad()
+            bert.clip_and_step(model, optimizer, scheduler, accelerator, max_grad_norm=1.0)
             run_sum, run_n = run_sum + loss.item(), run_n + 1
             if step % log_every == 0 or step == len(loader):
                 loss_mean = accelerator.reduce(torch.tensor(run_sum / run_n, device=accelerator.device), "mean")
@@ -618,11 +615,6 @@ def _train(
     accelerator.wait_for_everyone()
 
 
-def _warmup_linear(warmup: int, total: int):
-    """Linear warm-up to the peak rate, then linear decay to zero (``get_linear_schedule_with_warmup``'s shape)."""
-    return lambda step: step / max(1, warmup) if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
-
-
 def _checkpoint(accelerator: Accelerator, ckpt: Path, state: dict, ident: dict, start: float) -> None:
     """Save model, optimizer, schedule and RNG states and the position in the run into a new folder, then put it in
     place of the previous checkpoint: an interruption while saving leaves the previous one whole."""
@@ -640,7 +632,7 @@ def _checkpoint(accelerator: Accelerator, ckpt: Path, state: dict, ident: dict, 
 
 
 def masked_examples(
-    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_len: int = 128
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_len: int = MAX_LEN
 ) -> list[tuple[list[int], list[int], str, str]]:
     """One jieba word masked in each text (its longest content word): token ids, masked positions, the word, and
     the text with the word blanked out (texts without a content word are skipped).
@@ -671,7 +663,9 @@ def masked_examples(
 
 
 @torch.no_grad()
-def fill_mask_table(sources: dict[str, str], texts: Sequence[str], top_k: int = 5, max_len: int = 128) -> pd.DataFrame:
+def fill_mask_table(
+    sources: dict[str, str], texts: Sequence[str], top_k: int = 5, max_len: int = MAX_LEN
+) -> pd.DataFrame:
     """For each text, its longest word masked and each model's ``top_k`` guesses for it (best first).
 
     A guess fills every masked position with that position's i-th best token.

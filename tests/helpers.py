@@ -59,7 +59,7 @@ def balanced(n_per_class: int = 6, classes=(0, 1, 2)) -> pd.DataFrame:
 # a second process that tries to take the run lock of the folder given as its argument; exit 3 when refused
 LOCK_CHILD = """
 import sys
-from nblib.results import RunLock, ResultsLockedError
+from nblib.run_lock import RunLock, ResultsLockedError
 try:
     RunLock(sys.argv[1]).acquire()
 except ResultsLockedError as e:

@@ -60,7 +60,7 @@ def test_word2vec_is_reproducible_and_averages():
 def test_vocab_encoding_and_embedding_init():
     vocab = features.Vocab([["文", "物", "文"], ["好"]])
     assert vocab.itos[:3] == ["<pad>", "<unk>", "文"]
-    assert vocab.encode([["文", "新", "好"], []], max_len=2) == [[2, 1], [1]]
+    assert vocab.encode([["文", "新", "好"], []], max_units=2) == [[2, 1], [1]]
     wv = features.train_word2vec([["文", "物", "好"]] * 10, dim=8, min_count=1, epochs=1)
     matrix, coverage = vocab.embedding_matrix(wv)
     assert matrix.shape == (len(vocab), 8) and np.allclose(matrix[0], 0) and coverage == 1.0

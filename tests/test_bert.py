@@ -25,7 +25,7 @@ from accelerate.state import AcceleratorState
 from helpers import DEMO_LABELLED, ROOT, write_tiny_sheet
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertModel
 
-from nblib import bert, bert_cv, results
+from nblib import bert, bert_cv, hardware, results
 from nblib.data import LabelledData, load_labelled
 from nblib.results import ResultsExistError
 from nblib.settings import from_params, to_params
@@ -339,7 +339,7 @@ def test_cpu_runs_fp32_unless_asked_and_bf16_is_native_only_with_the_instruction
 ):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
-    assert bert.cpu_bf16_native() is native
+    assert hardware.cpu_bf16_native() is native
     assert make_config(data_path="x.csv", device="cpu").resolved_precision() == "fp32"
     assert make_config(data_path="x.csv", device="cpu", precision="bf16").resolved_precision() == "bf16"
 
@@ -350,7 +350,7 @@ def test_cpu_runs_fp32_unless_asked_and_bf16_is_native_only_with_the_instruction
 def test_auto_precision_follows_the_compute_capability(monkeypatch, capability, precision):
     fake_gpus(monkeypatch, capability)
     assert make_config(data_path="x.csv").resolved_precision() == precision
-    assert bert.gpu_precision() == precision
+    assert hardware.gpu_precision() == precision
 
 
 @pytest.fixture
@@ -374,10 +374,10 @@ def test_precision_is_decided_on_the_ranks_gpu_after_the_device_is_set(
 
     fake_gpus(monkeypatch, (7, 0), count=4)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: events.append(device) or (7, 0))
-    monkeypatch.setattr(bert_cv, "PartialState", RankState)
-    monkeypatch.setattr(bert_cv, "Accelerator", lambda **kw: kw)
+    monkeypatch.setattr(hardware, "PartialState", RankState)
+    monkeypatch.setattr(hardware, "Accelerator", lambda **kw: kw)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not tf32
-    made = bert_cv._accelerator(make_config(data_path="x.csv", device="cuda", precision=precision))
+    made = hardware.make_accelerator(make_config(data_path="x.csv", device="cuda", precision=precision))
     assert made == {"cpu": False, "mixed_precision": mixed}
     assert events == (["device set", torch.device("cuda", 3)] if precision == "auto" else ["device set"])
     assert torch.backends.cuda.matmul.allow_tf32 is tf32 and torch.backends.cudnn.allow_tf32 is tf32  # no TF32 in fp32
@@ -394,16 +394,16 @@ def test_fold_workers_use_the_gpus_this_process_was_given(tmp_path, monkeypatch,
     fake_gpus(monkeypatch, (8, 0), count=2)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
     started = []
-    monkeypatch.setattr(bert_cv, "_run_logged", started.extend)
+    monkeypatch.setattr(hardware, "_run_logged", started.extend)
     cfg = make_config(data_path="x.csv")
-    bert_cv._launch_fold_workers(cfg, tmp_path / "launch.json", [0, 1, 2, 3, 4], 2, tmp_path)
+    hardware.launch_fold_workers(cfg, "nblib.bert_cv", tmp_path / "launch.json", [0, 1, 2, 3, 4], 2, tmp_path)
     assert [env["CUDA_VISIBLE_DEVICES"] for _, env, _ in started] == visible.split(",")
     workers = [json.loads((tmp_path / f"worker_{i}.json").read_text()) for i in range(2)]
     assert [cmd[cmd.index("--folds") + 1] for cmd, _, _ in started] == ["0,2,4", "1,3"]
     assert {(w["device"], w["precision"]) for w in workers} == {("cuda", "bf16")}  # no silent CPU run, one precision
     # more workers than GPUs: several folds side by side on one GPU, round-robin, CPU threads shared out
     started.clear()
-    bert_cv._launch_fold_workers(cfg, tmp_path / "launch.json", [0, 1, 2, 3, 4], 3, tmp_path)
+    hardware.launch_fold_workers(cfg, "nblib.bert_cv", tmp_path / "launch.json", [0, 1, 2, 3, 4], 3, tmp_path)
     gpus = visible.split(",")
     assert [env["CUDA_VISIBLE_DEVICES"] for _, env, _ in started] == [gpus[0], gpus[1], gpus[0]]
     assert [cmd[cmd.index("--folds") + 1] for cmd, _, _ in started] == ["0,3", "1,4", "2"]
@@ -414,14 +414,14 @@ def test_ddp_needs_a_gpu_per_process_and_the_final_model_uses_one_process_per_gp
     fake_gpus(monkeypatch, (9, 0), count=1)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "H100 (fake)")
     launched = []
-    monkeypatch.setattr(bert_cv, "launch_torchrun", lambda *a, **k: launched.append(a))
+    monkeypatch.setattr(hardware, "launch_torchrun", lambda *a, **k: launched.append(a))
     with pytest.raises(ValueError, match="num_processes=2 with parallel='ddp' needs one GPU per process, but 1"):
         cross_validate(with_params(small_config(tmp_path, write_sheet), device="cuda", num_processes=2, parallel="ddp"))
     assert not launched
     # two fold workers share the one GPU; the final model is then trained by one process, not a 2-process DDP
     cfg = with_params(small_config(tmp_path, write_sheet), device="cuda", num_processes=2, parallel="folds")
     workers, finals = [], []
-    monkeypatch.setattr(bert_cv, "_launch_fold_workers", lambda *a: workers.append(a[3]))
+    monkeypatch.setattr(hardware, "launch_fold_workers", lambda *a: workers.append(a[4]))
     monkeypatch.setattr(bert_cv.FineTuneJob, "train_final", lambda self: finals.append(1))
     monkeypatch.setattr(results.ModelRun, "finish", lambda self: None)
     bert_cv.FineTuneJob(cfg, open_study(cfg.study)).cross_validate()
@@ -544,7 +544,7 @@ def test_a_batch_that_does_not_divide_evenly_is_an_error(tmp_path, write_sheet, 
             seed=0,
             **kw,
         )
-    monkeypatch.setattr(bert_cv, "launch_torchrun", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr(hardware, "launch_torchrun", lambda *a, **k: pytest.fail("training started"))
     with pytest.raises(ValueError, match="multiple of processes × grad_accum \\(3 × 1"):
         cross_validate(small_config(tmp_path, write_sheet, num_processes=3, parallel="ddp"))
 
@@ -552,7 +552,7 @@ def test_a_batch_that_does_not_divide_evenly_is_an_error(tmp_path, write_sheet, 
 WRITER = """
 import sys, time
 from pathlib import Path
-from nblib.results import write_atomic
+from nblib.files import write_atomic
 path, me = Path(sys.argv[1]), sys.argv[2]
 (path.parent / f"ready_{me}").touch()
 while len(list(path.parent.glob("ready_*"))) < 2:
@@ -577,12 +577,12 @@ def test_atomic_writes_of_one_file_from_two_processes(tmp_path):
 PARENT = """
 import os, signal, sys, time
 from pathlib import Path
-from nblib import bert_cv
+from nblib import hardware
 signal.signal(signal.SIGINT, signal.default_int_handler)  # also where the test runner ignores SIGINT
 d = Path(sys.argv[1])
 worker = "import os, sys, time; Path = __import__('pathlib').Path; Path(sys.argv[1]).write_text(str(os.getpid())); time.sleep(300)"
 try:
-    bert_cv._run_logged([([sys.executable, "-c", worker, str(d / f"worker_{i}.pid")], dict(os.environ),
+    hardware._run_logged([([sys.executable, "-c", worker, str(d / f"worker_{i}.pid")], dict(os.environ),
                           d / f"worker_{i}.log") for i in range(2)])
 except KeyboardInterrupt:
     time.sleep(300)  # the parent lives on: only its clean-up can have stopped the workers

@@ -1,4 +1,5 @@
-"""Every public function and method of nblib has a docstring naming each parameter, and full type hints."""
+"""Every module of nblib opens with one sentence that says its job; every public function and method has a docstring
+naming each parameter, and full type hints."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from collections.abc import Callable, Iterator
 from functools import cached_property
 from types import ModuleType
 
+import papermill.engines  # noqa: F401  papermill loads nblib's engine by entry point: importing it first is circular
+import pytest
+
 import nblib
 
-# Every module of nblib but its papermill engine (papermill imports it through an entry point while loading its
-# own engines; importing it here first would be circular).
-MODULES = sorted(f"nblib.{m.name}" for m in pkgutil.iter_modules(nblib.__path__) if m.name not in {"papermill_engine"})
+MODULES = ["nblib", *sorted(f"nblib.{m.name}" for m in pkgutil.iter_modules(nblib.__path__))]
 
 
 def _is_generated(func: Callable) -> bool:
@@ -90,3 +92,42 @@ def test_public_callables_have_docstrings_and_type_hints():
                 offenders.append(f"{module_name}.{qualname}: {'; '.join(problems)}")
     assert checked, "no public functions found"
     assert not offenders, f"{len(offenders)} public function(s) lack docs or type hints:\n" + "\n".join(offenders)
+
+
+def _summary_problem(doc: str | None) -> str | None:
+    """What is wrong with a module docstring's opening paragraph (its summary), or None: it must be one sentence."""
+    if not doc or not doc.strip():
+        return "no module docstring"
+    summary = " ".join(doc.strip().split("\n\n")[0].split())
+    if not summary[0].isalpha():
+        return f"the summary does not begin with a word: {summary[:40]!r}"
+    if not summary.endswith("."):
+        return f"the summary is not a sentence ending in a full stop: {summary!r}"
+    if len(summary) > 240:
+        return f"the summary is {len(summary)} characters (at most 240: one sentence, one job)"
+    inner = re.sub(r"\b(e\.g|i\.e|etc|vs)\.", "", summary[:-1])
+    if re.search(r"[.!?] [A-Z]", inner):
+        return f"the summary holds more than one sentence: {summary!r}"
+    return None
+
+
+def test_every_module_opens_with_one_sentence_saying_its_job():
+    assert "nblib.papermill_engine" in MODULES and "nblib.tapt" in MODULES and "nblib.self_training" in MODULES
+    offenders = [
+        f"{name}: {problem}" for name in MODULES if (problem := _summary_problem(importlib.import_module(name).__doc__))
+    ]
+    assert not offenders, "module docstrings that do not open with one sentence:\n" + "\n".join(offenders)
+
+
+@pytest.mark.parametrize(
+    "doc, problem",
+    [
+        (None, "no module docstring"),
+        ("Loads data\n\nMore.", "full stop"),
+        ("Loads data. Also trains models.\n\nMore.", "more than one sentence"),
+        ("``nblib.x`` loads data.\n", "begin with a word"),
+    ],
+)
+def test_the_module_summary_check_names_what_is_wrong(doc, problem):
+    assert problem in _summary_problem(doc)
+    assert _summary_problem("Loads data (e.g. a sheet), checked.\n\nMore. And more.") is None

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from helpers import LOCK_CHILD
 
-from nblib import folds, results
+from nblib import files, folds, layout, results, run_lock
 from nblib.data import DataError
 from nblib.sheets import read_machine_table, read_sheet, write_table
 
@@ -129,7 +129,7 @@ def test_formula_without_saved_value_is_named_not_just_empty(tmp_path, caplog):
 def saved_folds(tmp_path, tiny_data):
     """A tiny study's data and the path of its saved folds (3 folds, seed 0)."""
     data = tiny_data()
-    path = results.folds_file(tmp_path / "study", 3, 0)
+    path = layout.folds_file(tmp_path / "study", 3, 0)
     folds.load_or_make_folds(data, path, 3, 0)
     return data, path
 
@@ -236,21 +236,21 @@ def test_run_saved_with_absolute_encoder_path_still_opens_after_a_move(tmp_path,
     config["source"] = f"/old/disk/results/{job.study.path.name}/encoders/tiny-random"  # as runs were stored before
     job.run.config_file.write_text(json.dumps(config))
     _open_job(_tiny_bert_config(sheet, tmp_path / "res"))  # no ResultsExistError
-    assert results.located(config["source"], job.study.path) == str(job.study.path / "encoders" / "tiny-random")
+    assert layout.located(config["source"], job.study.path) == str(job.study.path / "encoders" / "tiny-random")
 
 
 def test_paths_outside_the_study_folder_are_stored_as_given(tmp_path):
     (tmp_path / "models" / "enc").mkdir(parents=True)
-    assert results.stored_path(str(tmp_path / "models" / "enc"), tmp_path / "res" / "s") == str(
+    assert layout.stored_path(str(tmp_path / "models" / "enc"), tmp_path / "res" / "s") == str(
         tmp_path / "models" / "enc"
     )
-    assert results.stored_path("bert-base-chinese", tmp_path / "res" / "s") == "bert-base-chinese"
-    assert results.located("bert-base-chinese", tmp_path / "res" / "s") == "bert-base-chinese"
+    assert layout.stored_path("bert-base-chinese", tmp_path / "res" / "s") == "bert-base-chinese"
+    assert layout.located("bert-base-chinese", tmp_path / "res" / "s") == "bert-base-chinese"
 
 
 SIBLING = """
 import sys, time
-from nblib.results import RunLock
+from nblib.run_lock import RunLock
 RunLock(sys.argv[1]).acquire()
 print("locked", flush=True)
 time.sleep(60)
@@ -267,7 +267,7 @@ def test_an_inherited_lock_token_does_not_let_a_second_job_in(tmp_path):
     folder = tmp_path / "models" / "m"
     folder.mkdir(parents=True)
     # two jobs started by one parent that passes them the same token (e.g. a shell that exported it)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), **{results.RunLock.ENV: "inherited"})
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **{run_lock.RunLock.ENV: "inherited"})
     first = subprocess.Popen([sys.executable, "-c", SIBLING, str(folder)], env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert first.stdout.readline().strip() == "locked"
@@ -285,10 +285,10 @@ def test_atomic_writes_get_the_usual_mode(tmp_path):
 
     old = os.umask(0o022)
     try:
-        results.write_atomic(tmp_path / "a.json", lambda p: p.write_text("{}"))
+        files.write_atomic(tmp_path / "a.json", lambda p: p.write_text("{}"))
         (tmp_path / "b.json").write_text("{}")
         os.umask(0o027)
-        results.write_atomic(tmp_path / "c.json", lambda p: p.write_text("{}"))
+        files.write_atomic(tmp_path / "c.json", lambda p: p.write_text("{}"))
     finally:
         os.umask(old)
     mode = {name: (tmp_path / name).stat().st_mode & 0o777 for name in ["a.json", "b.json", "c.json"]}
@@ -337,9 +337,9 @@ def test_read_only_results_folder_gives_one_message(tmp_path, tiny_study, read_o
     read_only_disk(tmp_path / "res")
     again = open_study(study.settings)  # reading a study needs no writes
     assert (again.folds == study.folds).all()
-    with pytest.raises(results.ResultsFolderError, match=r"Cannot write .*res.*Read-only file system.*results_dir="):
+    with pytest.raises(files.ResultsFolderError, match=r"Cannot write .*res.*Read-only file system.*results_dir="):
         again.open_run("m", {"x": 1})
-    with pytest.raises(results.ResultsFolderError, match="results_dir="):
+    with pytest.raises(files.ResultsFolderError, match="results_dir="):
         again.folder("analysis")
-    with pytest.raises(results.ResultsFolderError, match="results_dir="):
+    with pytest.raises(files.ResultsFolderError, match="results_dir="):
         open_study(study.settings.data_path, results_dir=str(tmp_path / "res" / "new"), unlabelled_path=None)

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 import torch
 
-from nblib import bert, bert_cv, cli, predict, results, self_training, tapt
-from nblib.results import RunFolder
+from nblib import bert, bert_cv, cli, layout, predict, self_training, tapt
+from nblib.layout import RunFolder
 from nblib.sheets import DataError
 
 LABELS = ["节目制作", "文物典籍", "无关"]
@@ -152,7 +152,7 @@ def test_a_half_written_final_model_is_never_taken_for_a_finished_one(tiny_study
     weights = half / "final" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     assert study.final_model() == good / "final"  # the newer, half-written one is left out
-    with pytest.raises(results.ModelNotAvailableError, match=r"bert_new/final is not a completely saved final model"):
+    with pytest.raises(layout.ModelNotAvailableError, match=r"bert_new/final is not a completely saved final model"):
         study.final_model("bert_new")
     assert RunFolder(half).saved_models() == [half / "fold_models" / "fold_0"]
     code, err = run_cli(capsys, half / "final", sheet, tmp_path / "out.csv")
@@ -185,7 +185,7 @@ def test_unfinished_fold_models_and_tapt_encoders_are_refused(tmp_path, encoder,
     adapted = copy_of(encoder, tmp_path / "study" / "encoders" / "tapt_enc")  # TAPT killed while saving
     with pytest.raises(bert.ModelNotAvailableError, match=r"not a completely saved TAPT encoder.*tapt.json"):
         bert.load_tokenizer(str(adapted))  # 03 fine-tuning it
-    (adapted / results.TAPT_DONE).write_text("{}")
+    (adapted / layout.TAPT_DONE).write_text("{}")
     assert len(bert.load_tokenizer(str(adapted))) > 5
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from nblib import bert, calibration, predict, results
+from nblib import bert, calibration, layout, predict
 
 LABELS = ["节目制作", "文物典籍", "无关"]
 TEXTS = ["只此青绿的舞美绝了", "文物", "三刷🉑️👍", "典籍里的中国"]
@@ -29,7 +29,7 @@ def run_dir(tmp_path_factory):
     calibration.save_calibration(
         run / "fold_models" / "fold_1", calibration.Calibration(0.5, (0.3, 0.0, -0.3), "a test")
     )
-    for k in range(2):  # the marks of finished folds and final model (nblib.results.done_marker)
+    for k in range(2):  # the marks of finished folds and final model (nblib.layout.done_marker)
         (run / "folds" / f"fold_{k}.json").write_text("{}")
     (run / "final" / "training.json").write_text("{}")
     return run
@@ -87,5 +87,5 @@ def test_a_run_without_all_its_fold_models_names_the_setting_that_saves_them(tmp
 
 
 def test_the_ensembles_file_label_names_the_run_and_its_folds(run_dir):
-    assert results.saved_model_label(run_dir) == "bert_tiny_folds"
-    assert results.saved_model_label(run_dir / "final") == "bert_tiny"
+    assert layout.saved_model_label(run_dir) == "bert_tiny_folds"
+    assert layout.saved_model_label(run_dir / "final") == "bert_tiny"

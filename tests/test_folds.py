@@ -8,7 +8,7 @@ import pytest
 from helpers import balanced, sheet
 
 from nblib import data as nbdata
-from nblib import folds, results
+from nblib import folds, layout
 from nblib.data import DataError
 
 
@@ -37,7 +37,7 @@ def test_class_smaller_than_folds_is_an_error(write_sheet):
 
 def test_folds_saved_and_read_back(tmp_path, write_sheet):
     d = nbdata.load_labelled(write_sheet(balanced(10)))
-    path = results.folds_file(results.study_path(tmp_path / "results", d), 5, 3)
+    path = layout.folds_file(layout.study_path(tmp_path / "results", d), 5, 3)
     assigned = folds.load_or_make_folds(d, path, 5, 3)
     assert path.exists() and path.with_suffix(".json").exists()
     saved = pd.read_csv(path)
@@ -52,7 +52,7 @@ def test_folds_of_other_data_are_refused(tmp_path, write_sheet):
     d2 = nbdata.load_labelled(write_sheet(balanced(10, (0, 1, 3)), "other.xlsx"))
     with pytest.raises(DataError, match="made for different data"):
         folds.load_folds(tmp_path / "f.csv", d2)
-    assert results.study_path("r", d1) != results.study_path("r", d2)
+    assert layout.study_path("r", d1) != layout.study_path("r", d2)
 
 
 def test_validation_split_is_disjoint_from_test(tiny_data):

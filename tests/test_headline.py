@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 from helpers import gaussian_task
 
-from nblib import headline, shares
+from nblib import cli, headline, settings, shares, shares_check, shares_cli
 
 TRAIN_PRIOR = np.array([0.5, 0.3, 0.15, 0.05])
 # the check's kind of shift: the rarest class twice, the largest half as frequent
-SHIFTED_PRIOR = shares.shifted_prevalence(TRAIN_PRIOR, up=3, down=0)
+SHIFTED_PRIOR = shares_check.shifted_prevalence(TRAIN_PRIOR, up=3, down=0)
 METHODS = ["CC", "PCC", "ACC", "EMQ"]  # two unadjusted (PCC-like), two adjusted (ACC-like); PACC is slow
 PCC_LIKE, ACC_LIKE = {"CC", "PCC"}, {"ACC", "PACC", "EMQ"}
 
@@ -35,7 +35,7 @@ def case(request):
     rng = np.random.default_rng(11)
     probs, gold = simulated(cfg["labelled"], TRAIN_PRIOR, rng, cfg["sep"])
     folds = rng.permutation(np.arange(len(gold)) % 5)
-    check = shares.coverage(
+    check = shares_check.coverage(
         probs, gold, folds, repeats=10, n_boot=40, methods=METHODS, seed=3, calibrate=False, texts=cfg["pool"]
     )
     return request.param, cfg, (probs, gold, folds), headline.choose(check)
@@ -164,11 +164,11 @@ def test_group_differences_from_the_same_bootstrap_and_the_sentence_for_the_pape
 @pytest.mark.parametrize(
     "flag, value, allowed",
     [
-        ("--n-boot", "-5", "-5 is out of range: give a whole number ≥ 20"),
-        ("--n-boot", "many", "'many' is not a whole number; give one ≥ 20"),
+        ("--n-boot", "-5", "-5 is out of range: give a whole number ≥ 10"),
+        ("--n-boot", "many", "'many' is not a whole number; give one ≥ 10"),
         ("--level", "1.5", "1.5 is out of range: give a number > 0 and < 1"),
         ("--check-repeats", "0", "0 is out of range: give a whole number ≥ 1"),
-        ("--check-boot", "5", "5 is out of range: give a whole number ≥ 20"),
+        ("--check-boot", "5", "5 is out of range: give a whole number ≥ 10"),
         ("--check-shift", "0.5", "0.5 is out of range: give a number ≥ 1"),
         ("--header-row", "0", "0 is out of range: give a whole number ≥ 1"),
         ("--min-group", "0", "0 is out of range: give a whole number ≥ 1"),
@@ -177,10 +177,25 @@ def test_group_differences_from_the_same_bootstrap_and_the_sentence_for_the_pape
 )
 def test_every_numeric_option_is_checked_up_front_with_its_range(tmp_path, capsys, flag, value, allowed):
     with pytest.raises(SystemExit) as stop:
-        shares.main(["run", "pool.xlsx", str(tmp_path / "out.csv"), flag, value])
+        shares_cli.main(["run", "pool.xlsx", str(tmp_path / "out.csv"), flag, value])
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert f"argument {flag}: {allowed}" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "flag, setting", [("--n-boot", "n_boot"), ("--check-repeats", "shift_repeats"), ("--check-boot", "coverage_boot")]
+)
+def test_the_command_line_takes_range_default_and_help_from_the_notebook_setting(tmp_path, capsys, flag, setting):
+    """An option that 05 has as a setting accepts what 05 accepts (n_boot ≥ 10, not ≥ 20), with 05's default."""
+    field = settings.flat_fields(settings.PredictSettings)[setting]
+    least = int(settings.range_of(field).ge)
+    option = cli.from_setting(settings.PredictSettings, setting)
+    assert option["default"] == field.default and option["help"] == f"{settings.help_of(field)} (≥ {least})"
+    # the least value 05 accepts passes the command line's check; the missing run folder is what stops it
+    assert shares_cli.main([str(tmp_path / "run"), "pool.xlsx", str(tmp_path / "o.csv"), flag, str(least)]) == 2
+    err = capsys.readouterr().err
+    assert "No run results in" in err and "argument" not in err
 
 
 def test_the_header_row_advice_names_an_option_the_command_has(tmp_path, capsys, tiny_study):
@@ -199,10 +214,10 @@ def test_the_header_row_advice_names_an_option_the_command_has(tmp_path, capsys,
     sheet = write_table(pd.DataFrame(rows[1:], columns=rows[0]), tmp_path / "pool.csv")  # a title row above
     argv = [str(run.path), str(sheet), str(tmp_path / "s.csv"), "--methods", "CC", "PCC", "--n-boot", "20"]
     argv += ["--check-repeats", "2", "--check-boot", "20"]
-    assert shares.main(argv) == 2
+    assert shares_cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "--header-row 2" in err and "header_row=" not in err
-    assert shares.main([*argv, "--header-row", "2"]) == 0
+    assert shares_cli.main([*argv, "--header-row", "2"]) == 0
     assert "40 pool texts" in capsys.readouterr().out
 
 
@@ -213,7 +228,9 @@ def test_a_model_that_predicts_one_class_gets_no_uncalibratable_headline_and_no_
     gold = rng.choice(4, 600, p=TRAIN_PRIOR)
     probs = np.tile([0.4, 0.3, 0.2, 0.1], (600, 1)) + rng.normal(0, 0.002, (600, 4))
     folds = rng.permutation(np.arange(600) % 5)
-    check = shares.coverage(probs, gold, folds, repeats=3, n_boot=20, methods=["CC", "ACC", "PCC"], calibrate=False)
+    check = shares_check.coverage(
+        probs, gold, folds, repeats=3, n_boot=20, methods=["CC", "ACC", "PCC"], calibrate=False
+    )
     assert not np.isfinite(check.loc["CC", "needed factor"])
     choice = headline.choose(check)
     assert not np.isfinite(check.loc["ACC", "needed factor"]) and check.loc["ACC", "mean abs error"] > 0

@@ -99,6 +99,8 @@ def test_help_notebook_command_shows_the_parameters_it_used_to_drop():
         "group_col: Optional[str] (default None)",
         "unlabelled_path: Optional[str] (default None)",
         "extra_labelled_paths: Union[str, list[str], None] (default None)",
+        "max_len: Optional[int] (default None)",  # None: as the model was trained (its prediction.json)
+        "truncation: Optional[str] (default None)",
     ):
         assert line in out, (line, out)
     assert "the texts to label (None: the study's unlabelled_path)" in out

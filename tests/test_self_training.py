@@ -40,7 +40,7 @@ def test_per_class_keeps_the_most_confident_share_of_every_predicted_class():
 
 def biased_teacher(study, name: str, folds: range) -> None:
     """A teacher run whose fold-k model always predicts class k (mod the number of classes)."""
-    source = bert_cv.model_source(bert_cv.FineTuneConfig(model=bert.TINY_RANDOM), study)
+    source = bert.model_source(bert.TINY_RANDOM, study)
     run = study.open_run(name, {"source": source})
     tokenizer = bert.load_tokenizer(source)
     for k in folds:

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from helpers import gaussian_task
 
-from nblib import headline, shares
+from nblib import headline, shares, shares_check, shares_cli, shares_pool
 from nblib.sheets import DataError, read_machine_table, write_table
 
 TRAIN_PRIOR = np.array([0.5, 0.3, 0.15, 0.05])
@@ -89,9 +89,9 @@ def test_drawing_folds_first_carries_the_differences_between_fold_models(labelle
 
 def test_shifted_sample_doubles_one_class_and_halves_another():
     gold = np.repeat([0, 1, 2], [5000, 3000, 2000])
-    target = shares.shifted_prevalence(np.bincount(gold).astype(float), up=2, down=0)
+    target = shares_check.shifted_prevalence(np.bincount(gold).astype(float), up=2, down=0)
     np.testing.assert_allclose(target, np.array([0.25, 0.3, 0.4]) / 0.95)  # weights 0.5, 1, 2
-    idx = shares.shifted_sample(gold, up=2, down=0, rng=np.random.default_rng(0))
+    idx = shares_check.shifted_sample(gold, up=2, down=0, rng=np.random.default_rng(0))
     assert len(set(idx)) == len(idx)  # without replacement
     assert len(idx) == pytest.approx(0.7 * 2000 / target[2], abs=1)  # 70% of the largest possible sample
     np.testing.assert_allclose(np.bincount(gold[idx], minlength=3) / len(idx), target, atol=0.03)
@@ -99,7 +99,7 @@ def test_shifted_sample_doubles_one_class_and_halves_another():
 
 def test_shift_check_adjusted_estimates_beat_the_count_on_a_shifted_held_out_fold(labelled):
     probs, gold, folds = labelled
-    table = shares.shift_check(probs, gold, folds, list("abcd"), test_fold=0)
+    table = shares_check.shift_check(probs, gold, folds, list("abcd"), test_fold=0)
     assert list(table.index) == ["a", "b", "c", "d", "mean"]
     # the rarest class (d) doubled, the largest (a) halved, relative to the training folds
     assert table.loc["d", "true share"] > 1.6 * table.loc["d", "training share"]
@@ -108,7 +108,7 @@ def test_shift_check_adjusted_estimates_beat_the_count_on_a_shifted_held_out_fol
     for method in ("ACC", "PACC", "EMQ"):
         assert errors[f"{method} error"] < errors["CC error"], errors
     assert table.attrs["texts"] > 100
-    sentence = shares.describe_check(table)
+    sentence = shares_check.describe_check(table)
     assert f"CC {100 * errors['CC error']:.1f}" in sentence and f"({table.attrs['texts']} texts)" in sentence
 
 
@@ -116,18 +116,18 @@ def test_the_shift_check_calibrates_without_the_held_out_folds_labels(labelled):
     probs, gold, folds = labelled
     changed = gold.copy()
     changed[folds == 0] = 0  # other labels in the held-out fold: its calibration and the others' stay the same
-    (tr_p, _), (te_p, _), _, _ = shares._held_out(probs, gold, folds, 0, None, None, calibrate=True)
-    (tr_q, _), (te_q, _), _, _ = shares._held_out(probs, changed, folds, 0, None, None, calibrate=True)
+    (tr_p, _), (te_p, _), _, _ = shares_check._held_out(probs, gold, folds, 0, None, None, calibrate=True)
+    (tr_q, _), (te_q, _), _, _ = shares_check._held_out(probs, changed, folds, 0, None, None, calibrate=True)
     np.testing.assert_allclose(te_p, te_q)
     np.testing.assert_allclose(tr_p, tr_q)
-    (_, _), (raw, _), _, _ = shares._held_out(probs, gold, folds, 0, None, None, calibrate=False)
+    (_, _), (raw, _), _, _ = shares_check._held_out(probs, gold, folds, 0, None, None, calibrate=False)
     np.testing.assert_allclose(raw, probs[folds == 0])
     assert not np.allclose(te_p, raw)  # class biases fitted on the other folds were added
 
 
 def test_coverage_of_the_intervals_on_repeated_shifted_samples(labelled):
     probs, gold, folds = labelled
-    cov = shares.coverage(probs, gold, folds, repeats=6, n_boot=60, methods=["CC", "ACC", "PACC"])
+    cov = shares_check.coverage(probs, gold, folds, repeats=6, n_boot=60, methods=["CC", "ACC", "PACC"])
     assert list(cov.index) == ["CC", "ACC", "PACC"]
     assert (cov["samples"] == 6).all()
     assert cov.loc["ACC", "coverage"] >= 0.8 and cov.loc["PACC", "coverage"] >= 0.8
@@ -149,23 +149,23 @@ def predicted_table(probs, names, texts=None, **columns) -> pd.DataFrame:
 def test_pool_class_columns_must_match_the_run():
     probs = np.full((3, 2), 0.5)
     with pytest.raises(DataError, match=r"do not match the run's classes.*prob_舞美.*prob_文物.*prob_其他"):
-        shares.pool_from_table(predicted_table(probs, ["舞美", "文物"]), ["舞美", "文物", "其他"], [], "Sentence")
+        shares_pool.pool_from_table(predicted_table(probs, ["舞美", "文物"]), ["舞美", "文物", "其他"], [], "Sentence")
 
 
 def test_pool_missing_group_or_text_column_names_the_parameter():
     table = predicted_table(np.full((3, 2), 0.5), ["x", "y"])
     with pytest.raises(DataError, match="No column 'show'.*Set group_col="):
-        shares.pool_from_table(table, ["x", "y"], [], "Sentence", group_col="show")
+        shares_pool.pool_from_table(table, ["x", "y"], [], "Sentence", group_col="show")
     with pytest.raises(DataError, match="No column 'show'.*Set --group "):
-        shares.pool_from_table(table, ["x", "y"], [], "Sentence", group_col="show", names=shares.CLI_NAMES)
+        shares_pool.pool_from_table(table, ["x", "y"], [], "Sentence", group_col="show", names=shares.CLI_NAMES)
     with pytest.raises(DataError, match="No column '评论'.*Set input_col="):
-        shares.pool_from_table(table, ["x", "y"], [], "评论")
+        shares_pool.pool_from_table(table, ["x", "y"], [], "评论")
 
 
 def test_pool_texts_that_repeat_labelled_texts_and_empty_rows_are_left_out(caplog):
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [np.nan, np.nan], [0.6, 0.4]])
     table = predicted_table(probs, ["x", "y"], texts=["新的", " 标注过的 ", "", "另一条"], show=["A", "B", "A", "B"])
-    pool = shares.pool_from_table(table, ["x", "y"], ["标注过的", "别的"], "Sentence", group_col="show")
+    pool = shares_pool.pool_from_table(table, ["x", "y"], ["标注过的", "别的"], "Sentence", group_col="show")
     assert (pool.repeated, pool.empty) == (1, 1)
     np.testing.assert_allclose(pool.probs, probs[[0, 3]])
     assert list(pool.groups) == ["A", "B"]
@@ -199,15 +199,15 @@ def test_run_without_out_of_fold_predictions_says_what_to_run(tiny_study, tmp_pa
     run = study.open_run("bert_half", {"model": "bert_half"})
     run.save_fold(0, np.flatnonzero(study.folds == 0), np.full(((study.folds == 0).sum(), 3), 1 / 3))
     with pytest.raises(DataError, match=r"no out-of-fold predictions yet \(folds done: \[0\]\): run 03_bert_cv"):
-        shares.run_results(run.path)
+        shares_pool.run_results(run.path)
     with pytest.raises(DataError, match="is a saved model; RUN_DIR must be its run's results folder"):
-        shares.run_results(run.path / "final", shares.CLI_NAMES)
+        shares_pool.run_results(run.path / "final", shares.CLI_NAMES)
     with pytest.raises(FileNotFoundError, match="No run results"):
-        shares.run_results(tmp_path / "nothing")
+        shares_pool.run_results(tmp_path / "nothing")
 
 
 def test_command_line_writes_the_long_table(finished_run, tmp_path, capsys, caplog):
-    caplog.set_level("INFO", logger="nblib.shares")
+    caplog.set_level("INFO", logger="nblib.shares_cli")
     study, run_dir = finished_run
     names = study.data.label_names
     rng = np.random.default_rng(5)
@@ -217,7 +217,7 @@ def test_command_line_writes_the_long_table(finished_run, tmp_path, capsys, capl
     out = tmp_path / "shares.csv"
     argv = [str(run_dir), str(sheet), str(out), "--group", "show", "--methods", "CC", "PACC", "--n-boot", "20"]
     argv += ["--check-repeats", "2", "--check-boot", "20"]
-    assert shares.main(argv) == 0
+    assert shares_cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "58 pool texts (2 repeating labelled texts and 0 empty left out)" in printed
     table = read_machine_table(out, text_columns=("group", "class", "method", "interval"))
@@ -234,11 +234,11 @@ def test_command_line_writes_the_long_table(finished_run, tmp_path, capsys, capl
     assert table.groupby("group")["texts"].first().to_dict() == {"": 58, "A": 40, "B": 18}
     assert table.groupby("group")["small"].first().to_dict() == {"": False, "A": False, "B": True}
     # an existing output, a missing group column and an unknown method stop with exit status 2 and a message
-    assert shares.main(argv) == 2
+    assert shares_cli.main(argv) == 2
     assert "exists" in capsys.readouterr().err
-    assert shares.main([str(run_dir), str(sheet), str(tmp_path / "o.csv"), "--group", "节目"]) == 2
+    assert shares_cli.main([str(run_dir), str(sheet), str(tmp_path / "o.csv"), "--group", "节目"]) == 2
     assert "No column '节目' in the predicted sheet" in (err := capsys.readouterr().err) and "Set --group " in err
-    assert shares.main([str(run_dir), str(sheet), str(tmp_path / "o.csv"), "--methods", "ABC"]) == 2
+    assert shares_cli.main([str(run_dir), str(sheet), str(tmp_path / "o.csv"), "--methods", "ABC"]) == 2
     assert "set --methods to some of" in capsys.readouterr().err
 
 

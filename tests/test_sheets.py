@@ -17,7 +17,7 @@ import pytest
 from helpers import LOCK_CHILD, ROOT
 
 from nblib import data as nbdata
-from nblib import results
+from nblib import results, run_lock
 from nblib.data import DataError
 from nblib.sheets import read_sheet, write_table
 
@@ -426,11 +426,11 @@ def test_second_run_is_refused_naming_pid_and_host(run_args):
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         write_lock(lock_of(run_args), alive.pid)
-        with pytest.raises(results.ResultsLockedError, match=rf"process {alive.pid} on host {platform.node()}"):
+        with pytest.raises(run_lock.ResultsLockedError, match=rf"process {alive.pid} on host {platform.node()}"):
             results.ModelRun(*run_args)
         results.ModelRun(*run_args, write=False)  # the non-writing processes of a run do not need the lock
         write_lock(lock_of(run_args), 1, host="another-machine")
-        with pytest.raises(results.ResultsLockedError, match="another-machine.*delete"):
+        with pytest.raises(run_lock.ResultsLockedError, match="another-machine.*delete"):
             results.ModelRun(*run_args)
     finally:
         alive.kill()
@@ -453,7 +453,7 @@ def test_workers_launched_by_the_run_share_its_lock(run_args):
     worker = subprocess.run([sys.executable, "-c", LOCK_CHILD, folder], env=env, capture_output=True, text=True)
     assert worker.returncode == 0, worker.stdout + worker.stderr
     assert json.loads(lock_of(run_args).read_text())["pid"] == os.getpid()  # the worker leaves the lock alone
-    env.pop(results.RunLock.ENV)
+    env.pop(run_lock.RunLock.ENV)
     other = subprocess.run([sys.executable, "-c", LOCK_CHILD, folder], env=env, capture_output=True, text=True)
     assert other.returncode == 3 and f"process {os.getpid()}" in other.stdout
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nblib import baselines, results, sheets
+from nblib import baselines, layout, results, sheets
 from nblib.settings import StudySettings
 from nblib.study import open_study
 
@@ -15,8 +15,8 @@ def test_open_study_loads_data_makes_folds_once_and_reads_them_back(tiny_sheet, 
     path = tiny_sheet(10)
     study = open_study(path, n_folds=5, seed=3, results_dir=str(tmp_path / "res"), unlabelled_path=None)
     assert len(study.data.df) == 30 and study.n_folds == 5 and sorted(set(study.folds)) == [0, 1, 2, 3, 4]
-    assert study.path == results.study_path(tmp_path / "res", study.data)
-    assert results.folds_file(study.path, 5, 3).exists()
+    assert study.path == layout.study_path(tmp_path / "res", study.data)
+    assert layout.folds_file(study.path, 5, 3).exists()
     again = open_study(StudySettings(data_path=str(path), n_folds=5, seed=3, results_dir=str(tmp_path / "res")))
     assert (again.folds == study.folds).all()
     split = study.split(2, val_fraction=0.2)
@@ -50,9 +50,9 @@ def test_runs_final_models_and_clear_errors(tiny_study):
 
 
 def test_saved_model_labels():
-    assert results.saved_model_label("results/s/models/bert_x/final") == "bert_x"
-    assert results.saved_model_label("results/s/models/bert_x/fold_models/fold_3") == "bert_x_fold_3"
-    assert results.saved_model_label("/data/my_model") == "my_model"
+    assert layout.saved_model_label("results/s/models/bert_x/final") == "bert_x"
+    assert layout.saved_model_label("results/s/models/bert_x/fold_models/fold_3") == "bert_x_fold_3"
+    assert layout.saved_model_label("/data/my_model") == "my_model"
 
 
 def test_results_files_keep_formula_like_and_na_texts(tmp_path):
@@ -73,6 +73,6 @@ def test_results_files_keep_formula_like_and_na_texts(tmp_path):
     again = open_study(path, n_folds=2, seed=1, results_dir=str(tmp_path / "res"), unlabelled_path=None)
     assert (again.folds == study.folds).all()
     table = study.comparison()
-    assert sheets.read_machine_table(results.comparison_file(study.path), text_columns=("model",))[
+    assert sheets.read_machine_table(layout.comparison_file(study.path), text_columns=("model",))[
         "model"
     ].tolist() == list(table.index)

@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
-from nblib import bert, bert_cv, tapt
+from nblib import bert, bert_cv, hardware, tapt
 from nblib.results import ResultsExistError
 from nblib.settings import from_params
 from nblib.sheets import DataError
@@ -185,3 +186,47 @@ def test_two_cpu_processes_adapt_together(tiny_study):
     assert (res.path / "model.safetensors").exists() and (res.path / "tapt.log").exists()
     assert res.info["settings"]["num_processes"] == 2 and np.isfinite(res.probe["probe_loss"]).all()
     assert "2 process(es)" in (res.path / "tapt.log").read_text()
+
+
+@pytest.fixture
+def fresh_hardware_state():
+    """accelerate's process-wide state and PyTorch's TF32 switches, restored after the test."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.mark.parametrize("precision, tf32", [("bf16", True), ("fp32", False)])
+def test_tapt_follows_fine_tunings_precision_rules(
+    tiny_study, monkeypatch, caplog, fresh_hardware_state, precision, tf32
+):
+    monkeypatch.setattr(hardware, "cpu_bf16_native", lambda: False)  # a CPU that only emulates bf16
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not tf32
+    study = tiny_study(n_per_class=4)
+    cfg = bert_cv.replace(tapt_config(study, tapt_epochs=1), precision=precision)
+    with caplog.at_level(logging.WARNING):
+        res = tapt.adapt(cfg, study, progress=False)
+    assert ("precision='bf16' on a CPU without native bf16" in caplog.text) == (precision == "bf16")
+    assert torch.backends.cuda.matmul.allow_tf32 is tf32 and torch.backends.cudnn.allow_tf32 is tf32
+    assert res.info["identity"]["precision"] == precision
+
+
+def test_tapt_learning_rate_warms_up_and_decays_linearly_per_optimizer_step(tiny_study, monkeypatch):
+    study = tiny_study(n_per_class=8)  # 24 texts, batches of 8: 3 steps per epoch, 6 in all
+    schedule, made = tapt.get_linear_schedule_with_warmup, []
+    step, lrs = bert.clip_and_step, []
+    monkeypatch.setattr(tapt, "get_linear_schedule_with_warmup", lambda *a: made.append(a[1:]) or schedule(*a))
+    monkeypatch.setattr(
+        bert,
+        "clip_and_step",
+        lambda model, optimizer, *a, **k: (
+            lrs.append(optimizer.param_groups[0]["lr"]) or step(model, optimizer, *a, **k)
+        ),
+    )
+    tapt.adapt(tapt_config(study, tapt_lr=1e-3, tapt_warmup_ratio=0.34), study, progress=False)
+    assert made == [(2, 6)]  # int(0.34 × 6) warm-up steps
+    # the former tapt._warmup_linear: step / warmup while warming up, then (total - step) / (total - warmup)
+    expected = [1e-3 * f for f in (0, 1 / 2, 1, 3 / 4, 2 / 4, 1 / 4)]
+    np.testing.assert_allclose(lrs, expected, rtol=1e-12, atol=0)
