@@ -13,7 +13,7 @@ from helpers import TINY_WORDS
 from nblib import llm
 from nblib.bert import build_tiny_encoder
 from nblib.codebook import Codebook, read_codebook
-from nblib.results import ModelNotAvailableError
+from nblib.layout import ModelNotAvailableError
 from nblib.sheets import DataError
 
 TEXTS = ["这个节目太好看了", "文物真美", "中华文化博大精深", "今天天气不错", "演员演得很好啊啊啊啊", "青铜器"]
