@@ -302,6 +302,7 @@ class ApiBackend:
             )
         self.base_url = str(base_url).rstrip("/")
         self.model = model
+        self.name = model  # how run names (nblib.llm.run_name) call the backend
         self.key_env = key_env
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.concurrency = concurrency
@@ -422,28 +423,30 @@ class ApiBackend:
         )
         meta = {"backend": self._backend_id(), "base_url": self.base_url, "model": self.model}
         meta["prompt"] = prompt.fingerprint()
+        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="llm-api")
+        futures = {pool.submit(self._ask, client, prompt, text, stop): key for key, text in todo.items()}
         try:
-            with ThreadPoolExecutor(self.concurrency, thread_name_prefix="llm-api") as pool:
-                futures = {pool.submit(self._ask, client, prompt, text, stop): key for key, text in todo.items()}
-                for fut in as_completed(futures):
-                    error = fut.exception()
-                    if error is not None:
-                        stop.set()
-                        for other in futures:
-                            other.cancel()
-                        if self._cache is not None and isinstance(error, ApiError):
-                            kept = sum(1 for k in futures.values() if k in answers) + n_unique - len(todo)
-                            error.args = (
-                                f"{error.args[0]} {kept} of {n_unique} texts are answered in the cache "
-                                f"({self._cache.path}); a rerun asks only for the rest.",
-                            )
-                        raise error
-                    key = futures[fut]
-                    answers[key] = fut.result()
-                    if self._cache is not None:
-                        self._cache.put(key, answers[key], text=todo[key], **meta)
-        finally:
-            client.close()
+            for fut in as_completed(futures):
+                error = fut.exception()
+                if error is not None:
+                    if self._cache is not None and isinstance(error, ApiError):
+                        kept = sum(1 for k in futures.values() if k in answers) + n_unique - len(todo)
+                        error.args = (
+                            f"{error.args[0]} {kept} of {n_unique} texts are answered in the cache "
+                            f"({self._cache.path}); a rerun asks only for the rest.",
+                        )
+                    raise error
+                key = futures[fut]
+                answers[key] = fut.result()
+                if self._cache is not None:
+                    self._cache.put(key, answers[key], text=todo[key], **meta)
+        except BaseException:  # an error, or an interrupt (Ctrl-C, stopping the kernel): stop now, not after the rest
+            stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            client.close()  # requests in flight end at once; their results are not needed
+            raise
+        pool.shutdown()
+        client.close()
         return sent[0]
 
     def _ask(self, client: Any, prompt: Prompt, text: str, stop: threading.Event) -> Answer | None:
@@ -458,6 +461,11 @@ class ApiBackend:
                 return None
             response = self._create(client, messages)
             requests += 1
+            if not hasattr(response, "choices"):
+                raise ApiError(
+                    f"{self.base_url}/chat/completions did not answer like an OpenAI-compatible chat-completions "
+                    f"server (got {type(response).__name__}): check base_url= (it usually ends in /v1)."
+                )
             usage = getattr(response, "usage", None)
             if usage is None:
                 usage_missing = True

@@ -2,7 +2,7 @@
 port), serving a Hugging Face causal LM folder with greedy answers, ``logprobs`` and ``top_logprobs``, and scripted
 faults: ``"429"`` (with Retry-After), ``"500"``, ``"malformed"`` (no logprobs, an answer that is no label),
 ``"label:X"`` (answer X, no logprobs), ``"timeout"`` (no answer until the client gives up), ``"no-logprobs"`` (400 when logprobs are asked for, else
-the answer "1").
+the answer "1"), ``"html"`` (a web page, as a wrong base URL may give).
 """
 
 from __future__ import annotations
@@ -170,6 +170,13 @@ class ChatServer:
                     if body.get("logprobs"):
                         return self.error(400, "logprobs is not supported for this model.")
                     return self.send(200, server.response("1", None, 10, 1))
+                if fault == "html":
+                    page = b"<html><body>Welcome</body></html>"
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", str(len(page)))
+                    self.end_headers()
+                    return self.wfile.write(page)
                 if fault == "malformed":
                     return self.send(200, server.response("我不知道，可能吧", None, 10, 3))
                 if fault and fault.startswith("label:"):
