@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 
 import numpy as np
@@ -14,7 +15,7 @@ from llm_server import ChatServer
 
 from nblib.codebook import Codebook, CodebookEntry
 from nblib.llm import LocalBackend, build_tiny_causal_lm, render_prompt
-from nblib.llm_api import ApiBackend, ApiError, label_probs, parse_answer
+from nblib.llm_api import Answer, AnswerCache, ApiBackend, ApiError, label_probs, parse_answer
 
 KEY_ENV = "NBLIB_TEST_LLM_KEY"
 KEY = "sk-test-3f9a1c77e2d84b0f9c6e5a41d2b8c0de"  # must appear in no file, log, repr or message
@@ -142,6 +143,23 @@ def test_a_rerun_and_a_resumed_run_are_served_from_the_cache(server, prompt, tmp
     # another prompt, model or base URL is another question
     backend(server, tmp_path).score(render_prompt(CODEBOOK, language="en"), TEXTS[:1])
     assert server.requests == 6
+
+
+def test_the_cache_takes_writers_at_once(tmp_path):
+    caches = [AnswerCache(tmp_path / "c.sqlite") for _ in range(2)]  # two runs (or processes) on one file
+    answer = Answer((0.25, 0.75), "1", "logprobs", 0.9, 10, 1, 1)
+
+    def write(i: int) -> None:
+        for j in range(40):
+            caches[i % 2].put(f"{i}-{j}", answer, text=f"文本{j}")
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    found = AnswerCache(tmp_path / "c.sqlite").get([f"{i}-{j}" for i in range(6) for j in range(40)] + ["absent"])
+    assert len(found) == 240 and set(found.values()) == {answer}
 
 
 def test_requests_stay_within_the_concurrency(server, prompt, tmp_path):
