@@ -28,6 +28,7 @@ class ChatServer:
     def __init__(self, model_dir: str | Path, name: str = "tiny", key: str | None = None, delay: float = 0.0) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        self.strings = [self.tokenizer.decode([i]) for i in range(len(self.tokenizer))]  # each token as text
         self.name, self.key, self.delay = name, key, delay
         self.script: deque[str] = deque()
         self.default: str | None = None
@@ -41,6 +42,8 @@ class ChatServer:
         self.base_url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
 
     def __enter__(self) -> ChatServer:
+        self._threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # a tiny model: one thread is fastest, and several contend on a busy machine
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
         return self
 
@@ -48,6 +51,7 @@ class ChatServer:
         self._closing.set()
         self._httpd.shutdown()
         self._httpd.server_close()
+        torch.set_num_threads(self._threads)
 
     def reset(self, default: str | None = None, *script: str) -> None:
         """Forget counts and faults; then ``default`` for every request but the scripted ones."""
@@ -83,12 +87,12 @@ class ChatServer:
             best = torch.topk(lp, min(top_k, len(lp))) if top_k else None
             steps.append(
                 {
-                    "token": self.tokenizer.decode([token]),
+                    "token": self.strings[token],
                     "logprob": float(lp[token]),
                     "bytes": None,
                     "top_logprobs": [
-                        {"token": self.tokenizer.decode([int(i)]), "logprob": float(v), "bytes": None}
-                        for v, i in zip(best.values, best.indices)
+                        {"token": self.strings[i], "logprob": v, "bytes": None}
+                        for v, i in zip(best.values.tolist(), best.indices.tolist())
                     ]
                     if best is not None
                     else [],
