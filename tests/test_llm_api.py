@@ -80,6 +80,20 @@ def test_probabilities_from_the_servers_logprobs_equal_the_local_backends(server
     assert api.last_run["logprobs"] == len(TEXTS) and 0 < api.last_run["median_label_mass"] < 1
 
 
+def test_labels_missing_from_the_servers_alternatives_get_the_floor(server, prompt, tmp_path):
+    ids = [server.tokenizer.convert_tokens_to_ids(v) for v in prompt.verbalizations]
+    lp = server.next_logprobs(server.prompt_ids(prompt.messages(TEXTS[0])))
+    order = lp.argsort(descending=True).tolist()
+    rank = min(order.index(i) for i in ids)  # only the likeliest label among the alternatives
+    scores = backend(server, tmp_path, top_logprobs=rank + 1, max_tokens=1).score(prompt, TEXTS[:1])
+    p = lp.exp().double()
+    listed = p[order[: rank + 1]]
+    floor = min((1 - float(listed.sum())) / 3, float(listed.min()))
+    best = order[rank]
+    expected = np.array([float(p[i]) if i == best else floor for i in ids])
+    np.testing.assert_allclose(scores.probs[0], expected / expected.sum(), rtol=1e-6)  # sums to 1, never above best
+
+
 def test_tokens_and_cost_come_from_the_servers_usage(server, prompt, tmp_path):
     api = backend(server, tmp_path, price_in_per_1m=2.0, price_out_per_1m=8.0)
     scores = api.score(prompt, TEXTS[:2])
