@@ -89,21 +89,15 @@ def _labels_for(s: str, verbalizations: Sequence[str]) -> list[int]:
     return out
 
 
-def _decided(s: str, label: int, verbalizations: Sequence[str]) -> bool:
-    """Whether an answer starting with ``s`` can only be ``label``: it spells the whole verbalization, or no
-    other label shares the prefix."""
-    return s.startswith(verbalizations[label]) or _labels_for(s, verbalizations) == [label]
-
-
 def label_probs(
     steps: Sequence[tuple[str, float, Sequence[tuple[str, float]]]], verbalizations: Sequence[str]
 ) -> tuple[np.ndarray | None, float]:
     """Label probabilities from an answer's token log-probabilities, normalised over the labels.
 
     Walks the answer's tokens while they do not yet decide a label (leading whitespace, a prefix two
-    verbalizations share). At each step every listed alternative that spells (the start of) exactly one label
-    adds ``P(path so far) · p`` to it; an alternative no label starts with, or one that several labels share
-    and the answer did not take, is left out. A label absent from the alternatives where it was still possible
+    verbalizations share). At each step every listed alternative that spells (the start of) a label adds
+    ``P(path so far) · p`` to it (split evenly where several labels share it and the answer took another way);
+    an alternative no label starts with, or only whitespace, is left out. A label absent from the alternatives where it was still possible
     gets a floor: what is left of that step's probability (1 − the listed ones), shared among the absent labels
     and capped at the smallest listed probability (had it been likelier, the server would have listed it).
     Then the probabilities are normalised to sum to 1.
@@ -131,8 +125,8 @@ def label_probs(
             s = _strip(consumed + tok)
             labels = _labels_for(s, verbalizations)
             seen.update(labels if s else ())
-            if tok != token and len(labels) == 1 and s:
-                mass[labels[0]] += path_p * p
+            if tok != token and s and labels:  # shared by several labels (文 of 文物, 文化): split evenly
+                mass[labels] += path_p * p / len(labels)
         missing = sorted(alive - seen - {i for i in range(k) if mass[i] > 0})
         if missing:
             rest = max(0.0, 1.0 - sum(probs.values()))
@@ -143,7 +137,7 @@ def label_probs(
         labels = _labels_for(s, verbalizations)
         if not labels:
             break
-        if len(labels) == 1 and s and _decided(s, labels[0], verbalizations):
+        if len(labels) == 1 and s:  # the answer can only be this label now
             mass[labels[0]] += path_p * probs[token]
             break
         path_p *= probs[token]

@@ -126,6 +126,10 @@ def test_label_probs_walk_and_floor():
     steps = [("文", ln(0.9), [("文", ln(0.9)), ("节", ln(0.1))]), ("化", ln(0.7), [("化", ln(0.7)), ("物", ln(0.3))])]
     probs, _ = label_probs(steps, ("节目", "文物", "文化"))
     np.testing.assert_allclose(probs, [0.1, 0.27, 0.63])
+    # ... and where the answer took another way, they share the first token's probability evenly
+    steps = [("节", ln(0.6), [("节", ln(0.6)), ("文", ln(0.4))]), ("目", ln(0.9), [("目", ln(0.9))])]
+    probs, _ = label_probs(steps, ("节目", "文物", "文化"))
+    np.testing.assert_allclose(probs, [0.6, 0.2, 0.2])
     # "1" of the labels "1" and "10", the answer ending there
     probs, _ = label_probs([("1", ln(0.9), [("1", ln(0.9)), ("2", ln(0.1))])], ("1", "10", "2"))
     assert probs.argmax() == 0
