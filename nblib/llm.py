@@ -784,7 +784,8 @@ def run_llm_folds(
     The "training" of fold ``f`` is the choice of its examples: ``k`` per class drawn from fold ``f``'s training
     part only (never its test texts), fixed by the study's seed and the fold. Each fold's prompt (examples with
     their sheet indices) is saved in ``prompts/fold_<f>.json`` of the run folder, the instruction in
-    ``prompt.json``; the fold's metrics row gets the tokens, the scoring time, invalid answers, requests and cost.
+    ``prompt.json``; the fold's metrics row gets the tokens, the scoring time, requests and cost. A fold with texts
+    the backend could not score is not saved (:func:`scored_probs`).
     A finished fold is read back from the results, never scored again.
 
     Args:
@@ -821,22 +822,36 @@ def run_llm_folds(
             folder / f"fold_{split.fold}.json", lambda p: p.write_text(json.dumps(saved, indent=2, ensure_ascii=False))
         )
         scores = backend.score(fold_prompt, list(texts[split.test]))
-        return FoldOutput(usable_probs(scores.probs), extra=metrics_of(scores))
+        return FoldOutput(scored_probs(scores, run.name, split.fold), extra=metrics_of(scores))
 
     run_folds(study, run, fit_predict, val_fraction=0.1, which=which)
     return None if run.pending_folds() else run.finish()
 
 
-def usable_probs(probs: np.ndarray) -> np.ndarray:
-    """Probabilities for the results: a row a backend could not score (NaN) becomes uniform, so that it is counted
-    (in the fold's ``invalid``) and scored as a wrong or chance answer instead of being dropped.
+class UnscoredTextsError(DataError):
+    """Texts of a fold got no valid answer from the backend, so the fold cannot be saved."""
+
+
+def scored_probs(scores: Scores, run: str, fold: int) -> np.ndarray:
+    """The fold's probabilities when every text got a valid answer; else one error counting those that did not.
+
+    A text without a valid answer (an API answer that was no label, after the backend's retries) is never given a
+    class: the fold is not saved, since every model of the study is compared on the same texts.
 
     Args:
-        probs: one row per text, NaN where not scored.
+        scores: what the backend returned for the fold's test texts.
+        run: the run's name (for the message).
+        fold: the fold (for the message).
     """
-    probs = np.array(probs, dtype=float)
-    probs[np.isnan(probs).any(axis=1)] = 1 / probs.shape[1]
-    return probs
+    unscored = int(np.isnan(scores.probs).any(axis=1).sum())
+    if unscored:
+        raise UnscoredTextsError(
+            f"{run}, fold {fold}: {unscored} of {len(scores.probs)} texts got no valid answer (the backend's log "
+            f"quotes them); the fold is not saved, since every model is compared on the same texts. Rerun to ask "
+            f"again (ApiBackend(retry_invalid=True) asks for cached invalid answers too), or use a server that gives "
+            f"logprobs, a stricter prompt, or another model."
+        )
+    return scores.probs
 
 
 def metrics_of(scores: Scores) -> dict:

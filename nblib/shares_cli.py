@@ -82,7 +82,14 @@ def main(argv: list[str] | None = None) -> int:
             sheet.df, res.config["label_names"], res.predictions["text"], args.column, args.group, CLI_NAMES
         )
         choice = headline.run_choice(
-            res, methods, args.check_repeats, args.check_boot, args.level, args.seed, args.check_shift, len(pool.probs)
+            res,
+            methods,
+            args.shift_repeats,
+            args.coverage_boot,
+            args.level,
+            args.seed,
+            args.check_shift,
+            len(pool.probs),
         )
         log.info("headline: %s", choice.reason)
         result = headline.pool_headline(res, pool, choice, methods, args.n_boot, args.level, args.seed, args.min_group)

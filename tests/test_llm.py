@@ -183,8 +183,8 @@ def test_examples_come_only_from_the_training_part_and_are_fixed_by_the_seed():
 class Counting:
     """A backend that counts its calls and answers from the texts' marker words (or refuses to be called)."""
 
-    def __init__(self, refuse: bool = False):
-        self.name, self.calls, self.prompts, self.refuse = "stub", 0, [], refuse
+    def __init__(self, refuse: bool = False, unscored: int = 0):
+        self.name, self.calls, self.prompts, self.refuse, self.unscored = "stub", 0, [], refuse, unscored
 
     def score(self, prompt: llm.Prompt, texts) -> llm.Scores:
         if self.refuse:
@@ -194,8 +194,10 @@ class Counting:
         probs = np.full((len(texts), 3), 0.1)
         for i, t in enumerate(texts):
             probs[i, next(c for c, ws in TINY_WORDS.items() if any(w in t for w in ws))] = 0.8
-        probs[0] = np.nan  # one text the backend could not score
-        return llm.Scores(probs, invalid=1, tokens_in=10 * len(texts), tokens_out=len(texts), seconds=0.5, requests=3)
+        probs[: self.unscored] = np.nan  # texts the backend could not score
+        return llm.Scores(
+            probs, invalid=self.unscored, tokens_in=10 * len(texts), tokens_out=len(texts), seconds=0.5, requests=3
+        )
 
 
 def test_llm_run_on_the_folds_keeps_examples_out_of_each_test_fold_and_a_rerun_is_served_from_results(tiny_study):
@@ -211,9 +213,7 @@ def test_llm_run_on_the_folds_keeps_examples_out_of_each_test_fold_and_a_rerun_i
         assert saved["prompt_sha"] == stub.prompts[fold].fingerprint()
         assert all(study.data.texts[i] == t and study.data.labels[i] == c for i, t, c in saved["examples"])
     m = res.metrics
-    assert (m["invalid"] == 1).all() and (m["tokens_in"] == 10 * m["texts"]).all() and (m["requests"] == 3).all()
-    unscored = res.predictions.groupby("fold").head(1)
-    assert np.allclose(unscored[["prob_0", "prob_1", "prob_2"]], 1 / 3)  # counted, not dropped, not a class
+    assert (m["invalid"] == 0).all() and (m["tokens_in"] == 10 * m["texts"]).all() and (m["requests"] == 3).all()
     assert json.loads((study.run_folder(res.name).path / "prompt.json").read_text())["template"] == "分类：{codebook}"
     config = json.loads((study.run_folder(res.name).path / "config.json").read_text())
     assert config["k_shot"] == 2 and config["prompt_sha"] == prompt.fingerprint() and config["llm"] == "stub"
@@ -222,6 +222,14 @@ def test_llm_run_on_the_folds_keeps_examples_out_of_each_test_fold_and_a_rerun_i
     ] == pytest.approx(1000 * 1.5 / 18)
     again = llm.run_llm_folds(study, Counting(refuse=True), prompt, k=2, template="分类：{codebook}")
     pd.testing.assert_frame_equal(again.predictions, res.predictions)
+
+
+def test_a_fold_with_texts_the_backend_could_not_score_is_not_saved_and_never_given_a_class(tiny_study):
+    study = tiny_study(n_per_class=6)
+    prompt = llm.render_prompt(Codebook.from_study(study), template="分类：{codebook}")
+    with pytest.raises(llm.UnscoredTextsError, match=r"fold 0: 2 of \d+ texts got no valid answer"):
+        llm.run_llm_folds(study, Counting(unscored=2), prompt, k=0, name="llm_unscored")
+    assert study.run_folder("llm_unscored").done_folds() == []
 
 
 def test_final_prompt_draws_from_all_labelled_texts_and_stability_gives_a_label_matrix(tiny_study, backend, codebook):

@@ -137,7 +137,11 @@ def test_cli_options_are_05s_settings_with_their_ranges(capsys):
     actions = {a.dest: a for a in ap._actions}
     for name, flag in predict.CLI_OPTIONS.items():
         f, action = fields[name], actions[name]
-        assert action.option_strings == [flag] and action.help == settings.help_of(f) and action.default == f.default
+        assert (
+            action.option_strings == [flag]
+            and action.help.startswith(settings.help_of(f))
+            and action.default == f.default
+        )
         literal = [m for m in typing.get_args(hints[name]) or [hints[name]] if typing.get_origin(m) is typing.Literal]
         if literal:
             assert tuple(action.choices) == typing.get_args(literal[0])
