@@ -213,7 +213,8 @@ def _yaml_table(path: Path) -> pd.DataFrame:
             f"Codebook {path}: expected a list of labels, each with the keys {list(COLUMNS)} (or that list under "
             f"'codebook:'); found {type(loaded).__name__}."
         )
-    return pd.DataFrame([{k: _joined(v) for k, v in r.items()} for r in loaded])
+    canonical = {c.lower(): c for c in COLUMNS}  # keys in any case, as in a sheet's header
+    return pd.DataFrame([{canonical.get(str(k).strip().lower(), k): _joined(v) for k, v in r.items()} for r in loaded])
 
 
 def _joined(value: object) -> object:

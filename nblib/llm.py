@@ -10,14 +10,53 @@ training part) and saves the results like every other model, so 04 compares them
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+import torch
+from jinja2.exceptions import TemplateError
+from tokenizers import Regex, Tokenizer, decoders
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import Split
+from tqdm.auto import tqdm
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    DynamicCache,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PretrainedConfig,
+    PreTrainedTokenizerFast,
+)
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+)
 
-from .codebook import Codebook, entries_text
+from .bert import (
+    COPY_AGAIN,
+    check_model_folder,
+    gpu_precision,
+    load_pretrained,
+    load_tokenizer,
+    max_positions,
+    resolve_model,
+)
+from .codebook import Codebook, entries_text, read_codebook
+from .cv import FoldOutput, run_folds
+from .results import TINY_RANDOM, ModelNotAvailableError, ModelResults, write_atomic
+from .sheets import DataError
+
+if TYPE_CHECKING:
+    from .folds import FoldSplit
+    from .study import Study
 
 TEXT_SLOT = "{codebook}"  # where the template takes the codebook
 LABELS_SLOT = "{labels}"  # where the template takes the answers allowed, e.g. "0、1、2、3"
@@ -188,3 +227,662 @@ class Scores:
     seconds: float = 0.0
     requests: int = 0
     cost: float | None = None
+
+
+# --- the local backend: a Hugging Face causal LM ---------------------------------------------------------------
+
+SENTINEL = "\ue000TEXT\ue000"  # stands for the text while the prompt is split into its shared prefix and the rest
+CHAT_TEMPLATE = (  # the tiny model's (ChatML, as Qwen's)
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+class PromptTooLongError(DataError):
+    """The prompt with its examples, a text and an answer do not fit into the model's context."""
+
+
+def check_causal_lm(source: str, config: PretrainedConfig | None = None) -> PretrainedConfig:
+    """The config of ``source`` if it is a causal (decoder) language model; one clear message otherwise.
+
+    Args:
+        source: a local model folder or hub id (resolved by :func:`nblib.bert.resolve_model`).
+        config: its config when already loaded.
+
+    Raises:
+        ModelNotAvailableError: the folder holds another kind of model (e.g. a BERT encoder).
+    """
+    if config is None:
+        if Path(source).is_dir():
+            check_model_folder(source)
+        try:
+            config = AutoConfig.from_pretrained(source)
+        except (OSError, ValueError) as e:
+            raise ModelNotAvailableError(f"The config of {source} cannot be read ({e}): {COPY_AGAIN}.") from None
+    kind = config.model_type
+    encoder = kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False)
+    if kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or encoder or getattr(config, "is_encoder_decoder", False):
+        raise ModelNotAvailableError(
+            f"{source} holds a '{kind}' model ({', '.join(config.architectures or ['no architecture named'])}), not "
+            f"a causal language model: the LLM classifier needs a decoder that writes text (e.g. Qwen2.5-0.5B-"
+            f"Instruct, Llama, Gemma), loaded with AutoModelForCausalLM. Pass such a folder or hub id as llm_model; "
+            f"encoders such as BERT belong in 03 (model=)."
+        )
+    return config
+
+
+def local_device(device: str = "auto") -> torch.device:
+    """``"auto"``: the first GPU when there is one, else the CPU; otherwise the device named.
+
+    Args:
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``…
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def local_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
+    """bf16 on a GPU that computes it (fp16 on older ones), fp32 on the CPU, unless ``dtype`` says otherwise.
+
+    Args:
+        device: where the model runs.
+        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"``, a torch dtype, or None (the default above).
+    """
+    if dtype is not None:
+        return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    if device.type == "cuda":
+        return torch.bfloat16 if gpu_precision(device) == "bf16" else torch.float16
+    return torch.float32
+
+
+class LocalBackend:
+    """A Hugging Face causal LM that scores each class's answer after the prompt.
+
+    The probability of class ``c`` for a text is the softmax over the classes of the summed log-probabilities of
+    the tokens of its verbalization after the prompt. The part of the prompt every text shares (instruction and
+    examples) is run once: its key/value cache is reused for every batch, so the cost grows with the texts' and
+    the answers' tokens, not with the prompt's length times the texts.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        device: str = "auto",
+        dtype: str | torch.dtype | None = None,
+        batch_size: int = 16,
+        chat: bool | None = None,
+    ):
+        """Load the model and its tokenizer.
+
+        Args:
+            model: a local model folder or a hub id (a causal LM).
+            device: ``"auto"`` (first GPU, else CPU), ``"cpu"``, ``"cuda:0"``…
+            dtype: the weights' dtype (None: bf16 on GPU, fp32 on CPU).
+            batch_size: texts scored per forward pass.
+            chat: use the tokenizer's chat template (None: when it has one); False: the plain prompt.
+
+        Raises:
+            ModelNotAvailableError: the model cannot be had, or is not a causal LM.
+        """
+        self.source = resolve_model(model)
+        self.name = Path(model).name if Path(model).expanduser().is_dir() else model
+        self.config = check_causal_lm(self.source)
+        self.tokenizer = load_tokenizer(self.source)
+        self.device = local_device(device)
+        self.dtype = local_dtype(self.device, dtype)
+        self.batch_size = batch_size
+        self.chat = bool(self.tokenizer.chat_template) if chat is None else chat
+        self.model = load_pretrained(AutoModelForCausalLM, self.source, dtype=self.dtype).to(self.device).eval()
+        self.context = max_positions(self.config)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
+
+    # -- turning a prompt into tokens --
+
+    def render(self, prompt: Prompt, text: str) -> str:
+        """The prompt for ``text`` as the model reads it (chat template applied when the backend uses one).
+
+        Args:
+            prompt: the prompt.
+            text: the text to classify.
+        """
+        if not self.chat:
+            return prompt.plain(text)
+        messages = prompt.messages(text)
+        try:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except TemplateError:  # templates without a system turn (e.g. Mistral's): the instruction opens the first turn
+            first = {"role": "user", "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}
+            return self.tokenizer.apply_chat_template(
+                [first, *messages[2:]], tokenize=False, add_generation_prompt=True
+            )
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def encode(self, prompt: Prompt, texts: Sequence[str]) -> tuple[list[int], list[list[int]], list[list[int]]]:
+        """The token ids of the shared prefix, of each text (with the rest of the prompt after it) and of each
+        class's answer; ``prefix + text + answer`` is what the model reads for one text and class.
+
+        Args:
+            prompt: the prompt.
+            texts: the texts.
+        """
+        rendered = self.render(prompt, SENTINEL)
+        if rendered.count(SENTINEL) != 1:
+            raise ValueError("The prompt template must show the text exactly once.")
+        prefix, suffix = rendered.split(SENTINEL)
+        prefix_ids = self._encode(prefix)
+        bos = self.tokenizer.bos_token_id
+        if not self.chat and bos is not None and prefix_ids[:1] != [bos]:
+            prefix_ids = [bos, *prefix_ids]
+        after = self._encode(suffix)
+        answers = []
+        for verbalization in prompt.verbalizations:
+            together = self._encode(suffix + verbalization)  # the answer's tokens as they follow the prompt
+            own = together[len(after) :] if together[: len(after)] == after else []
+            answers.append(own or self._encode(verbalization))
+        return prefix_ids, [self._encode(str(t) + suffix) for t in texts], answers
+
+    def check_fits(self, prompt: Prompt, texts: Sequence[str]) -> None:
+        """Refuse a prompt that, with the longest text and answer, does not fit into the model's context; the
+        message gives the numbers and the largest k (examples per class) that fits.
+
+        Args:
+            prompt: the prompt.
+            texts: the texts to be scored with it.
+
+        Raises:
+            PromptTooLongError: it does not fit.
+        """
+        if not self.context or not len(texts):
+            return
+        prefix, text_ids, answers = self.encode(prompt, texts)
+        longest, answer = max(map(len, text_ids)), max(map(len, answers))
+        need = len(prefix) + longest + answer
+        if need <= self.context:
+            return
+        fits = [
+            k
+            for k in range(max_per_class(prompt.examples), -1, -1)
+            if self._needs(prompt, k, longest, answer) <= self.context
+        ]
+        advice = (
+            f"The largest k that fits is {fits[0]} example(s) per class: set k_shot={fits[0]}, or shorten the "
+            f"examples or the template."
+            if fits
+            else "Even without examples it does not fit: shorten the template or the codebook, or use a model with "
+            "a longer context."
+        )
+        raise PromptTooLongError(
+            f"The prompt does not fit into {self.name}'s context of {self.context} tokens (max_position_embeddings): "
+            f"instruction and {len(prompt.examples)} examples take {len(prefix)} tokens, the longest text "
+            f"{longest} and the longest answer {answer}, {need} in all. {advice}"
+        )
+
+    def _needs(self, prompt: Prompt, k: int, longest: int, answer: int) -> int:
+        """Tokens needed by ``prompt`` cut to its first ``k`` examples of each class, with the longest text and answer."""
+        return len(self.encode(prompt.with_examples(first_per_class(prompt.examples, k)), [])[0]) + longest + answer
+
+    # -- scoring --
+
+    def score(self, prompt: Prompt, texts: Sequence[str], reuse_prefix: bool = True, progress: bool = False) -> Scores:
+        """Class probabilities of ``texts`` (the log-likelihood of each answer after the prompt, normalised).
+
+        Args:
+            prompt: the prompt.
+            texts: the texts to classify.
+            reuse_prefix: run the shared prefix once and reuse its cache (False: the whole prompt for every text
+                and class, the naive path, for checks and benchmarks).
+            progress: show a progress bar.
+        """
+        start = time.perf_counter()
+        loglik = self.log_likelihoods(prompt, texts, reuse_prefix, progress)
+        prefix, text_ids, answers = self.encode(prompt, texts)
+        return Scores(
+            probs=_softmax(loglik),
+            tokens_in=len(texts) * len(prefix) + sum(map(len, text_ids)),
+            tokens_out=len(texts) * sum(map(len, answers)),
+            seconds=round(time.perf_counter() - start, 3),
+        )
+
+    @torch.inference_mode()
+    def log_likelihoods(
+        self, prompt: Prompt, texts: Sequence[str], reuse_prefix: bool = True, progress: bool = False
+    ) -> np.ndarray:
+        """Summed log-probability of each class's answer tokens after the prompt, one row per text.
+
+        Args:
+            prompt: the prompt.
+            texts: the texts.
+            reuse_prefix: see :meth:`score`.
+            progress: show a progress bar.
+        """
+        self.check_fits(prompt, texts)
+        prefix, text_ids, answers = self.encode(prompt, texts)
+        out = np.empty((len(texts), len(answers)))
+        cache = self._prefix_cache(prefix) if reuse_prefix else None
+        starts = range(0, len(texts), self.batch_size)
+        for s in tqdm(starts, desc=f"{self.name}: scoring", disable=not progress, unit="batch"):
+            batch = text_ids[s : s + self.batch_size]
+            if reuse_prefix:
+                out[s : s + len(batch)] = self._batch_cached(cache, len(prefix), batch, answers)
+            else:
+                out[s : s + len(batch)] = self._batch_naive(prefix, batch, answers)
+        return out
+
+    def _prefix_cache(self, prefix: list[int]) -> DynamicCache:
+        ids = torch.tensor([prefix], device=self.device)
+        return self.model(input_ids=ids, use_cache=True, logits_to_keep=1).cache
+
+    def _batch_cached(
+        self, prefix_cache: DynamicCache, n_prefix: int, texts: list[list[int]], answers: list[list[int]]
+    ) -> np.ndarray:
+        """One batch: the texts after a copy of the prefix cache (left-padded, so each text ends where the answers
+        start), then every (text, answer) pair's answer tokens after the texts' cache."""
+        b, c = len(texts), len(answers)
+        ids, mask = _padded(texts, self.pad_id, left=True, device=self.device)
+        positions = n_prefix + (mask.cumsum(1) - 1).clamp(min=0)
+        cache = copy.deepcopy(prefix_cache)
+        cache.batch_repeat_interleave(b)
+        attention = torch.cat([torch.ones(b, n_prefix, dtype=mask.dtype, device=self.device), mask], 1)
+        first = self.model(
+            input_ids=ids, attention_mask=attention, position_ids=positions, cache=cache, logits_to_keep=1
+        )
+        first_logp = torch.log_softmax(first.logits[:, -1].float(), -1)
+        total = first_logp[:, [a[0] for a in answers]]  # (b, c): each answer's first token
+        longest = max(map(len, answers))
+        if longest == 1:
+            return total.cpu().numpy()
+        # the answers' remaining tokens: b × c rows, text-major (the cache repeats each text c times)
+        cache = first.cache
+        cache.batch_repeat_interleave(c)
+        ans, ans_mask = _padded(answers, self.pad_id, left=False, device=self.device)
+        rows_in, rows_mask = ans[:, :-1].repeat(b, 1), ans_mask[:, :-1].repeat(b, 1)
+        attention = torch.cat([attention.repeat_interleave(c, 0), rows_mask], 1)
+        ends = (n_prefix + mask.sum(1)).repeat_interleave(c)
+        positions = ends[:, None] + torch.arange(longest - 1, device=self.device)
+        rest = self.model(input_ids=rows_in, attention_mask=attention, position_ids=positions, cache=cache)
+        logp = torch.log_softmax(rest.logits.float(), -1)
+        target, target_mask = ans[:, 1:].repeat(b, 1), ans_mask[:, 1:].repeat(b, 1)
+        picked = logp.gather(-1, target[..., None])[..., 0] * target_mask
+        return (total + picked.sum(1).view(b, c)).cpu().numpy()
+
+    def _batch_naive(self, prefix: list[int], texts: list[list[int]], answers: list[list[int]]) -> np.ndarray:
+        """One batch the naive way: the whole prompt, text and answer for every (text, class) pair."""
+        rows = [prefix + t + a for t in texts for a in answers]
+        ids, mask = _padded(rows, self.pad_id, left=True, device=self.device)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        longest = max(map(len, answers))
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=longest + 1)
+        logp = torch.log_softmax(out.logits[:, :-1].float(), -1)  # position j predicts the token at j + 1
+        ans, ans_mask = _padded([a for _ in texts for a in answers], self.pad_id, left=True, device=self.device)
+        picked = logp.gather(-1, ans[..., None])[..., 0] * ans_mask
+        return picked.sum(1).view(len(texts), len(answers)).cpu().numpy()
+
+
+def _padded(
+    rows: Sequence[Sequence[int]], pad: int, left: bool, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows padded to one length (on the left or the right) and their attention mask."""
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        span = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[i, span], mask[i, span] = torch.tensor(r, dtype=torch.long), 1
+    return ids.to(device), mask.to(device)
+
+
+def _softmax(loglik: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of log-likelihoods (rows of NaN stay NaN)."""
+    z = np.exp(loglik - loglik.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def max_per_class(examples: Sequence[tuple[str, int]]) -> int:
+    """The most examples any class has in ``examples``.
+
+    Args:
+        examples: (text, class index) pairs.
+    """
+    counts = np.bincount([c for _, c in examples]) if len(examples) else np.zeros(1, int)
+    return int(counts.max())
+
+
+def first_per_class(examples: Sequence[tuple[str, int]], k: int) -> list[tuple[str, int]]:
+    """The first ``k`` examples of each class, in their order.
+
+    Args:
+        examples: (text, class index) pairs.
+        k: examples kept per class.
+    """
+    seen: dict[int, int] = {}
+    kept = []
+    for text, c in examples:
+        seen[c] = seen.get(c, 0) + 1
+        if seen[c] <= k:
+            kept.append((text, c))
+    return kept
+
+
+def build_tiny_causal_lm(
+    texts: Sequence[str],
+    out_dir: str | Path,
+    seed: int = 0,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    context: int = 4096,
+    extra_text: str = "",
+) -> Path:
+    """A randomly initialised Llama causal LM (small by default) with a character vocabulary and a ChatML chat
+    template, saved as a normal model folder (config, weights, tokenizer).
+
+    For tests, smoke runs and the demo where no real LLM is available; its labels say nothing about LLMs. The
+    vocabulary holds the characters of ``texts``, of the shipped templates and paraphrases, of ``extra_text``
+    (e.g. the codebook and the verbalizations) and ASCII.
+
+    Args:
+        texts: the texts whose characters make the vocabulary.
+        out_dir: where to save the model and tokenizer.
+        seed: seed of the random initialisation.
+        hidden: hidden size.
+        layers: number of transformer layers.
+        heads: attention heads per layer (key/value heads: half of them).
+        context: the context length in tokens (max_position_embeddings).
+        extra_text: more text whose characters go into the vocabulary.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shipped = "".join(PARAPHRASES) + DEFAULT_TEMPLATE_EN + "".join(v for w in WORDS.values() for v in w.values())
+    chars = sorted(
+        set("".join(texts) + shipped + extra_text + "".join(map(chr, range(32, 127))) + "\n\t") - {SENTINEL[0]}
+    )
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
+    vocab = {t: i for i, t in enumerate(specials + chars)}
+    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        pad_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        additional_special_tokens=["<|im_start|>"],
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(out_dir)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
+        max_position_embeddings=context,
+        pad_token_id=vocab["<|endoftext|>"],
+        eos_token_id=vocab["<|im_end|>"],
+        tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(config).save_pretrained(out_dir)
+    return out_dir
+
+
+# --- the LLM as a model of the study ------------------------------------------------------------------------------
+
+
+class Backend(Protocol):
+    """What :func:`run_llm_folds` needs of a backend: a name and :meth:`score`."""
+
+    name: str
+
+    def score(self, prompt: Prompt, texts: Sequence[str]) -> Scores:
+        """Class probabilities of ``texts`` under ``prompt``."""
+        ...
+
+
+def draw_examples(
+    texts: Sequence[str], labels: np.ndarray, pool: np.ndarray, k: int, seed: int
+) -> list[tuple[int, str, int]]:
+    """``k`` examples of each class drawn from the texts at ``pool`` (e.g. a fold's training part), fixed by ``seed``,
+    in a shuffled order (classes interleaved): (index, text, class).
+
+    A class with fewer than ``k`` texts in the pool gives all it has.
+
+    Args:
+        texts: every labelled text.
+        labels: their class indices.
+        pool: the indices the examples may come from.
+        k: examples per class (0: none).
+        seed: seed of the draw.
+    """
+    rng = np.random.default_rng(seed)
+    pool = np.asarray(pool)
+    chosen = []
+    for c in np.unique(labels):
+        members = pool[labels[pool] == c]
+        chosen += list(rng.choice(members, size=min(k, len(members)), replace=False)) if k else []
+    chosen = [int(i) for i in rng.permutation(np.asarray(chosen, dtype=int))]
+    return [(i, str(texts[i]), int(labels[i])) for i in chosen]
+
+
+def run_name(backend: Backend, k: int) -> str:
+    """The results folder name of an LLM run: ``llm_<model>_<k>shot`` (``/`` of a hub id becomes ``_``).
+
+    Args:
+        backend: the backend (its ``name``).
+        k: examples per class (0: zero-shot).
+    """
+    return f"llm_{backend.name.replace('/', '_')}_{k}shot"
+
+
+def run_llm_folds(
+    study: Study,
+    backend: Backend,
+    prompt: Prompt,
+    k: int,
+    template: str | None = None,
+    name: str | None = None,
+    which: Sequence[int] | None = None,
+) -> ModelResults | None:
+    """Zero-shot (``k`` = 0) or k-shot classification of every fold's test texts, saved as a model of the study.
+
+    The "training" of fold ``f`` is the choice of its examples: ``k`` per class drawn from fold ``f``'s training
+    part only (never its test texts), fixed by the study's seed and the fold. Each fold's prompt (examples with
+    their sheet indices) is saved in ``prompts/fold_<f>.json`` of the run folder, the instruction in
+    ``prompt.json``; the fold's metrics row gets the tokens, the scoring time, invalid answers, requests and cost.
+    A finished fold is read back from the results, never scored again.
+
+    Args:
+        study: the study.
+        backend: the local or API backend.
+        prompt: the zero-shot prompt (its examples are replaced per fold).
+        k: examples per class.
+        template: the template the prompt was rendered from (saved with the run).
+        name: the results folder name (default :func:`run_name`).
+        which: the folds to run (default: every fold without results).
+
+    Returns:
+        The run's results when every fold is done (else None: the folds of ``which`` are saved).
+    """
+    prompt = prompt.with_examples(())
+    config = {
+        "llm": backend.name,
+        "backend": type(backend).__name__,
+        "prompt_sha": prompt.fingerprint(),
+        "k_shot": k,
+    }
+    run = study.open_run(name or run_name(backend, k), config)
+    texts, labels = np.asarray(study.data.texts, dtype=object), study.data.labels
+    record = {"template": template, **asdict(prompt)}
+    write_atomic(run.path / "prompt.json", lambda p: p.write_text(json.dumps(record, indent=2, ensure_ascii=False)))
+
+    def fit_predict(split: FoldSplit) -> FoldOutput:
+        drawn = draw_examples(texts, labels, np.concatenate([split.train, split.val]), k, split.seed)
+        fold_prompt = prompt.with_examples([(t, c) for _, t, c in drawn])
+        saved = {"fold": split.fold, "prompt_sha": fold_prompt.fingerprint(), "examples": drawn}
+        folder = run.path / "prompts"
+        folder.mkdir(exist_ok=True)
+        write_atomic(
+            folder / f"fold_{split.fold}.json", lambda p: p.write_text(json.dumps(saved, indent=2, ensure_ascii=False))
+        )
+        scores = backend.score(fold_prompt, list(texts[split.test]))
+        return FoldOutput(usable_probs(scores.probs), extra=metrics_of(scores))
+
+    run_folds(study, run, fit_predict, val_fraction=0.1, which=which)
+    return None if run.pending_folds() else run.finish()
+
+
+def usable_probs(probs: np.ndarray) -> np.ndarray:
+    """Probabilities for the results: a row a backend could not score (NaN) becomes uniform, so that it is counted
+    (in the fold's ``invalid``) and scored as a wrong or chance answer instead of being dropped.
+
+    Args:
+        probs: one row per text, NaN where not scored.
+    """
+    probs = np.array(probs, dtype=float)
+    probs[np.isnan(probs).any(axis=1)] = 1 / probs.shape[1]
+    return probs
+
+
+def metrics_of(scores: Scores) -> dict:
+    """The cost columns of a fold's metrics row: tokens, scoring seconds, invalid answers, requests, cost.
+
+    Args:
+        scores: what the backend returned for the fold.
+    """
+    return {
+        "texts": len(scores.probs),
+        "tokens_in": scores.tokens_in,
+        "tokens_out": scores.tokens_out,
+        "scoring_seconds": scores.seconds,
+        "invalid": scores.invalid,
+        "requests": scores.requests,
+        "cost": np.nan if scores.cost is None else scores.cost,
+    }
+
+
+def per_1000_texts(results: ModelResults) -> dict:
+    """Scoring time (seconds), tokens and cost per 1,000 texts of a finished LLM run, from its metrics rows.
+
+    Args:
+        results: the run.
+    """
+    m = results.metrics
+    n = m["texts"].sum()
+    return {
+        "seconds": 1000 * m["scoring_seconds"].sum() / n,
+        "tokens_in": 1000 * m["tokens_in"].sum() / n,
+        "tokens_out": 1000 * m["tokens_out"].sum() / n,
+        "cost": 1000 * m["cost"].sum() / n if m["cost"].notna().all() else None,
+    }
+
+
+def final_prompt(study: Study, prompt: Prompt, k: int) -> Prompt:
+    """The k-shot prompt for new texts (the pool): ``k`` examples per class from all labelled texts, fixed by the
+    study's seed. ``backend.score(final_prompt(...), texts).probs`` labels any texts.
+
+    Args:
+        study: the study.
+        prompt: the zero-shot prompt.
+        k: examples per class.
+    """
+    data = study.data
+    drawn = draw_examples(data.texts, data.labels, np.arange(len(data.texts)), k, study.settings.seed)
+    return prompt.with_examples([(t, c) for _, t, c in drawn])
+
+
+def stability_labels(
+    backend: Backend,
+    codebook: Codebook,
+    texts: Sequence[str],
+    templates: Sequence[str] = PARAPHRASES,
+    examples: Sequence[tuple[str, int]] = (),
+    language: str = "zh",
+    verbalizations: Sequence[str] | None = None,
+) -> np.ndarray:
+    """The label each paraphrase of the instruction gives each text: a texts × paraphrases matrix of class indices
+    (NaN where a text was not scored), for Krippendorff's alpha across the paraphrases.
+
+    Args:
+        backend: the backend.
+        codebook: the codebook.
+        texts: the texts.
+        templates: the paraphrases (default: :data:`PARAPHRASES`).
+        examples: few-shot examples shared by every paraphrase.
+        language: the prompt's language.
+        verbalizations: each class's answer (default: its label).
+    """
+    columns = []
+    for template in templates:
+        prompt = render_prompt(codebook, template, examples, language, verbalizations)
+        probs = backend.score(prompt, texts).probs
+        columns.append(np.where(np.isnan(probs).any(axis=1), np.nan, np.nan_to_num(probs).argmax(axis=1)))
+    return np.column_stack(columns)
+
+
+# --- what notebook 07 opens -------------------------------------------------------------------------------------
+
+
+def study_codebook(study: Study, codebook_path: str | None = None) -> Codebook:
+    """The codebook of the study in its class order: ``codebook_path``'s, or the study's label table.
+
+    Args:
+        study: the study.
+        codebook_path: a codebook file (:func:`nblib.codebook.read_codebook`), or None.
+    """
+    if codebook_path is None:
+        return Codebook.from_study(study)
+    return read_codebook(codebook_path).for_data(study.data, source=str(codebook_path))
+
+
+def local_model(study: Study, model: str, codebook: Codebook | None = None) -> str:
+    """The causal LM to load: ``model`` itself, or for ``tiny-random`` a random test model built from the study's
+    texts (and the codebook's words) once, in ``<study>/llms/tiny-random``.
+
+    Args:
+        study: the study.
+        model: a folder, hub id or ``tiny-random``.
+        codebook: its words join the tiny model's vocabulary.
+    """
+    if model != TINY_RANDOM:
+        return model
+    folder = study.path / "llms" / TINY_RANDOM
+    if not (folder / "config.json").exists():
+        words = codebook.to_frame().astype(str).to_string() if codebook else ""
+        build_tiny_causal_lm(study.data.texts, folder, seed=study.settings.seed, extra_text=words)
+    return str(folder)
+
+
+def open_backend(
+    study: Study,
+    backend: str,
+    model: str,
+    codebook: Codebook | None = None,
+    device: str = "auto",
+    batch_size: int = 16,
+    base_url: str | None = None,
+    key_env: str = "OPENAI_API_KEY",
+) -> Backend:
+    """The backend the notebook's parameters ask for: a :class:`LocalBackend`, or ``nblib.llm_api.ApiBackend``.
+
+    Args:
+        study: the study (where tiny-random is built).
+        backend: ``"local"`` or ``"api"``.
+        model: the local model (folder, hub id, tiny-random) or the API's model name.
+        codebook: the codebook (tiny-random's vocabulary).
+        device: local: where the model runs.
+        batch_size: local: texts per forward pass.
+        base_url: api: the server.
+        key_env: api: the environment variable with the key.
+    """
+    if backend == "api":
+        from .llm_api import ApiBackend
+
+        return ApiBackend(base_url=base_url, model=model, key_env=key_env, cache_dir=study.path / "llm_cache")
+    local = LocalBackend(local_model(study, model, codebook), device=device, batch_size=batch_size)
+    local.name = model if model == TINY_RANDOM else local.name
+    return local

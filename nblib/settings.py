@@ -501,3 +501,40 @@ class UnlabelledSettings:
     device: Literal["auto", "cpu", "cuda"] = runtime("auto", "auto, cpu or cuda")
     num_processes: int | Literal["auto"] = runtime("auto", "auto: every visible GPU (1 on CPU)", ge=1)
     parallel: Literal["auto", "folds", "ddp"] = runtime("auto", "fine-tuning: auto, folds or ddp (as in 03)")
+
+
+@dataclass
+class LlmSettings:
+    """07_llm's own parameters: the LLM, its prompt, the runs and the human-agreement check."""
+
+    llm_backend: Literal["local", "api"] = setting(
+        "local", "local: a Hugging Face causal LM; api: an OpenAI-compatible server"
+    )
+    llm_model: str = setting(
+        "tiny-random", "local: a causal LM folder or hub id (tiny-random: a random test model); api: the model name"
+    )
+    codebook_path: str | None = setting(
+        None, "a codebook (Label, Name, Description, Include, Exclude, Examples); None: the label table", path="input"
+    )
+    template: str | None = setting(
+        None, "the instruction with {codebook} and {labels} (None: nblib.llm.DEFAULT_TEMPLATE)"
+    )
+    language: Literal["zh", "en"] = setting("zh", "the language of the default template and the words around texts")
+    verbalize: Literal["label", "name"] = setting(
+        "label", "each class's answer: its label as in the sheet, or its name"
+    )
+    k_shot: int = setting(2, "examples per class in the k-shot prompts (drawn from each fold's training texts)", ge=1)
+    paraphrases: list[str] | None = setting(
+        None, "instruction paraphrases for prompt stability (None: nblib.llm.PARAPHRASES)"
+    )
+    stability_texts: int = setting(200, "labelled texts (a random sample) scored with every paraphrase", ge=1)
+    second_coder_path: str | None = setting(
+        None, "a second coder's sheet of the same texts (human agreement); None: no second coder", path="input"
+    )
+    second_coder_text_col: str | None = setting(None, "its column of texts (None: text_col)")
+    second_coder_label_col: str | None = setting(None, "its column of labels (None: label_col)")
+    n_boot: int = setting(1000, "bootstrap resamples of the paired tests and agreement intervals", ge=10)
+    api_base_url: str | None = setting(None, "api: the server's base URL, e.g. https://api.deepseek.com/v1")
+    api_key_env: str = runtime("OPENAI_API_KEY", "api: the environment variable holding the key (never written)")
+    llm_batch_size: int = runtime(16, "local: texts per forward pass", ge=1)
+    device: Literal["auto", "cpu", "cuda"] = runtime("auto", "local: auto, cpu or cuda")

@@ -35,6 +35,7 @@ from .settings import (
     AnalysisSettings,
     EdaSettings,
     FigureSettings,
+    LlmSettings,
     PredictSettings,
     SettingsError,
     StudySettings,
@@ -66,6 +67,7 @@ def notebook_settings() -> dict[str, list[type]]:
         "04_error_analysis": [StudySettings, AnalysisSettings, FigureSettings],
         "05_predict": [StudySettings, PredictSettings, ActiveLearningSettings, FigureSettings],
         "06_unlabelled": [StudySettings, UnlabelledSettings, TaptSettings, PseudoLabelling, FigureSettings],
+        "07_llm": [StudySettings, LlmSettings, FigureSettings],
     }
 
 
