@@ -32,6 +32,11 @@ BERT_MODEL ?= $(if $(filter $(DEMO_STUDY),$(STUDY)),tiny-random)
 BERT_PARAMS := $(if $(BERT_MODEL),-p model $(BERT_MODEL)) $(if $(filter tiny-random,$(BERT_MODEL)),-p epochs 10 -p lr 0.001)
 PLAIN_RUN := $(if $(BERT_MODEL),-p plain_run bert_$(notdir $(BERT_MODEL)))
 
+# The LLM 07 labels with, when given: LLM_MODEL=Qwen/Qwen2.5-0.5B-Instruct (or a local causal LM folder, docs/llm.md).
+# Without it 07 uses the study file's llm_model, else tiny-random: a small random causal LM built from the data (its
+# labels say nothing about LLMs).
+LLM_PARAMS := $(if $(LLM_MODEL),-p llm_model $(LLM_MODEL))
+
 # --log-output streams each cell's output (per-fold progress) to the terminal while it runs; --engine nblib runs
 # the kernel over IPC sockets, so ipykernel does not warn about TCP on every notebook (nblib/papermill_engine.py).
 run_nb = $(BIN)/papermill --engine nblib --log-output --cwd notebooks notebooks/$(1).ipynb $(EXECUTED)/$(1).ipynb \
@@ -49,6 +54,7 @@ notebooks: setup
 	$(call run_nb,04_error_analysis)
 	$(call run_nb,05_predict)
 	$(call run_nb,06_unlabelled,$(PLAIN_RUN))
+	$(call run_nb,07_llm,$(LLM_PARAMS))
 
 # The GPU benchmark (5-fold x 5-epoch bert-base shape, end to end, and its parts); see benchmarks/README.md.
 gpu-bench: setup

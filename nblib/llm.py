@@ -634,8 +634,9 @@ def build_tiny_causal_lm(
 # --- the LLM as a model of the study ------------------------------------------------------------------------------
 
 
-class Backend(Protocol):
-    """What :func:`run_llm_folds` needs of a backend: a name and :meth:`score`."""
+class _Backend(Protocol):
+    """What :func:`run_llm_folds` needs of a backend (:class:`LocalBackend`, ``nblib.llm_api.ApiBackend``): a name
+    and ``score(prompt, texts) -> Scores``."""
 
     name: str
 
@@ -669,19 +670,22 @@ def draw_examples(
     return [(i, str(texts[i]), int(labels[i])) for i in chosen]
 
 
-def run_name(backend: Backend, k: int) -> str:
-    """The results folder name of an LLM run: ``llm_<model>_<k>shot`` (``/`` of a hub id becomes ``_``).
+def run_name(backend: _Backend, k: int, prompt: Prompt) -> str:
+    """The results folder name of an LLM run: ``llm_<model>_<k>shot_<prompt>`` (``/`` of a hub id becomes ``_``;
+    ``<prompt>``: the first 8 hex digits of the zero-shot prompt's fingerprint), so an edited template or codebook
+    gets a run of its own instead of clashing with the old one.
 
     Args:
         backend: the backend (its ``name``).
         k: examples per class (0: zero-shot).
+        prompt: the prompt (its examples do not count).
     """
-    return f"llm_{backend.name.replace('/', '_')}_{k}shot"
+    return f"llm_{backend.name.replace('/', '_')}_{k}shot_{prompt.with_examples(()).fingerprint()[:8]}"
 
 
 def run_llm_folds(
     study: Study,
-    backend: Backend,
+    backend: _Backend,
     prompt: Prompt,
     k: int,
     template: str | None = None,
@@ -715,7 +719,7 @@ def run_llm_folds(
         "prompt_sha": prompt.fingerprint(),
         "k_shot": k,
     }
-    run = study.open_run(name or run_name(backend, k), config)
+    run = study.open_run(name or run_name(backend, k, prompt), config)
     texts, labels = np.asarray(study.data.texts, dtype=object), study.data.labels
     record = {"template": template, **asdict(prompt)}
     write_atomic(run.path / "prompt.json", lambda p: p.write_text(json.dumps(record, indent=2, ensure_ascii=False)))
@@ -796,7 +800,7 @@ def final_prompt(study: Study, prompt: Prompt, k: int) -> Prompt:
 
 
 def stability_labels(
-    backend: Backend,
+    backend: _Backend,
     codebook: Codebook,
     texts: Sequence[str],
     templates: Sequence[str] = PARAPHRASES,
@@ -866,7 +870,7 @@ def open_backend(
     batch_size: int = 16,
     base_url: str | None = None,
     key_env: str = "OPENAI_API_KEY",
-) -> Backend:
+) -> _Backend:
     """The backend the notebook's parameters ask for: a :class:`LocalBackend`, or ``nblib.llm_api.ApiBackend``.
 
     Args:

@@ -511,25 +511,23 @@ class LlmSettings:
         "local", "local: a Hugging Face causal LM; api: an OpenAI-compatible server"
     )
     llm_model: str = setting(
-        "tiny-random", "local: a causal LM folder or hub id (tiny-random: a random test model); api: the model name"
+        "tiny-random", "local: a causal LM folder or hub id (tiny-random: a test model); api: its name"
     )
     codebook_path: str | None = setting(
-        None, "a codebook (Label, Name, Description, Include, Exclude, Examples); None: the label table", path="input"
+        None, "file with Label, Name, Description, Include, Exclude, Examples; None: label table", path="input"
     )
-    template: str | None = setting(
-        None, "the instruction with {codebook} and {labels} (None: nblib.llm.DEFAULT_TEMPLATE)"
-    )
-    language: Literal["zh", "en"] = setting("zh", "the language of the default template and the words around texts")
+    template: str | None = setting(None, "instruction with {codebook}, {labels} (None: nblib.llm.DEFAULT_TEMPLATE)")
+    language: Literal["zh", "en"] = setting("zh", "language of the default template and the words around texts")
     verbalize: Literal["label", "name"] = setting(
         "label", "each class's answer: its label as in the sheet, or its name"
     )
-    k_shot: int = setting(2, "examples per class in the k-shot prompts (drawn from each fold's training texts)", ge=1)
+    k_shot: int = setting(2, "examples per class in k-shot prompts (from each fold's training texts)", ge=1)
     paraphrases: list[str] | None = setting(
-        None, "instruction paraphrases for prompt stability (None: nblib.llm.PARAPHRASES)"
+        None, "paraphrased templates for prompt stability (None: nblib.llm.PARAPHRASES)"
     )
     stability_texts: int = setting(200, "labelled texts (a random sample) scored with every paraphrase", ge=1)
     second_coder_path: str | None = setting(
-        None, "a second coder's sheet of the same texts (human agreement); None: no second coder", path="input"
+        None, "a second coder's sheet of the labelled texts (human agreement); None: none", path="input"
     )
     second_coder_text_col: str | None = setting(None, "its column of texts (None: text_col)")
     second_coder_label_col: str | None = setting(None, "its column of labels (None: label_col)")

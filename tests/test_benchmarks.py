@@ -23,3 +23,5 @@ def test_gpu_benchmark_smoke_runs_every_part_and_prints_its_figures():
     assert len(re.findall(r"HF Trainer, dynamic padding\s+[\d.]+ texts/s\s+[\d.]+x the original", out)) == 2
     assert "n/a (no GPU)" in out
     assert re.search(r"240 texts in [\d.]+ s: \d+ texts/s", out)
+    assert re.search(r"prefix reuse: 32 texts in [\d.]+ s: [\d.]+ texts/s", out)
+    assert re.search(r"naive: +32 texts in [\d.]+ s: [\d.]+ texts/s", out) and "speed-up: " in out

@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"\]\(([^)#\s]+)(#[^)\s]*)?\)")
-FIGURE = re.compile(r"`((?:eda|baselines|bert|errors|predict|tapt|unlabelled)_[^`<>…]+)`")
+FIGURE = re.compile(r"`((?:eda|baselines|bert|errors|predict|tapt|unlabelled|llm)_[^`<>…]+)`")
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)

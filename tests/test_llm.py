@@ -217,7 +217,9 @@ def test_llm_run_on_the_folds_keeps_examples_out_of_each_test_fold_and_a_rerun_i
     assert json.loads((study.run_folder(res.name).path / "prompt.json").read_text())["template"] == "分类：{codebook}"
     config = json.loads((study.run_folder(res.name).path / "config.json").read_text())
     assert config["k_shot"] == 2 and config["prompt_sha"] == prompt.fingerprint() and config["llm"] == "stub"
-    assert res.name == "llm_stub_2shot" and llm.per_1000_texts(res)["seconds"] == pytest.approx(1000 * 1.5 / 18)
+    assert res.name == f"llm_stub_2shot_{prompt.fingerprint()[:8]}" and llm.per_1000_texts(res)[
+        "seconds"
+    ] == pytest.approx(1000 * 1.5 / 18)
     again = llm.run_llm_folds(study, Counting(refuse=True), prompt, k=2, template="分类：{codebook}")
     pd.testing.assert_frame_equal(again.predictions, res.predictions)
 
