@@ -38,7 +38,7 @@ def on_texts(res: results.ModelResults, index: np.ndarray) -> results.ModelResul
 
 
 def estimate(
-    study, backend: llm.LocalBackend, prompt: llm.Prompt, shots: list[int], fold: int, limit: int, name: str
+    study, backend: llm.LocalBackend, prompt: llm.Prompt, shots: list[int], fold: int, limit: int
 ) -> dict[str, results.ModelResults]:
     """Score the first ``limit`` test texts of ``fold`` with each k's prompt (examples drawn as the fold runs draw
     them); print texts/s and return the predictions as results on those texts."""
@@ -62,7 +62,7 @@ def estimate(
         frame = pd.DataFrame({"index": test, "fold": fold, "gold": gold, "pred": pred})
         frame[[f"prob_{c}" for c in range(probs.shape[1])]] = probs
         metrics = pd.DataFrame([fold_metrics(gold, pred, probs.shape[1])])
-        run = f"{llm.run_name(backend, k)}_{name}"
+        run = llm.run_name(backend, k, prompt)
         out[run] = results.ModelResults(run, {}, frame, metrics, None)
     return out
 
@@ -92,12 +92,12 @@ def main() -> None:
         f"{backend.name} on {backend.device}, {backend.dtype}, chat template: {backend.chat}; answers {prompt.verbalizations}"
     )
     if args.limit:
-        runs = estimate(study, backend, prompt, args.shots, args.folds[0], args.limit, args.answers)
+        runs = estimate(study, backend, prompt, args.shots, args.folds[0], args.limit)
         folds = args.folds[:1]
     else:
         runs, folds = {}, args.folds
         for k in args.shots:
-            name = f"{llm.run_name(backend, k)}_{args.answers}"
+            name = llm.run_name(backend, k, prompt)
             llm.run_llm_folds(study, backend, prompt, k, name=name, which=folds)
             runs[name] = results.read_folds(study.run_folder(name).path, folds)
             m = runs[name].metrics
