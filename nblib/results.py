@@ -42,6 +42,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# settings renamed since runs were saved: a run saved under the old key resumes under the new one
+RENAMED_KEYS = {"max_len": "lstm_max_units"}  # the baselines' LSTM units (max_len is BERT's tokens per text)
+
+
+def renamed_keys(old: dict, new: dict) -> dict:
+    """``old`` (a saved run's config) with each renamed key under its new name, where ``new`` has only the new one.
+
+    Args:
+        old: the saved config.
+        new: the config of this run.
+    """
+    renamed = {a: b for a, b in RENAMED_KEYS.items() if a in old and b not in old and b in new and a not in new}
+    return {renamed.get(k, k): v for k, v in old.items()}
+
 
 class ResultsExistError(RuntimeError):
     """A results folder exists for a differently configured run."""
@@ -149,7 +163,9 @@ class ModelRun(RunFolder):
             }
         )
         if self.config_file.exists():
-            old = same_source(json.loads(self.config_file.read_text()), self.config, study.path)
+            old = renamed_keys(
+                same_source(json.loads(self.config_file.read_text()), self.config, study.path), self.config
+            )
             if old != self.config:
                 diff = {
                     k: (old.get(k), self.config.get(k))

@@ -18,6 +18,7 @@ from helpers import ROOT, write_tiny_sheet
 
 from nblib import bert, bert_cv, cli, predict, settings, tapt
 from nblib.baselines import BaselineConfig
+from nblib.results import ResultsExistError
 from nblib.settings import PredictSettings, SettingsError, StudySettings, from_params
 from nblib.study_file import use_parameters
 
@@ -195,3 +196,21 @@ def test_the_lstm_units_have_their_own_name(tmp_path, capsys):
         assert "no longer applies" not in capsys.readouterr().out
     demo = (ROOT / "data" / "demo_study.yaml").read_text(encoding="utf-8")
     assert not re.search(r"^max_len:", demo, re.M)
+
+
+def test_a_baselines_run_saved_under_max_len_resumes_under_lstm_max_units(tiny_study):
+    study = tiny_study()
+    run = study.open_run("lstm_old", {"model": "lstm_old", "lstm_max_units": 128})
+    run.lock.release()
+    saved = json.loads(run.config_file.read_text())
+    saved["max_len"] = saved.pop("lstm_max_units")  # as 02 wrote it before the rename
+    run.config_file.write_text(json.dumps(saved))
+    resumed = study.open_run("lstm_old", {"model": "lstm_old", "lstm_max_units": 128})
+    assert json.loads(resumed.config_file.read_text())["lstm_max_units"] == 128
+    resumed.lock.release()
+    with pytest.raises(ResultsExistError, match="lstm_max_units"):  # a different value still refuses
+        study.open_run("lstm_old", {"model": "lstm_old", "lstm_max_units": 64})
+    bert = study.open_run("bert_x", {"model": "bert_x", "max_len": 128})  # BERT's max_len is not renamed
+    bert.lock.release()
+    with pytest.raises(ResultsExistError, match="max_len"):
+        study.open_run("bert_x", {"model": "bert_x", "max_len": 64})
