@@ -961,34 +961,3 @@ def local_model(study: Study, model: str, codebook: Codebook | None = None) -> s
         words = codebook.to_frame().astype(str).to_string() if codebook else ""
         build_tiny_causal_lm(study.data.texts, folder, seed=study.settings.seed, extra_text=words)
     return str(folder)
-
-
-def open_backend(
-    study: Study,
-    backend: str,
-    model: str,
-    codebook: Codebook | None = None,
-    device: str = "auto",
-    batch_size: int = 16,
-    base_url: str | None = None,
-    key_env: str = "OPENAI_API_KEY",
-) -> _Backend:
-    """The backend the notebook's parameters ask for: a :class:`LocalBackend`, or ``nblib.llm_api.ApiBackend``.
-
-    Args:
-        study: the study (where tiny-random is built).
-        backend: ``"local"`` or ``"api"``.
-        model: the local model (folder, hub id, tiny-random) or the API's model name.
-        codebook: the codebook (tiny-random's vocabulary).
-        device: local: where the model runs.
-        batch_size: local: texts per forward pass.
-        base_url: api: the server.
-        key_env: api: the environment variable with the key.
-    """
-    if backend == "api":
-        from .llm_api import ApiBackend
-
-        return ApiBackend(base_url=base_url, model=model, key_env=key_env, cache_dir=study.path / "llm_cache")
-    local = LocalBackend(local_model(study, model, codebook), device=device, batch_size=batch_size)
-    local.name = model if model == TINY_RANDOM else local.name
-    return local

@@ -1,0 +1,39 @@
+"""Which LLM backend a study's settings ask for: a local causal LM (``nblib.llm``) or an OpenAI-compatible server."""
+
+from __future__ import annotations
+
+from .codebook import Codebook
+from .layout import TINY_RANDOM
+from .llm import LocalBackend, local_model
+from .llm_api import ApiBackend
+from .study import Study
+
+
+def open_backend(
+    study: Study,
+    backend: str,
+    model: str,
+    codebook: Codebook | None = None,
+    device: str = "auto",
+    batch_size: int = 16,
+    base_url: str | None = None,
+    key_env: str = "OPENAI_API_KEY",
+) -> LocalBackend | ApiBackend:
+    """The backend the notebook's parameters ask for: a :class:`nblib.llm.LocalBackend`, or an
+    :class:`nblib.llm_api.ApiBackend` whose answers are cached in the study folder.
+
+    Args:
+        study: the study (where tiny-random is built).
+        backend: ``"local"`` or ``"api"``.
+        model: the local model (folder, hub id, tiny-random) or the API's model name.
+        codebook: the codebook (tiny-random's vocabulary).
+        device: local: where the model runs.
+        batch_size: local: texts per forward pass.
+        base_url: api: the server.
+        key_env: api: the environment variable with the key.
+    """
+    if backend == "api":
+        return ApiBackend(base_url=base_url, model=model, key_env=key_env, cache_dir=study.path / "llm_cache")
+    local = LocalBackend(local_model(study, model, codebook), device=device, batch_size=batch_size)
+    local.name = model if model == TINY_RANDOM else local.name
+    return local
