@@ -16,7 +16,7 @@ import json
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -42,7 +42,15 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
-from .bert import COPY_AGAIN, check_model_folder, load_pretrained, load_tokenizer, max_positions, resolve_model
+from .bert import (
+    COPY_AGAIN,
+    check_model_folder,
+    load_pretrained,
+    load_tokenizer,
+    max_positions,
+    resolve_model,
+    softmax,
+)
 from .codebook import Codebook, entries_text, read_codebook
 from .cv import FoldOutput, run_folds
 from .files import write_atomic
@@ -159,10 +167,7 @@ class Prompt:
         Args:
             examples: (text, class index) pairs.
         """
-        return Prompt(self.instruction, tuple((str(t), int(c)) for t, c in examples), *self._rest())
-
-    def _rest(self) -> tuple:
-        return self.verbalizations, self.answer_prefix, self.text_prefix
+        return replace(self, examples=tuple((str(t), int(c)) for t, c in examples))
 
 
 def render_prompt(
@@ -466,7 +471,7 @@ class LocalBackend:
         prefix, text_ids, answers = tokens = self.encode(prompt, texts)
         loglik = self._log_likelihoods(prompt, *tokens, reuse_prefix, progress)
         return Scores(
-            probs=_softmax(loglik),
+            probs=softmax(loglik),
             tokens_in=len(texts) * len(prefix) + sum(map(len, text_ids)),
             tokens_out=len(texts) * sum(map(len, answers)),
             seconds=round(time.perf_counter() - start, 3),
@@ -620,12 +625,6 @@ def _padded(
         span = slice(width - len(r), width) if left else slice(0, len(r))
         ids[i, span], mask[i, span] = torch.tensor(r, dtype=torch.long), 1
     return ids.to(device), mask.to(device)
-
-
-def _softmax(loglik: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of log-likelihoods (rows of NaN stay NaN)."""
-    z = np.exp(loglik - loglik.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
 
 
 def max_per_class(examples: Sequence[tuple[str, int]]) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from .codebook import Codebook
-from .layout import TINY_RANDOM
 from .llm import LocalBackend, local_model
 from .llm_api import ApiBackend
 from .study import Study
@@ -34,6 +33,4 @@ def open_backend(
     """
     if backend == "api":
         return ApiBackend(base_url=base_url, model=model, key_env=key_env, cache_dir=study.path / "llm_cache")
-    local = LocalBackend(local_model(study, model, codebook), device=device, batch_size=batch_size)
-    local.name = model if model == TINY_RANDOM else local.name
-    return local
+    return LocalBackend(local_model(study, model, codebook), device=device, batch_size=batch_size)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import TINY_WORDS
 
-from nblib import llm
+from nblib import bert, llm
 from nblib.bert import build_tiny_encoder
 from nblib.codebook import Codebook, read_codebook
 from nblib.layout import ModelNotAvailableError
@@ -72,8 +72,8 @@ def test_label_log_likelihoods_equal_a_brute_force_forward_and_prefix_reuse_equa
         brute = brute_force(backend, prompt, texts)
         np.testing.assert_allclose(cached, brute, atol=1e-4)
         np.testing.assert_allclose(naive, brute, atol=1e-4)
-        probs = llm._softmax(cached)
-        np.testing.assert_allclose(probs, llm._softmax(naive), atol=1e-5)
+        probs = bert.softmax(cached)
+        np.testing.assert_allclose(probs, bert.softmax(naive), atol=1e-5)
         np.testing.assert_allclose(backend.score(prompt, texts).probs, probs, atol=1e-6)
         np.testing.assert_allclose(probs.sum(1), 1, atol=1e-9)
         assert not np.allclose(probs, probs[0])  # texts differ, so do their probabilities
