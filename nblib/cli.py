@@ -17,7 +17,6 @@ import argparse
 import math
 import typing
 from collections.abc import Callable
-from dataclasses import MISSING
 from typing import Any, Literal
 
 from . import settings
@@ -121,12 +120,6 @@ def int_list(low: int | None = 0) -> Callable[[str], list[int]]:
     return parse
 
 
-def _members(hint: Any) -> list[Any]:
-    """The members of a union type other than None (``int | None`` → ``[int]``)."""
-    members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, type(int | None)) else (hint,)
-    return [m for m in members if m is not type(None)]
-
-
 def _int_bounds(r: settings.Range) -> tuple[int | None, int | None]:
     """The least and greatest whole number a settings range allows (None: no bound)."""
     low = r.ge if r.ge is not None else (math.floor(r.gt) + 1 if r.gt is not None else None)
@@ -146,8 +139,8 @@ def from_setting(cls: type, name: str) -> dict[str, Any]:
         name: the setting's (flat) name.
     """
     field, hint = flat_fields(cls)[name], settings.flat_types(cls)[name]
-    members = _members(hint)
-    default = field.default if field.default is not MISSING else field.default_factory()
+    members = [m for m in settings.union_args(hint) if m is not type(None)]
+    default = settings.defaults(cls)[name]
     kwargs: dict[str, Any] = {"dest": name, "default": default, "help": help_of(field)}
     literal = [m for m in members if typing.get_origin(m) is Literal]
     bounds = range_of(field) or settings.Range()

@@ -29,13 +29,12 @@ import torch
 from accelerate import Accelerator, PartialState
 
 from .data import path_list
-from .settings import to_params
+from .settings import Device, to_params
 
 log = logging.getLogger(__name__)
 H = TypeVar("H", bound="Hardware")
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
-Device = Literal["auto", "cpu", "cuda"]
 Processes = int | Literal["auto"]  # auto: every visible GPU (1 on CPU)
 Parallel = Literal["auto", "folds", "ddp"]  # how several processes share a run's folds (parallel_mode)
 # a resolved precision as accelerate's mixed_precision

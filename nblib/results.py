@@ -35,6 +35,7 @@ from .folds import fold_hash
 from .layout import RunFolder, same_source
 from .metrics import fold_metrics
 from .run_lock import RunLock
+from .settings import RENAMED
 from .sheets import read_machine_table, write_table
 
 if TYPE_CHECKING:
@@ -42,8 +43,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# settings renamed since runs were saved: a run saved under the old key resumes under the new one
-RENAMED_KEYS = {"max_len": "lstm_max_units"}  # the baselines' LSTM units (max_len is BERT's tokens per text)
+# settings renamed since runs were saved (settings.RENAMED): a run saved under the old key resumes under the new one
+RENAMED_KEYS = {old: new for renamed in RENAMED.values() for old, (new, _) in renamed.items()}
 
 
 def renamed_keys(old: dict, new: dict) -> dict:

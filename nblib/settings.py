@@ -27,6 +27,8 @@ SelectOn = Literal["val_macro_f1", "val_loss"]
 Ensemble = Literal["final", "folds"]
 Device = Literal["auto", "cpu", "cuda"]
 Truncation = Literal["head", "head+tail"]
+# parameters renamed in a notebook: {notebook: {old name: (new name, what the old name means now)}}
+RENAMED = {"02_baselines": {"max_len": ("lstm_max_units", "BERT's tokens per text, a parameter of 03 and 05")}}
 MAX_LEN = 128  # BERT's tokens per text, [CLS] and [SEP] included: the default of every max_len (03, 05, TAPT)
 PathKind = Literal["input", "output", "model"]
 _IDENTITY, _HELP, _RANGE, _PATH = "identity", "help", "range", "path"
@@ -179,8 +181,12 @@ def defaults(cls: type) -> dict[str, Any]:
     }
 
 
-def _union_args(hint: Any) -> tuple[Any, ...]:
-    """The members of a union type (``X | Y``, ``Optional[X]``), or the type alone."""
+def union_args(hint: Any) -> tuple[Any, ...]:
+    """The members of a union type (``X | Y``, ``Optional[X]``), or the type alone.
+
+    Args:
+        hint: a type.
+    """
     if typing.get_origin(hint) in (Union, types.UnionType):
         return typing.get_args(hint)
     return (hint,)
@@ -188,7 +194,7 @@ def _union_args(hint: Any) -> tuple[Any, ...]:
 
 def _admits(hint: Any, value: Any) -> bool:
     """Whether ``value`` is of type ``hint`` (unions, Literal, None, the plain and generic builtins)."""
-    for member in _union_args(hint):
+    for member in union_args(hint):
         origin = typing.get_origin(member) or member
         if origin is Literal:
             if value in typing.get_args(member):
@@ -211,7 +217,7 @@ def _kind(hint: Any) -> str:
     """How a type reads in a message: "an integer", "a number", "text or None"…"""
     names = {int: "an integer", float: "a number", str: "text", bool: "True or False", type(None): "None"}
     parts = []
-    for member in _union_args(hint):
+    for member in union_args(hint):
         if typing.get_origin(member) is Literal:
             parts += [repr(v) for v in typing.get_args(member)]
         else:
@@ -337,7 +343,7 @@ def annotation(hint: Any) -> str:
         hint: the type.
     """
     names: list[str] = []
-    for member in _union_args(hint):
+    for member in union_args(hint):
         if typing.get_origin(member) is Literal:
             name = type(typing.get_args(member)[0]).__name__
         elif member is type(None):

@@ -31,6 +31,7 @@ import yaml
 
 from . import names
 from .settings import (
+    RENAMED,
     STUDY_PARAMETER,
     AnalysisSettings,
     EdaSettings,
@@ -50,8 +51,6 @@ from .sheets import read_sheet
 
 DEFAULT_FOLDERS = {"results_dir": "results", "fig_dir": "figures"}  # next to the study file
 PAPERMILL_MARKER = "# Parameters"  # the first line of papermill's injected-parameters cell
-# parameters renamed in a notebook: {notebook: {old name: (new name, what the old name means now)}}
-RENAMED = {"02_baselines": {"max_len": ("lstm_max_units", "BERT's tokens per text, a parameter of 03 and 05")}}
 
 
 def notebook_settings() -> dict[str, list[type]]:
