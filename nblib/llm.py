@@ -114,6 +114,9 @@ WORDS = {
     },
 }
 TEMPLATES = {"zh": DEFAULT_TEMPLATE, "en": DEFAULT_TEMPLATE_EN}
+LOCAL = "local"  # the local backend's name in run records (nblib.llm_api.BACKEND: the API's)
+PROMPT_FILE = "prompt.json"  # in an LLM run's folder: the template and the zero-shot prompt
+BACKEND_FILE = "backend.json"  # in an LLM run's folder: the backend's settings (LocalBackend.settings)
 
 
 @dataclass(frozen=True)
@@ -357,6 +360,16 @@ class LocalBackend:
         self.context = max_positions(self.config)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
+
+    def settings(self) -> dict:
+        """What decides the answers, for the run record (``backend.json``) and for reopening the backend in 05
+        (:func:`nblib.llm_backends.reopen_backend`): the model as loaded, chat template or not, the dtype."""
+        return {
+            "backend": LOCAL,
+            "model": self.source,
+            "chat": self.chat,
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
 
     # -- turning a prompt into tokens --
 
@@ -730,6 +743,10 @@ class _Backend(Protocol):
         """Class probabilities of ``texts`` under ``prompt``."""
         ...
 
+    def settings(self) -> dict:
+        """What decides the answers (never a key), written as the run's ``backend.json``."""
+        ...
+
 
 def draw_examples(
     texts: Sequence[str], labels: np.ndarray, pool: np.ndarray, k: int, seed: int
@@ -783,7 +800,8 @@ def run_llm_folds(
     The "training" of fold ``f`` is the choice of its examples: ``k`` per class drawn from fold ``f``'s training
     part only (never its test texts), fixed by the study's seed and the fold. Each fold's prompt (examples with
     their sheet indices) is saved in ``prompts/fold_<f>.json`` of the run folder, the instruction in
-    ``prompt.json``; the fold's metrics row gets the tokens, the scoring time, requests and cost. A fold with texts
+    ``prompt.json``, the backend's settings (``backend.settings()``, never a key) in ``backend.json``, from which
+    05 reopens the run (``nblib.labellers.open_llm_run``); the fold's metrics row gets the tokens, the scoring time, requests and cost. A fold with texts
     the backend could not score is not saved (:func:`scored_probs`).
     A finished fold is read back from the results, never scored again.
 
@@ -809,7 +827,9 @@ def run_llm_folds(
     run = study.open_run(name or run_name(backend, k, prompt), config)
     texts, labels = np.asarray(study.data.texts, dtype=object), study.data.labels
     record = {"template": template, **asdict(prompt)}
-    write_atomic(run.path / "prompt.json", lambda p: p.write_text(json.dumps(record, indent=2, ensure_ascii=False)))
+    write_atomic(run.path / PROMPT_FILE, lambda p: p.write_text(json.dumps(record, indent=2, ensure_ascii=False)))
+    settings = json.dumps(backend.settings(), indent=2, ensure_ascii=False)
+    write_atomic(run.path / BACKEND_FILE, lambda p: p.write_text(settings))
 
     def fit_predict(split: FoldSplit) -> FoldOutput:
         drawn = draw_examples(texts, labels, np.concatenate([split.train, split.val]), k, split.seed)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from .codebook import Codebook
-from .llm import LocalBackend, local_model
-from .llm_api import ApiBackend
+from .llm import LOCAL, LocalBackend, local_model
+from .llm_api import BACKEND, ApiBackend
+from .sheets import DataError
 from .study import Study
+
+API_CACHE = "llm_cache"  # the study's subfolder of cached API answers
 
 
 def open_backend(
@@ -32,5 +35,31 @@ def open_backend(
         key_env: api: the environment variable with the key.
     """
     if backend == "api":
-        return ApiBackend(base_url=base_url, model=model, key_env=key_env, cache_dir=study.path / "llm_cache")
+        return ApiBackend(base_url=base_url, model=model, key_env=key_env, cache_dir=study.path / API_CACHE)
     return LocalBackend(local_model(study, model, codebook), device=device, batch_size=batch_size)
+
+
+def reopen_backend(
+    study: Study, settings: dict, device: str = "auto", batch_size: int = 16
+) -> LocalBackend | ApiBackend:
+    """The backend an LLM run used, from its recorded settings (``backend.json``: ``LocalBackend.settings`` or
+    ``ApiBackend.settings``); the API key is read again from the recorded environment variable.
+
+    Args:
+        study: the study (its cache of API answers).
+        settings: the recorded settings.
+        device: local: where the model runs now.
+        batch_size: local: texts per forward pass now.
+
+    Raises:
+        DataError: settings of no known backend.
+    """
+    kind = settings.get("backend")
+    if kind == LOCAL:
+        return LocalBackend(settings["model"], device=device, batch_size=batch_size, chat=settings["chat"])
+    if kind == BACKEND:
+        options = {k: v for k, v in settings.items() if k not in ("backend", "cache")}
+        return ApiBackend(**options, cache_dir=study.path / API_CACHE)
+    raise DataError(
+        f"The recorded backend {kind!r} is none of {[LOCAL, BACKEND]}: the record is damaged; rerun 07_llm."
+    )

@@ -24,7 +24,7 @@ import logging
 import sys
 import tempfile
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,7 +36,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel, Pr
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from . import bert, calibration, cli
-from .layout import RunFolder, finished_model, unfinished_model
+from .layout import RunFolder, finished_model, run_of_saved_model, saved_model_label, unfinished_model
 from .settings import MAX_LEN, Ensemble, PredictSettings, Truncation
 from .sheets import DataError, Params, clean_text, read_sheet, write_table, writer_kind
 
@@ -480,15 +480,27 @@ def _predict(
         probs[present] = bert.softmax(
             bert.evaluate(model, loader, accelerator, desc="predicting" if progress else None)
         )
+    out = prediction_table(probs, names)
+    out["truncated"] = truncated
+    if len(present) < len(texts):
+        log.warning("%d empty text(s) got no prediction (rows kept, prediction left blank).", len(texts) - len(present))
+    return out
+
+
+def prediction_table(probs: np.ndarray, names: Sequence[str]) -> pd.DataFrame:
+    """The prediction columns of a sheet: ``pred_id``, ``pred_label`` and ``prob_<name>`` for every class; a row
+    of NaN probabilities (an empty text, a text without a valid answer) keeps its place with no prediction.
+
+    Args:
+        probs: one row of class probabilities per text.
+        names: the class names, in label-id order.
+    """
     out = pd.DataFrame(
-        {"pred_id": pd.array([int(p.argmax()) if not np.isnan(p[0]) else None for p in probs], dtype="Int64")}
+        {"pred_id": pd.array([int(p.argmax()) if not np.isnan(p).any() else None for p in probs], dtype="Int64")}
     )
     out["pred_label"] = [names[i] if i is not pd.NA else "" for i in out["pred_id"]]
     for j, name in enumerate(names):
         out[f"prob_{name}"] = probs[:, j]
-    out["truncated"] = truncated
-    if len(present) < len(texts):
-        log.warning("%d empty text(s) got no prediction (rows kept, prediction left blank).", len(texts) - len(present))
     return out
 
 
@@ -530,33 +542,183 @@ def predict_file(
     Returns:
         The input's columns followed by the prediction columns (see :func:`predict_texts`).
     """
-    out_path = check_output(out_path, overwrite)  # before the model loads and the texts are predicted
-    check_device(device, params)
-    model, tokenizer = load_model(model_dir, ensemble, params)
-    max_len, truncation = reading(model, max_len, truncation, params)
-    _check(model, tokenizer, batch_size, max_len, device, params)
+    check_output(out_path, overwrite)  # before the model loads and the texts are predicted
+    labeller = open_saved_model(model_dir, ensemble, max_len, truncation, batch_size, device, params)
+    return labeller.predict_file(
+        in_path, out_path, column=column, sheet=sheet, header_row=header_row, encoding=encoding, overwrite=overwrite
+    )
+
+
+def label_sheet(
+    in_path: str | Path,
+    out_path: str | Path,
+    label: Callable[[list[str]], pd.DataFrame],
+    columns: Sequence[str],
+    *,
+    column: str,
+    sheet: str | int | None = None,
+    header_row: int = 1,
+    encoding: str | None = None,
+    overwrite: bool = False,
+    params: PredictParams = NOTEBOOK_PARAMS,
+) -> pd.DataFrame:
+    """Read a sheet, label its ``column`` with ``label``, write the sheet with the prediction columns appended.
+
+    Args:
+        in_path: the sheet to label (.xlsx, .csv, .tsv), read by :func:`nblib.sheets.read_sheet`.
+        out_path: where to write (.xlsx, .csv or .tsv, by suffix), by :func:`nblib.sheets.write_table`.
+        label: texts → their prediction columns, one row per text in order (empty texts included).
+        columns: the columns ``label`` adds (an input that has one already is refused).
+        column: the text column.
+        sheet: sheet name or 0-based index of an .xlsx input (None: the first).
+        header_row: the row of the column names in the input (1-based).
+        encoding: the encoding of a CSV/TSV input (None: detected).
+        overwrite: replace an existing output file.
+        params: how the caller names these parameters, for the error messages.
+    """
+    out_path = check_output(out_path, overwrite)
     table = read_sheet(in_path, [column], sheet, header_row, encoding, params)
     for problem, rows, action in table.notes:
         log.warning("%s: %d row(s) %s — %s", Path(in_path).name, len(rows), problem, action)
-    clash = [c for c in _columns(model) if c in table.df.columns]
+    clash = [c for c in columns if c in table.df.columns]
     if clash:
         raise DataError(
             f"{Path(in_path).name} already has column(s) {clash} (a sheet of earlier predictions?): "
             f"rename or remove them, so that the new predictions do not mix with them."
         )
     texts = ["" if pd.isna(v) else str(v) for v in table.df[column]]
-    predictions = _predict(model, tokenizer, texts, batch_size, max_len, truncation, device, True, params)
-    result = pd.concat([table.df.reset_index(drop=True), predictions], axis=1)
+    result = pd.concat([table.df.reset_index(drop=True), label(texts)], axis=1)
     write_table(result, out_path)
-    log.info(
-        "Wrote %d predictions to %s (%d texts cut at max_len=%d, truncation='%s').",
-        len(result),
-        out_path,
-        int(result["truncated"].sum()),
-        max_len,
-        truncation,
-    )
     return result
+
+
+@dataclass
+class SavedModelLabeller:
+    """A saved fine-tuned model (or a run's fold models), loaded once, with how it reads texts: what 05 labels
+    new texts with (:func:`open_saved_model`; ``nblib.labellers.LlmLabeller`` is its LLM twin)."""
+
+    model_dir: Path
+    model: CalibratedClassifier
+    tokenizer: PreTrainedTokenizerBase
+    max_len: int
+    truncation: str
+    batch_size: int = 64
+    device: str = "auto"
+    params: PredictParams = NOTEBOOK_PARAMS
+
+    @property
+    def names(self) -> list[str]:
+        """The class names, in label-id order."""
+        return [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
+
+    @property
+    def run_dir(self) -> Path:
+        """The results folder of the run whose out-of-fold predictions give the model's error rates."""
+        return run_of_saved_model(self.model_dir)
+
+    @property
+    def label(self) -> str:
+        """A short name for file names (:func:`nblib.layout.saved_model_label`)."""
+        return saved_model_label(self.model_dir)
+
+    def describe(self) -> str:
+        """The model, its labels and how it reads texts, in a few lines."""
+        record = self.model.record or "not recorded"
+        return (
+            f"model: {self.model_dir}\nlabels: {self.names}\ntexts read with max_len={self.max_len}, "
+            f"truncation={self.truncation!r} (trained: {record})"
+        )
+
+    def predict_texts(self, texts: Sequence[str], progress: bool = True) -> pd.DataFrame:
+        """:func:`predict_texts` with this model's settings.
+
+        Args:
+            texts: the texts.
+            progress: show a progress bar.
+        """
+        return _predict(
+            self.model,
+            self.tokenizer,
+            texts,
+            self.batch_size,
+            self.max_len,
+            self.truncation,
+            self.device,
+            progress,
+            self.params,
+        )
+
+    def predict_file(
+        self,
+        in_path: str | Path,
+        out_path: str | Path,
+        *,
+        column: str = "Sentence",
+        sheet: str | int | None = None,
+        header_row: int = 1,
+        encoding: str | None = None,
+        overwrite: bool = False,
+    ) -> pd.DataFrame:
+        """:func:`label_sheet` with this model: the input's columns, then ``pred_id``, ``pred_label``, every
+        ``prob_<name>`` and ``truncated``.
+
+        Args:
+            in_path: the sheet to label.
+            out_path: where to write.
+            column: the text column.
+            sheet: sheet name or 0-based index of an .xlsx input (None: the first).
+            header_row: the row of the column names in the input (1-based).
+            encoding: the encoding of a CSV/TSV input (None: detected).
+            overwrite: replace an existing output file.
+        """
+        result = label_sheet(
+            in_path,
+            out_path,
+            self.predict_texts,
+            _columns(self.model),
+            column=column,
+            sheet=sheet,
+            header_row=header_row,
+            encoding=encoding,
+            overwrite=overwrite,
+            params=self.params,
+        )
+        log.info(
+            "Wrote %d predictions to %s (%d texts cut at max_len=%d, truncation='%s').",
+            len(result),
+            out_path,
+            int(result["truncated"].sum()),
+            self.max_len,
+            self.truncation,
+        )
+        return result
+
+
+def open_saved_model(
+    model_dir: str | Path,
+    ensemble: Ensemble = "final",
+    max_len: int | None = None,
+    truncation: str | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    params: PredictParams = NOTEBOOK_PARAMS,
+) -> SavedModelLabeller:
+    """Load a saved model (:func:`load_model`) and settle how it reads texts (:func:`reading`), all checked.
+
+    Args:
+        model_dir: the saved model, or with ``ensemble="folds"`` the run's folder.
+        ensemble: "final" (one model) or "folds" (the mean of the run's fold models' calibrated probabilities).
+        max_len: tokens per text (None: as the model was trained).
+        truncation: "head" or "head+tail" (None: as the model was trained).
+        batch_size: texts per batch.
+        device: "auto", "cpu" or "cuda".
+        params: how the caller names these parameters, for the messages.
+    """
+    check_device(device, params)
+    model, tokenizer = load_model(model_dir, ensemble, params)
+    max_len, truncation = reading(model, max_len, truncation, params)
+    _check(model, tokenizer, batch_size, max_len, device, params)
+    return SavedModelLabeller(Path(model_dir), model, tokenizer, max_len, truncation, batch_size, device, params)
 
 
 def build_parser() -> argparse.ArgumentParser:

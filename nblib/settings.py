@@ -476,6 +476,7 @@ class PredictSettings:
         None, "or a model folder (final, fold_models/fold_k); overrides bert_run", path="model"
     )
     ensemble: Ensemble = setting("final", "final: the final model; folds: the mean of the fold models")
+    llm_run: str | None = setting(None, "or a finished LLM run of 07 (llm_…): it labels instead of BERT (docs/llm.md)")
     input_path: str | None = setting(None, "the texts to label (None: the study's unlabelled_path)", path="input")
     input_col: str | None = setting(None, "their column (None: unlabelled_text_col)")
     input_sheet: str | int | None = setting(None, "sheet name or index of an .xlsx input (None: the first)", ge=0)

@@ -186,6 +186,9 @@ class Counting:
     def __init__(self, refuse: bool = False, unscored: int = 0):
         self.name, self.calls, self.prompts, self.refuse, self.unscored = "stub", 0, [], refuse, unscored
 
+    def settings(self) -> dict:
+        return {"backend": "stub"}
+
     def score(self, prompt: llm.Prompt, texts) -> llm.Scores:
         if self.refuse:
             raise AssertionError("a finished fold was scored again")
@@ -215,6 +218,7 @@ def test_llm_run_on_the_folds_keeps_examples_out_of_each_test_fold_and_a_rerun_i
     m = res.metrics
     assert (m["invalid"] == 0).all() and (m["tokens_in"] == 10 * m["texts"]).all() and (m["requests"] == 3).all()
     assert json.loads((study.run_folder(res.name).path / "prompt.json").read_text())["template"] == "分类：{codebook}"
+    assert json.loads((study.run_folder(res.name).path / "backend.json").read_text()) == {"backend": "stub"}
     config = json.loads((study.run_folder(res.name).path / "config.json").read_text())
     assert config["k_shot"] == 2 and config["prompt_sha"] == prompt.fingerprint() and config["llm"] == "stub"
     assert res.name == f"llm_stub_2shot_{prompt.fingerprint()[:8]}" and llm.per_1000_texts(res)[

@@ -1,0 +1,238 @@
+"""What 05 labels new texts with: a saved fine-tuned model or a finished LLM run of 07, opened from 05's parameters.
+
+Both kinds (``nblib.predict.SavedModelLabeller`` and :class:`LlmLabeller`) have the same attributes and methods
+(``names``, ``run_dir``, ``label``, ``describe``, ``predict_texts``, ``predict_file``), so the pool's labels, its
+class shares and the annotator sheet come out the same way for both.
+
+An LLM run is reopened from its folder: the backend from ``backend.json`` (a local causal LM, or the API with the key
+read again from its environment variable), the zero-shot prompt from ``prompt.json``, and for a k-shot run k examples
+per class drawn from *all* labelled texts (:func:`nblib.llm.final_prompt`; the run's folds drew them from each fold's
+training part). The pool's probabilities are calibrated as a final BERT model's are: class biases fitted on the run's
+out-of-fold outputs (:meth:`nblib.results.ModelResults.pooled_calibration`), so the class-share estimators read
+probabilities on the same scale as the error rates they correct with.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .calibration import Calibration
+from .layout import ModelNotAvailableError, RunFolder
+from .llm import BACKEND_FILE, PROMPT_FILE, LocalBackend, Prompt, final_prompt
+from .llm_api import ApiBackend
+from .llm_backends import reopen_backend
+from .predict import (
+    NOTEBOOK_PARAMS,
+    PredictParams,
+    SavedModelLabeller,
+    label_sheet,
+    open_saved_model,
+    prediction_table,
+)
+from .results import load_run
+from .settings import PredictSettings
+from .sheets import DataError, clean_text
+from .study import Study
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LlmLabeller:
+    """A finished LLM run of 07, reopened to label new texts with its final prompt (:func:`open_llm_run`)."""
+
+    run_dir: Path
+    backend: LocalBackend | ApiBackend
+    prompt: Prompt
+    names: list[str]
+    calibration: Calibration
+    k_shot: int
+    params: PredictParams = NOTEBOOK_PARAMS
+
+    @property
+    def label(self) -> str:
+        """The run's name, for file names."""
+        return self.run_dir.name
+
+    def describe(self) -> str:
+        """The run, the backend, the examples and the calibration, in a few lines."""
+        examples = f"{self.k_shot} per class from all labelled texts" if self.k_shot else "none (zero-shot)"
+        return (
+            f"LLM run: {self.run_dir}\nbackend: {self.backend.settings()}\nlabels: {self.names}\n"
+            f"examples: {examples}; answers {list(self.prompt.verbalizations)}\n"
+            f"probabilities calibrated: {self.calibration.describe()} ({self.calibration.fitted_on})"
+        )
+
+    def predict_texts(self, texts: Sequence[str], progress: bool = True) -> pd.DataFrame:
+        """Calibrated class probabilities and the label of each text; an empty text, or one the API gave no valid
+        answer for, keeps its row with no prediction (counted in the log, never given a class).
+
+        Args:
+            texts: the texts.
+            progress: show a progress bar (local backend).
+        """
+        texts = [clean_text(t) for t in texts]
+        present = [i for i, t in enumerate(texts) if t]
+        probs = np.full((len(texts), len(self.names)), np.nan)
+        if present:
+            chosen = [texts[i] for i in present]
+            if isinstance(self.backend, LocalBackend):
+                scores = self.backend.score(self.prompt, chosen, progress=progress)
+            else:
+                scores = self.backend.score(self.prompt, chosen)
+            valid = ~np.isnan(scores.probs).any(axis=1)
+            rows = np.asarray(present)[valid]
+            probs[rows] = self.calibration.apply(scores.probs[valid])
+            if not valid.all():
+                log.warning(
+                    "%d text(s) got no valid answer from %s (rows kept, prediction left blank; the log of "
+                    "nblib.llm_api quotes them).",
+                    int((~valid).sum()),
+                    self.backend.name,
+                )
+        if len(present) < len(texts):
+            log.warning(
+                "%d empty text(s) got no prediction (rows kept, prediction left blank).", len(texts) - len(present)
+            )
+        return prediction_table(probs, self.names)
+
+    def predict_file(
+        self,
+        in_path: str | Path,
+        out_path: str | Path,
+        *,
+        column: str = "Sentence",
+        sheet: str | int | None = None,
+        header_row: int = 1,
+        encoding: str | None = None,
+        overwrite: bool = False,
+    ) -> pd.DataFrame:
+        """:func:`nblib.predict.label_sheet` with this run; the prompt used (its examples included) is written next
+        to the output as ``<output>_prompt.json``.
+
+        Args:
+            in_path: the sheet to label.
+            out_path: where to write.
+            column: the text column.
+            sheet: sheet name or 0-based index of an .xlsx input (None: the first).
+            header_row: the row of the column names in the input (1-based).
+            encoding: the encoding of a CSV/TSV input (None: detected).
+            overwrite: replace an existing output file.
+        """
+        columns = list(prediction_table(np.empty((0, len(self.names))), self.names).columns)
+        result = label_sheet(
+            in_path,
+            out_path,
+            self.predict_texts,
+            columns,
+            column=column,
+            sheet=sheet,
+            header_row=header_row,
+            encoding=encoding,
+            overwrite=overwrite,
+            params=self.params,
+        )
+        record = {"run": str(self.run_dir), "backend": self.backend.settings(), "prompt": asdict(self.prompt)}
+        prompt_file = Path(out_path).with_name(f"{Path(out_path).stem}_prompt.json")
+        prompt_file.write_text(json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8")
+        log.info("Wrote %d predictions to %s, the prompt to %s.", len(result), out_path, prompt_file)
+        return result
+
+
+def open_llm_run(
+    study: Study, run: str, device: str = "auto", batch_size: int = 16, params: PredictParams = NOTEBOOK_PARAMS
+) -> LlmLabeller:
+    """Reopen a finished LLM run of the study to label new texts: its backend, its prompt with k examples per class
+    from all labelled texts, and the calibration of its out-of-fold outputs.
+
+    Args:
+        study: the study the run belongs to.
+        run: the run's folder name (``llm_<model>_<k>shot_<prompt>``).
+        device: local backend: where the model runs.
+        batch_size: local backend: texts per forward pass.
+        params: how the caller names its parameters, for the messages.
+
+    Raises:
+        DataError: no such run, not an LLM run, not finished, or its record incomplete.
+        ModelNotAvailableError: its local model is no longer where the run loaded it from.
+    """
+    folder = RunFolder(study.path / "models" / run)
+    llm_runs = sorted(p.name for p in (study.path / "models").glob("llm_*") if (p / "config.json").exists())
+    if not folder.config_file.exists():
+        raise DataError(
+            f"No run '{run}' in {study.path / 'models'}; LLM runs there: {llm_runs or 'none'} (07_llm makes them)."
+        )
+    config = folder.saved_config()
+    if "prompt_sha" not in config:  # what every LLM run's config has (nblib.llm.run_llm_folds)
+        raise DataError(
+            f"{run} is not an LLM run of 07_llm (its config.json names no prompt): give it as bert_run= or "
+            f"model_dir=, or give llm_run= one of {llm_runs or 'the LLM runs 07_llm makes'}."
+        )
+    if not (folder.is_finished() and (folder.path / "predictions.csv").exists()):
+        raise DataError(
+            f"{run} is not finished (folds done: {folder.done_folds()}): run 07_llm to the end first; the "
+            f"calibration and the error rates of the class shares come from its out-of-fold predictions."
+        )
+    missing = [f for f in (PROMPT_FILE, BACKEND_FILE) if not (folder.path / f).exists()]
+    if missing:
+        raise DataError(
+            f"{run} has no {' or '.join(missing)} (made before LLM runs recorded their backend): rerun 07_llm with "
+            f"the same settings; it reads the finished folds back without scoring them again, and writes the record."
+        )
+    saved = json.loads((folder.path / PROMPT_FILE).read_text(encoding="utf-8"))
+    saved.pop("template", None)
+    prompt = Prompt(**{**saved, "examples": (), "verbalizations": tuple(saved["verbalizations"])})
+    settings = json.loads((folder.path / BACKEND_FILE).read_text(encoding="utf-8"))
+    try:
+        backend = reopen_backend(study, settings, device=device, batch_size=batch_size)
+    except ModelNotAvailableError as e:
+        raise ModelNotAvailableError(
+            f"{run} cannot be reopened: {e} The run loaded its model from {settings.get('model')!r} "
+            f"({folder.path / BACKEND_FILE}): put the model there again, or write where it lies now into that file."
+        ) from None
+    k = int(config["k_shot"])
+    results = load_run(folder.path)
+    return LlmLabeller(
+        folder.path,
+        backend,
+        final_prompt(study, prompt, k),
+        list(config["label_names"]),
+        results.pooled_calibration(),
+        k,
+        params,
+    )
+
+
+def open_labeller(
+    study: Study, settings: PredictSettings, params: PredictParams = NOTEBOOK_PARAMS
+) -> SavedModelLabeller | LlmLabeller:
+    """The labeller 05's parameters ask for: the LLM run ``llm_run``, else the saved model ``model_dir``, else the
+    final model of ``bert_run`` (the newest with one when None).
+
+    Args:
+        study: the study.
+        settings: 05's parameters.
+        params: how the caller names its parameters, for the messages.
+
+    Raises:
+        DataError: ``llm_run`` given together with ``bert_run`` or ``model_dir``.
+    """
+    s = settings
+    if s.llm_run:
+        if s.model_dir or s.bert_run:
+            raise DataError(
+                f"llm_run={s.llm_run!r} and {'model_dir' if s.model_dir else 'bert_run'}= are both given: label with "
+                f"one (leave the other None)."
+            )
+        return open_llm_run(study, s.llm_run, s.device, s.batch_size, params)
+    model_dir = Path(s.model_dir) if s.model_dir else study.final_model(s.bert_run)
+    if s.ensemble == "folds" and model_dir.name == "final":
+        model_dir = model_dir.parent  # the fold ensemble takes the run's folder
+    return open_saved_model(model_dir, s.ensemble, s.max_len, s.truncation, s.batch_size, s.device, params)
