@@ -30,9 +30,9 @@ from .llm_api import ApiBackend
 from .llm_backends import reopen_backend
 from .predict import (
     NOTEBOOK_PARAMS,
+    Labeller,
     PredictParams,
     SavedModelLabeller,
-    label_sheet,
     open_saved_model,
     prediction_table,
 )
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class LlmLabeller:
+class LlmLabeller(Labeller):
     """A finished LLM run of 07, reopened to label new texts with its final prompt (:func:`open_llm_run`)."""
 
     run_dir: Path
@@ -103,47 +103,18 @@ class LlmLabeller:
             )
         return prediction_table(probs, self.names)
 
-    def predict_file(
-        self,
-        in_path: str | Path,
-        out_path: str | Path,
-        *,
-        column: str = "Sentence",
-        sheet: str | int | None = None,
-        header_row: int = 1,
-        encoding: str | None = None,
-        overwrite: bool = False,
-    ) -> pd.DataFrame:
-        """:func:`nblib.predict.label_sheet` with this run; the prompt used (its examples included) is written next
-        to the output as ``<output>_prompt.json``.
+    def wrote(self, result: pd.DataFrame, out_path: Path) -> None:
+        """Write the prompt used (its examples included) and the backend next to the labelled sheet, as
+        ``<output>_prompt.json``.
 
         Args:
-            in_path: the sheet to label.
-            out_path: where to write.
-            column: the text column.
-            sheet: sheet name or 0-based index of an .xlsx input (None: the first).
-            header_row: the row of the column names in the input (1-based).
-            encoding: the encoding of a CSV/TSV input (None: detected).
-            overwrite: replace an existing output file.
+            result: the sheet as written.
+            out_path: where.
         """
-        columns = list(prediction_table(np.empty((0, len(self.names))), self.names).columns)
-        result = label_sheet(
-            in_path,
-            out_path,
-            self.predict_texts,
-            columns,
-            column=column,
-            sheet=sheet,
-            header_row=header_row,
-            encoding=encoding,
-            overwrite=overwrite,
-            params=self.params,
-        )
         record = {"run": str(self.run_dir), "backend": self.backend.settings(), "prompt": asdict(self.prompt)}
-        prompt_file = Path(out_path).with_name(f"{Path(out_path).stem}_prompt.json")
+        prompt_file = out_path.with_name(f"{out_path.stem}_prompt.json")
         prompt_file.write_text(json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8")
         log.info("Wrote %d predictions to %s, the prompt to %s.", len(result), out_path, prompt_file)
-        return result
 
 
 def open_llm_run(

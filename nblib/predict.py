@@ -24,7 +24,7 @@ import logging
 import sys
 import tempfile
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -549,53 +549,82 @@ def predict_file(
     )
 
 
-def label_sheet(
-    in_path: str | Path,
-    out_path: str | Path,
-    label: Callable[[list[str]], pd.DataFrame],
-    columns: Sequence[str],
-    *,
-    column: str,
-    sheet: str | int | None = None,
-    header_row: int = 1,
-    encoding: str | None = None,
-    overwrite: bool = False,
-    params: PredictParams = NOTEBOOK_PARAMS,
-) -> pd.DataFrame:
-    """Read a sheet, label its ``column`` with ``label``, write the sheet with the prediction columns appended.
+class Labeller:
+    """What labels new texts (05, the command line): a subclass gives ``names`` (the class names, in label-id order),
+    ``run_dir`` (the run whose out-of-fold predictions give the error rates), ``label`` (a short name for file names),
+    ``describe()`` and ``predict_texts``; labelling a sheet is done here, the same for every kind."""
 
-    Args:
-        in_path: the sheet to label (.xlsx, .csv, .tsv), read by :func:`nblib.sheets.read_sheet`.
-        out_path: where to write (.xlsx, .csv or .tsv, by suffix), by :func:`nblib.sheets.write_table`.
-        label: texts → their prediction columns, one row per text in order (empty texts included).
-        columns: the columns ``label`` adds (an input that has one already is refused).
-        column: the text column.
-        sheet: sheet name or 0-based index of an .xlsx input (None: the first).
-        header_row: the row of the column names in the input (1-based).
-        encoding: the encoding of a CSV/TSV input (None: detected).
-        overwrite: replace an existing output file.
-        params: how the caller names these parameters, for the error messages.
-    """
-    out_path = check_output(out_path, overwrite)
-    table = read_sheet(in_path, [column], sheet, header_row, encoding, params)
-    for problem, rows, action in table.notes:
-        log.warning("%s: %d row(s) %s — %s", Path(in_path).name, len(rows), problem, action)
-    clash = [c for c in columns if c in table.df.columns]
-    if clash:
-        raise DataError(
-            f"{Path(in_path).name} already has column(s) {clash} (a sheet of earlier predictions?): "
-            f"rename or remove them, so that the new predictions do not mix with them."
-        )
-    texts = ["" if pd.isna(v) else str(v) for v in table.df[column]]
-    result = pd.concat([table.df.reset_index(drop=True), label(texts)], axis=1)
-    write_table(result, out_path)
-    return result
+    params: PredictParams = NOTEBOOK_PARAMS
+    names: list[str]
+
+    def predict_texts(self, texts: Sequence[str], progress: bool = True) -> pd.DataFrame:
+        """``pred_id``, ``pred_label`` and every ``prob_<name>`` (:func:`prediction_table`), one row per text.
+
+        Args:
+            texts: the texts; empty ones get no prediction.
+            progress: show a progress bar.
+        """
+        raise NotImplementedError
+
+    def columns(self) -> list[str]:
+        """The columns :meth:`predict_texts` gives."""
+        return list(prediction_table(np.empty((0, len(self.names))), self.names).columns)
+
+    def wrote(self, result: pd.DataFrame, out_path: Path) -> None:
+        """What a kind adds once a labelled sheet is written (a log line, a file next to it).
+
+        Args:
+            result: the sheet as written.
+            out_path: where.
+        """
+        log.info("Wrote %d predictions to %s.", len(result), out_path)
+
+    def predict_file(
+        self,
+        in_path: str | Path,
+        out_path: str | Path,
+        *,
+        column: str = "Sentence",
+        sheet: str | int | None = None,
+        header_row: int = 1,
+        encoding: str | None = None,
+        overwrite: bool = False,
+    ) -> pd.DataFrame:
+        """Read a sheet, label its ``column``, write the sheet with the prediction columns appended.
+
+        Args:
+            in_path: the sheet to label (.xlsx, .csv, .tsv), read by :func:`nblib.sheets.read_sheet`.
+            out_path: where to write (.xlsx, .csv or .tsv, by suffix), by :func:`nblib.sheets.write_table`.
+            column: the text column.
+            sheet: sheet name or 0-based index of an .xlsx input (None: the first).
+            header_row: the row of the column names in the input (1-based).
+            encoding: the encoding of a CSV/TSV input (None: detected).
+            overwrite: replace an existing output file.
+
+        Returns:
+            The input's columns followed by the prediction columns.
+        """
+        out_path = check_output(out_path, overwrite)
+        table = read_sheet(in_path, [column], sheet, header_row, encoding, self.params)
+        for problem, rows, action in table.notes:
+            log.warning("%s: %d row(s) %s — %s", Path(in_path).name, len(rows), problem, action)
+        clash = [c for c in self.columns() if c in table.df.columns]
+        if clash:
+            raise DataError(
+                f"{Path(in_path).name} already has column(s) {clash} (a sheet of earlier predictions?): "
+                f"rename or remove them, so that the new predictions do not mix with them."
+            )
+        texts = ["" if pd.isna(v) else str(v) for v in table.df[column]]
+        result = pd.concat([table.df.reset_index(drop=True), self.predict_texts(texts)], axis=1)
+        write_table(result, out_path)
+        self.wrote(result, out_path)
+        return result
 
 
 @dataclass
-class SavedModelLabeller:
-    """A saved fine-tuned model (or a run's fold models), loaded once, with how it reads texts: what 05 labels
-    new texts with (:func:`open_saved_model`; ``nblib.labellers.LlmLabeller`` is its LLM twin)."""
+class SavedModelLabeller(Labeller):
+    """A saved fine-tuned model (or a run's fold models), loaded once, with how it reads texts
+    (:func:`open_saved_model`); ``nblib.labellers.LlmLabeller`` is its LLM twin."""
 
     model_dir: Path
     model: CalibratedClassifier
@@ -630,7 +659,7 @@ class SavedModelLabeller:
         )
 
     def predict_texts(self, texts: Sequence[str], progress: bool = True) -> pd.DataFrame:
-        """:func:`predict_texts` with this model's settings.
+        """:func:`predict_texts` with this model's settings: the prediction columns and ``truncated``.
 
         Args:
             texts: the texts.
@@ -648,41 +677,17 @@ class SavedModelLabeller:
             self.params,
         )
 
-    def predict_file(
-        self,
-        in_path: str | Path,
-        out_path: str | Path,
-        *,
-        column: str = "Sentence",
-        sheet: str | int | None = None,
-        header_row: int = 1,
-        encoding: str | None = None,
-        overwrite: bool = False,
-    ) -> pd.DataFrame:
-        """:func:`label_sheet` with this model: the input's columns, then ``pred_id``, ``pred_label``, every
-        ``prob_<name>`` and ``truncated``.
+    def columns(self) -> list[str]:
+        """The columns :meth:`predict_texts` gives (``truncated`` last)."""
+        return _columns(self.model)
+
+    def wrote(self, result: pd.DataFrame, out_path: Path) -> None:
+        """Log how many texts were cut.
 
         Args:
-            in_path: the sheet to label.
-            out_path: where to write.
-            column: the text column.
-            sheet: sheet name or 0-based index of an .xlsx input (None: the first).
-            header_row: the row of the column names in the input (1-based).
-            encoding: the encoding of a CSV/TSV input (None: detected).
-            overwrite: replace an existing output file.
+            result: the sheet as written.
+            out_path: where.
         """
-        result = label_sheet(
-            in_path,
-            out_path,
-            self.predict_texts,
-            _columns(self.model),
-            column=column,
-            sheet=sheet,
-            header_row=header_row,
-            encoding=encoding,
-            overwrite=overwrite,
-            params=self.params,
-        )
         log.info(
             "Wrote %d predictions to %s (%d texts cut at max_len=%d, truncation='%s').",
             len(result),
@@ -691,7 +696,6 @@ class SavedModelLabeller:
             self.max_len,
             self.truncation,
         )
-        return result
 
 
 def open_saved_model(
