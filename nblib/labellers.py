@@ -160,6 +160,11 @@ def open_llm_run(
     saved = json.loads((folder.path / PROMPT_FILE).read_text(encoding="utf-8"))
     saved.pop("template", None)
     prompt = Prompt(**{**saved, "examples": (), "verbalizations": tuple(saved["verbalizations"])})
+    if prompt.fingerprint() != config["prompt_sha"]:
+        raise DataError(
+            f"{folder.path / PROMPT_FILE} is not the prompt {run} was run with (its fingerprint differs from "
+            f"config.json's prompt_sha): it was edited. Rerun 07_llm with the same settings to write it again."
+        )
     settings = json.loads((folder.path / BACKEND_FILE).read_text(encoding="utf-8"))
     try:
         backend = reopen_backend(study, settings, device=device, batch_size=batch_size)

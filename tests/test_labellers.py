@@ -132,6 +132,12 @@ def test_bad_llm_runs_end_in_one_message(llm_run, tiny_study):
         labellers.open_llm_run(
             study, "llm_fixed_0shot_" + llm.render_prompt(Codebook.from_study(study)).fingerprint()[:8]
         )
+    prompt_file = study.run_folder(name).path / "prompt.json"
+    kept = prompt_file.read_text()
+    prompt_file.write_text(kept.replace("类别", "分类"))
+    with pytest.raises(DataError, match="is not the prompt .* was run with .*it was edited"):
+        labellers.open_llm_run(study, name)
+    prompt_file.write_text(kept)
     settings = study.run_folder(name).path / "backend.json"
     record = json.loads(settings.read_text())
     moved = record["model"] + "_moved"
