@@ -812,7 +812,8 @@ def run_llm_folds(
         k: examples per class.
         template: the template the prompt was rendered from (saved with the run).
         name: the results folder name (default :func:`run_name`).
-        which: the folds to run (default: every fold without results).
+        which: the folds to run (default: every fold without results); a finished one among them is kept as it
+            is, not scored again.
 
     Returns:
         The run's results when every fold is done (else None: the folds of ``which`` are saved).
@@ -843,7 +844,8 @@ def run_llm_folds(
         scores = backend.score(fold_prompt, list(texts[split.test]))
         return FoldOutput(scored_probs(scores, run.name, split.fold), extra=metrics_of(scores))
 
-    run_folds(study, run, fit_predict, val_fraction=0.1, which=which)
+    pending = None if which is None else [k for k in which if not run.fold_done(k)]  # a finished fold is kept
+    run_folds(study, run, fit_predict, val_fraction=0.1, which=pending)
     return None if run.pending_folds() else run.finish()
 
 

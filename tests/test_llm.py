@@ -226,6 +226,8 @@ def test_llm_run_on_the_folds_keeps_examples_out_of_each_test_fold_and_a_rerun_i
     ] == pytest.approx(1000 * 1.5 / 18)
     again = llm.run_llm_folds(study, Counting(refuse=True), prompt, k=2, template="分类：{codebook}")
     pd.testing.assert_frame_equal(again.predictions, res.predictions)
+    named = llm.run_llm_folds(study, Counting(refuse=True), prompt, k=2, template="分类：{codebook}", which=[0, 2])
+    pd.testing.assert_frame_equal(named.predictions, res.predictions)  # folds named but finished: kept, not rescored
 
 
 def test_a_fold_with_texts_the_backend_could_not_score_is_not_saved_and_never_given_a_class(tiny_study):
