@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
 
 from .calibration import Calibration
 from .layout import ModelNotAvailableError, RunFolder
-from .llm import BACKEND_FILE, PROMPT_FILE, LocalBackend, Prompt, final_prompt
+from .llm import BACKEND_FILE, PROMPT_FILE, LocalBackend, Prompt, PromptTooLongError, final_prompt
 from .llm_api import ApiBackend
 from .llm_backends import reopen_backend
 from .predict import (
@@ -33,15 +34,17 @@ from .predict import (
     Labeller,
     PredictParams,
     SavedModelLabeller,
+    check_device,
+    label_texts,
     open_saved_model,
-    prediction_table,
 )
 from .results import load_run
 from .settings import PredictSettings
-from .sheets import DataError, clean_text
+from .sheets import DataError
 from .study import Study
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -78,18 +81,21 @@ class LlmLabeller(Labeller):
             texts: the texts.
             progress: show a progress bar (local backend).
         """
-        texts = [clean_text(t) for t in texts]
-        present = [i for i, t in enumerate(texts) if t]
-        probs = np.full((len(texts), len(self.names)), np.nan)
-        if present:
-            chosen = [texts[i] for i in present]
-            if isinstance(self.backend, LocalBackend):
-                scores = self.backend.score(self.prompt, chosen, progress=progress)
-            else:
-                scores = self.backend.score(self.prompt, chosen)
+
+        def score(present: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+            try:
+                if isinstance(self.backend, LocalBackend):
+                    scores = self.backend.score(self.prompt, present, progress=progress)
+                else:
+                    scores = self.backend.score(self.prompt, present)
+            except PromptTooLongError as e:
+                raise PromptTooLongError(
+                    f"Labelling with {self.label}: {e} (k_shot is 07's: label with a run of 07 made with it, "
+                    f"llm_run=…; or shorten the longest texts of the input.)"
+                ) from None
+            probs = np.full_like(scores.probs, np.nan)
             valid = ~np.isnan(scores.probs).any(axis=1)
-            rows = np.asarray(present)[valid]
-            probs[rows] = self.calibration.apply(scores.probs[valid])
+            probs[valid] = self.calibration.apply(scores.probs[valid])
             if not valid.all():
                 log.warning(
                     "%d text(s) got no valid answer from %s (rows kept, prediction left blank; the log of "
@@ -97,22 +103,27 @@ class LlmLabeller(Labeller):
                     int((~valid).sum()),
                     self.backend.name,
                 )
-        if len(present) < len(texts):
-            log.warning(
-                "%d empty text(s) got no prediction (rows kept, prediction left blank).", len(texts) - len(present)
-            )
-        return prediction_table(probs, self.names)
+            return probs, {}
+
+        return label_texts(texts, self.names, score)
+
+    def companions(self, out_path: Path) -> list[Path]:
+        """The prompt record written next to a labelled sheet: ``<output name>.prompt.json``.
+
+        Args:
+            out_path: the labelled sheet.
+        """
+        return [out_path.with_name(f"{out_path.name}.prompt.json")]
 
     def wrote(self, result: pd.DataFrame, out_path: Path) -> None:
-        """Write the prompt used (its examples included) and the backend next to the labelled sheet, as
-        ``<output>_prompt.json``.
+        """Write the prompt used (its examples included) and the backend next to the labelled sheet.
 
         Args:
             result: the sheet as written.
             out_path: where.
         """
         record = {"run": str(self.run_dir), "backend": self.backend.settings(), "prompt": asdict(self.prompt)}
-        prompt_file = out_path.with_name(f"{out_path.stem}_prompt.json")
+        (prompt_file,) = self.companions(out_path)
         prompt_file.write_text(json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8")
         log.info("Wrote %d predictions to %s, the prompt to %s.", len(result), out_path, prompt_file)
 
@@ -134,6 +145,7 @@ def open_llm_run(
         DataError: no such run, not an LLM run, not finished, or its record incomplete.
         ModelNotAvailableError: its local model is no longer where the run loaded it from.
     """
+    check_device(device, params)
     folder = RunFolder(study.path / "models" / run)
     llm_runs = sorted(p.name for p in (study.path / "models").glob("llm_*") if (p / "config.json").exists())
     if not folder.config_file.exists():
@@ -157,17 +169,17 @@ def open_llm_run(
             f"{run} has no {' or '.join(missing)} (made before LLM runs recorded their backend): rerun 07_llm with "
             f"the same settings; it reads the finished folds back without scoring them again, and writes the record."
         )
-    saved = json.loads((folder.path / PROMPT_FILE).read_text(encoding="utf-8"))
-    saved.pop("template", None)
-    prompt = Prompt(**{**saved, "examples": (), "verbalizations": tuple(saved["verbalizations"])})
+    prompt = _recorded(folder.path / PROMPT_FILE, _prompt)
     if prompt.fingerprint() != config["prompt_sha"]:
         raise DataError(
             f"{folder.path / PROMPT_FILE} is not the prompt {run} was run with (its fingerprint differs from "
             f"config.json's prompt_sha): it was edited. Rerun 07_llm with the same settings to write it again."
         )
-    settings = json.loads((folder.path / BACKEND_FILE).read_text(encoding="utf-8"))
+    settings = _recorded(folder.path / BACKEND_FILE, dict)
     try:
-        backend = reopen_backend(study, settings, device=device, batch_size=batch_size)
+        backend = reopen_backend(study, settings, device, batch_size)
+    except (KeyError, TypeError) as e:  # a setting missing, or one the backend does not take
+        raise _damaged(folder.path / BACKEND_FILE, e) from None
     except ModelNotAvailableError as e:
         raise ModelNotAvailableError(
             f"{run} cannot be reopened: {e} The run loaded its model from {settings.get('model')!r} "
@@ -183,6 +195,28 @@ def open_llm_run(
         results.pooled_calibration(),
         k,
         params,
+    )
+
+
+def _prompt(record: dict) -> Prompt:
+    """The zero-shot prompt of a ``prompt.json`` record."""
+    fields = {k: v for k, v in record.items() if k != "template"}
+    return Prompt(**{**fields, "examples": (), "verbalizations": tuple(fields["verbalizations"])})
+
+
+def _recorded(path: Path, read: Callable[[dict], T]) -> T:
+    """``read`` of the JSON record at ``path``; a damaged record is one message naming the file."""
+    try:
+        return read(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise _damaged(path, e) from None
+
+
+def _damaged(path: Path, error: Exception) -> DataError:
+    """The message for a damaged record of an LLM run."""
+    return DataError(
+        f"{path} is damaged ({type(error).__name__}: {error}): rerun 07_llm with the run's settings to write it "
+        f"again (its finished folds are read back, not scored again)."
     )
 
 
@@ -206,6 +240,17 @@ def open_labeller(
             raise DataError(
                 f"llm_run={s.llm_run!r} and {'model_dir' if s.model_dir else 'bert_run'}= are both given: label with "
                 f"one (leave the other None)."
+            )
+        bert_only = {
+            "max_len": s.max_len,
+            "truncation": s.truncation,
+            "ensemble": None if s.ensemble == "final" else s.ensemble,
+        }
+        given = [f"{k}={v!r}" for k, v in bert_only.items() if v is not None]
+        if given:
+            raise DataError(
+                f"{', '.join(given)} apply to a BERT model, not to llm_run={s.llm_run!r} (an LLM reads each text "
+                f"whole, with the run's prompt): leave them at their defaults."
             )
         return open_llm_run(study, s.llm_run, s.device, s.batch_size, params)
     model_dir = Path(s.model_dir) if s.model_dir else study.final_model(s.bert_run)

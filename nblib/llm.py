@@ -361,6 +361,8 @@ class LocalBackend:
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
 
+    DECISIVE = ("backend", "chat")  # settings a resumed run must keep (the model is in the run's name)
+
     def settings(self) -> dict:
         """What decides the answers, for the run record (``backend.json``) and for reopening the backend in 05
         (:func:`nblib.llm_backends.reopen_backend`): the model as loaded, chat template or not, the dtype."""
@@ -738,6 +740,7 @@ class _Backend(Protocol):
     and ``score(prompt, texts) -> Scores``."""
 
     name: str
+    DECISIVE: tuple[str, ...]  # the keys of settings() a resumed run must keep
 
     def score(self, prompt: Prompt, texts: Sequence[str]) -> Scores:
         """Class probabilities of ``texts`` under ``prompt``."""
@@ -827,10 +830,11 @@ def run_llm_folds(
     }
     run = study.open_run(name or run_name(backend, k, prompt), config)
     texts, labels = np.asarray(study.data.texts, dtype=object), study.data.labels
+    settings = json.loads(json.dumps(backend.settings()))
+    check_same_backend(run.path / BACKEND_FILE, settings, backend.DECISIVE)
     record = {"template": template, **asdict(prompt)}
     write_atomic(run.path / PROMPT_FILE, lambda p: p.write_text(json.dumps(record, indent=2, ensure_ascii=False)))
-    settings = json.dumps(backend.settings(), indent=2, ensure_ascii=False)
-    write_atomic(run.path / BACKEND_FILE, lambda p: p.write_text(settings))
+    write_atomic(run.path / BACKEND_FILE, lambda p: p.write_text(json.dumps(settings, indent=2, ensure_ascii=False)))
 
     def fit_predict(split: FoldSplit) -> FoldOutput:
         drawn = draw_examples(texts, labels, np.concatenate([split.train, split.val]), k, split.seed)
@@ -847,6 +851,32 @@ def run_llm_folds(
     pending = None if which is None else [k for k in which if not run.fold_done(k)]  # a finished fold is kept
     run_folds(study, run, fit_predict, val_fraction=0.1, which=pending)
     return None if run.pending_folds() else run.finish()
+
+
+def check_same_backend(path: Path, settings: dict, keys: Sequence[str]) -> None:
+    """Refuse to resume an LLM run with backend settings that change its answers (another server, temperature,
+    chat template…): its folds would mix two settings, and 05 would label the pool with settings its error rates
+    do not describe. A missing or unreadable ``backend.json`` is no objection (it is written afresh).
+
+    Args:
+        path: the run's ``backend.json``.
+        settings: the backend's settings now.
+        keys: the settings that change an answer (the backend's ``DECISIVE``).
+
+    Raises:
+        DataError: a setting of ``keys`` differs from the record.
+    """
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    changed = {k: (recorded.get(k), settings.get(k)) for k in keys if recorded.get(k) != settings.get(k)}
+    if changed:
+        said = "; ".join(f"{k}: {old!r} recorded, {new!r} now" for k, (old, new) in changed.items())
+        raise DataError(
+            f"{path.parent.name} was scored with other backend settings ({said}), which change the answers. Go back "
+            f"to the recorded settings to resume it, or move {path.parent} aside to score the run afresh with these."
+        )
 
 
 class UnscoredTextsError(DataError):

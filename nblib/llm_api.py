@@ -42,6 +42,7 @@ from .llm import Prompt, Scores
 log = logging.getLogger(__name__)
 
 BACKEND = "openai-chat"  # the backend's name in cache keys and run records
+ANSWER_SETTINGS = ("logprobs", "top_logprobs", "max_tokens", "temperature", "extra_body")  # change an answer
 CACHE_FILE = "llm_api_cache.sqlite"  # one file per cache_dir (e.g. per study): answers of every run
 NO_KEY = "no-key"  # sent as the bearer token when key_env is None (local servers ignore it)
 EXAMPLES_SHOWN = 3  # invalid answers quoted in the warning
@@ -316,6 +317,8 @@ class ApiBackend:
         self._cache = AnswerCache(self.cache_dir / CACHE_FILE) if self.cache_dir is not None else None
         self._no_logprobs = threading.Event()  # set when the server refused the logprobs parameter
 
+    DECISIVE = ("backend", "base_url", "model", *ANSWER_SETTINGS)  # settings a resumed run must keep
+
     def __repr__(self) -> str:
         return f"ApiBackend(base_url={self.base_url!r}, model={self.model!r}, key_env={self.key_env!r})"
 
@@ -346,6 +349,7 @@ class ApiBackend:
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
             "parse_retries": self.parse_retries,
+            "retry_invalid": self.retry_invalid,
             "extra_body": self.extra_body,
             "concurrency": self.concurrency,
             "max_retries": self.max_retries,
@@ -357,8 +361,9 @@ class ApiBackend:
 
     def _backend_id(self) -> str:
         """The settings that change an answer, as one string (part of each cache key)."""
-        decisive = ("logprobs", "top_logprobs", "max_tokens", "temperature", "extra_body")
-        return json.dumps([BACKEND, {k: self.settings()[k] for k in decisive}], sort_keys=True, ensure_ascii=False)
+        return json.dumps(
+            [BACKEND, {k: self.settings()[k] for k in ANSWER_SETTINGS}], sort_keys=True, ensure_ascii=False
+        )
 
     def cache_key(self, prompt: Prompt, text: str) -> str:
         """The cache key of one text under one prompt: sha256 of (backend settings, base URL, model, prompt

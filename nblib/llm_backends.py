@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 from .codebook import Codebook
 from .llm import LOCAL, LocalBackend, local_model
 from .llm_api import BACKEND, ApiBackend
 from .sheets import DataError
 from .study import Study
 
+log = logging.getLogger(__name__)
 API_CACHE = "llm_cache"  # the study's subfolder of cached API answers
 
 
@@ -56,7 +59,17 @@ def reopen_backend(
     """
     kind = settings.get("backend")
     if kind == LOCAL:
-        return LocalBackend(settings["model"], device=device, batch_size=batch_size, chat=settings["chat"])
+        backend = LocalBackend(settings["model"], device=device, batch_size=batch_size, chat=settings["chat"])
+        now = backend.settings()["dtype"]
+        if settings.get("dtype") not in (None, now):
+            log.warning(
+                "%s scored its folds in %s; here it runs in %s (%s): probabilities may differ in the last digits.",
+                backend.name,
+                settings["dtype"],
+                now,
+                backend.device,
+            )
+        return backend
     if kind == BACKEND:
         options = {k: v for k, v in settings.items() if k not in ("backend", "cache")}
         return ApiBackend(**options, cache_dir=study.path / API_CACHE)

@@ -24,7 +24,7 @@ import logging
 import sys
 import tempfile
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -467,21 +467,43 @@ def _predict(
     """:func:`predict_texts` with ``max_len`` and ``truncation`` settled."""
     _check(model, tokenizer, batch_size, max_len, device, params)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+
+    def score(present: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        accelerator = Accelerator(cpu=device == "cpu" or not torch.cuda.is_available())
+        ds = bert.Encoded(tokenizer, present, max_len, truncation=truncation)
+        loader = accelerator.prepare(bert.eval_loader(ds, bert.make_collator(tokenizer, accelerator), batch_size))
+        logits = bert.evaluate(accelerator.prepare(model), loader, accelerator, desc="predicting" if progress else None)
+        return bert.softmax(logits), {"truncated": np.asarray(ds.truncated, dtype=bool)}
+
+    return label_texts(texts, names, score, flags=("truncated",))
+
+
+def label_texts(
+    texts: Sequence[str],
+    names: Sequence[str],
+    score: Callable[[list[str]], tuple[np.ndarray, dict[str, np.ndarray]]],
+    flags: Sequence[str] = (),
+) -> pd.DataFrame:
+    """The prediction table of ``texts`` (:func:`prediction_table`), whatever scores them: empty texts are not
+    scored and keep their row with no prediction (counted in the log), nothing is dropped.
+
+    Args:
+        texts: the texts, cleaned here (:func:`nblib.sheets.clean_text`).
+        names: the class names, in label-id order.
+        score: the non-empty texts → their class probabilities (a NaN row: no prediction) and any flag columns.
+        flags: the boolean columns ``score`` adds, False for empty texts.
+    """
     texts = [clean_text(t) for t in texts]
     present = [i for i, t in enumerate(texts) if t]
     probs = np.full((len(texts), len(names)), np.nan)
-    truncated = np.zeros(len(texts), dtype=bool)
+    columns = {flag: np.zeros(len(texts), dtype=bool) for flag in flags}
     if present:
-        accelerator = Accelerator(cpu=device == "cpu" or not torch.cuda.is_available())
-        ds = bert.Encoded(tokenizer, [texts[i] for i in present], max_len, truncation=truncation)
-        truncated[present] = ds.truncated
-        loader = accelerator.prepare(bert.eval_loader(ds, bert.make_collator(tokenizer, accelerator), batch_size))
-        model = accelerator.prepare(model)
-        probs[present] = bert.softmax(
-            bert.evaluate(model, loader, accelerator, desc="predicting" if progress else None)
-        )
+        probs[present], scored = score([texts[i] for i in present])
+        for flag in flags:
+            columns[flag][present] = scored[flag]
     out = prediction_table(probs, names)
-    out["truncated"] = truncated
+    for flag, values in columns.items():
+        out[flag] = values
     if len(present) < len(texts):
         log.warning("%d empty text(s) got no prediction (rows kept, prediction left blank).", len(texts) - len(present))
     return out
@@ -570,6 +592,14 @@ class Labeller:
         """The columns :meth:`predict_texts` gives."""
         return list(prediction_table(np.empty((0, len(self.names))), self.names).columns)
 
+    def companions(self, out_path: Path) -> list[Path]:
+        """The files a kind writes next to a labelled sheet (:meth:`wrote`), checked with it before any work.
+
+        Args:
+            out_path: the labelled sheet.
+        """
+        return []
+
     def wrote(self, result: pd.DataFrame, out_path: Path) -> None:
         """What a kind adds once a labelled sheet is written (a log line, a file next to it).
 
@@ -605,6 +635,12 @@ class Labeller:
             The input's columns followed by the prediction columns.
         """
         out_path = check_output(out_path, overwrite)
+        taken = [str(c) for c in self.companions(out_path) if c.exists() and not overwrite]
+        if taken:
+            raise FileExistsError(
+                f"{taken} exist(s), written with an earlier {out_path.name}: choose another output file, or pass "
+                f"overwrite=True (--overwrite on the command line)."
+            )
         table = read_sheet(in_path, [column], sheet, header_row, encoding, self.params)
         for problem, rows, action in table.notes:
             log.warning("%s: %d row(s) %s — %s", Path(in_path).name, len(rows), problem, action)

@@ -9,13 +9,15 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from helpers import DEMO_LABELLED, DEMO_UNLABELLED, TINY_WORDS
 from llm_server import ChatServer
 
 from nblib import baselines, labellers, llm, shares_pool
+from nblib.calibration import Calibration
 from nblib.codebook import Codebook
 from nblib.layout import ModelNotAvailableError
-from nblib.llm_api import ApiBackend
+from nblib.llm_api import ApiBackend, ApiError
 from nblib.settings import PredictSettings
 from nblib.sheets import DataError
 
@@ -44,7 +46,9 @@ def test_an_llm_run_labels_new_texts_with_its_final_prompt_calibrated_like_a_fin
     # the final prompt: one example per class from all labelled texts, fixed by the seed
     assert sorted(c for _, c in labeller.prompt.examples) == [0, 1, 2]
     assert {t for t, _ in labeller.prompt.examples} <= set(study.data.texts)
-    assert labeller.prompt == llm.final_prompt(study, labeller.prompt.with_examples(()), 1)
+    everything = np.arange(len(study.data.texts))
+    drawn = llm.draw_examples(study.data.texts, study.data.labels, everything, 1, study.settings.seed)
+    assert labeller.prompt.examples == tuple((t, c) for _, t, c in drawn)
     out = labeller.predict_texts(NEW, progress=False)
     assert list(out.columns) == ["pred_id", "pred_label", "prob_0", "prob_1", "prob_2"]
     assert out["pred_id"].isna().tolist() == [True, False, False, True] and out["pred_label"][0] == ""
@@ -71,7 +75,7 @@ def test_an_llm_run_labels_a_sheet_and_its_out_of_fold_errors_feed_the_class_sha
         "prob_1",
         "prob_2",
     ]
-    record = json.loads((tmp_path / "out_prompt.json").read_text())
+    record = json.loads((tmp_path / "out.xlsx.prompt.json").read_text())
     assert record["prompt"]["examples"] == [list(e) for e in labeller.prompt.examples]
     run = shares_pool.run_results(labeller.run_dir)
     got = shares_pool.pool_from_table(table, run.config["label_names"], run.predictions["text"], "Sentence", "show")
@@ -114,7 +118,7 @@ def test_an_api_run_is_reopened_with_its_settings_the_key_from_the_environment_a
     files = [p for p in study.path.rglob("*") if p.is_file()]
     assert not [p for p in files if KEY.encode() in p.read_bytes()]
     monkeypatch.delenv(KEY_ENV)
-    with pytest.raises(Exception, match=f"No API key: the environment variable {KEY_ENV}"):
+    with pytest.raises(ApiError, match=f"No API key: the environment variable {KEY_ENV}"):
         labellers.open_llm_run(study, res.name)
 
 
@@ -150,12 +154,61 @@ def test_bad_llm_runs_end_in_one_message(llm_run, tiny_study):
         labellers.open_llm_run(study, name)
     with pytest.raises(DataError, match="llm_run='x' and bert_run= are both given"):
         labellers.open_labeller(study, PredictSettings(llm_run="x", bert_run="bert_y"))
+    with pytest.raises(DataError, match="llm_run='x' and model_dir= are both given"):
+        labellers.open_labeller(study, PredictSettings(llm_run="x", model_dir="m"))
+    with pytest.raises(DataError, match=r"max_len=64, ensemble='folds' apply to a BERT model, not to llm_run='x'"):
+        labellers.open_labeller(study, PredictSettings(llm_run="x", max_len=64, ensemble="folds"))
+    if not torch.cuda.is_available():
+        with pytest.raises(DataError, match="device=cuda, but PyTorch sees no CUDA GPU"):
+            labellers.open_llm_run(study, name, device="cuda")
+
+
+@pytest.mark.parametrize(
+    "damage, file",
+    [
+        (lambda r: "{not json", "backend.json"),
+        (lambda r: json.dumps({**json.loads(r), "model": 5}), "backend.json"),
+        (lambda r: json.dumps({k: v for k, v in json.loads(r).items() if k != "chat"}), "backend.json"),
+        (lambda r: json.dumps({k: v for k, v in json.loads(r).items() if k != "verbalizations"}), "prompt.json"),
+        (lambda r: "[1, 2]", "prompt.json"),
+    ],
+)
+def test_a_damaged_run_record_is_one_message_naming_it(llm_run, damage, file):
+    study, name, _ = llm_run
+    path = study.run_folder(name).path / file
+    path.write_text(damage(path.read_text()))
+    with pytest.raises(DataError, match=rf"{file} is damaged .*rerun 07_llm with the run's settings"):
+        labellers.open_llm_run(study, name, device="cpu")
+
+
+def test_texts_the_backend_could_not_score_keep_their_rows_without_a_label(tmp_path, caplog):
+    class Partial:
+        name = "partial"
+
+        def score(self, prompt, texts):
+            probs = np.tile([0.6, 0.3, 0.1], (len(texts), 1))
+            probs[0] = np.nan  # the first non-empty text: no valid answer
+            return llm.Scores(probs, invalid=1)
+
+        def settings(self) -> dict:
+            return {"backend": "partial"}
+
+    cal = Calibration(1.0, (0.0, 1.0, 0.0))
+    labeller = labellers.LlmLabeller(tmp_path, Partial(), llm.Prompt("x"), ["a", "b", "c"], cal, 0)
+    out = labeller.predict_texts(["", "一", "二", "  "])
+    assert out["pred_id"].isna().tolist() == [True, True, False, True] and out["pred_label"].tolist()[:2] == ["", ""]
+    np.testing.assert_allclose(
+        out.loc[2, ["prob_a", "prob_b", "prob_c"]].to_numpy(float), cal.apply(np.array([[0.6, 0.3, 0.1]]))[0]
+    )
+    assert out.loc[2, "pred_label"] == "b"  # the class biases move the label
+    assert "1 text(s) got no valid answer from partial" in caplog.text and "2 empty text(s)" in caplog.text
 
 
 class _Fixed:
     """A backend that gives every text the same probabilities."""
 
     name = "fixed"
+    DECISIVE = ("backend",)
 
     def score(self, prompt: llm.Prompt, texts) -> llm.Scores:
         return llm.Scores(np.tile([0.5, 0.3, 0.2], (len(texts), 1)))
@@ -191,8 +244,14 @@ def test_05_labels_the_pool_and_estimates_shares_with_an_llm_run(run_notebook, t
     )
     out = next((study.path / "predictions").glob(f"demo_unlabelled_{res.name}.xlsx"))
     labelled = pd.read_excel(out)
-    assert len(labelled) == len(pd.read_excel(DEMO_UNLABELLED)) and labelled["pred_label"].notna().any()
-    assert (study.path / "predictions" / f"demo_unlabelled_{res.name}_prompt.json").exists()
+    probs = labelled.filter(like="prob_")
+    assert len(labelled) == len(pd.read_excel(DEMO_UNLABELLED)) and list(probs.columns) == [
+        f"prob_{n}" for n in study.data.label_names
+    ]
+    scored = probs.notna().all(axis=1)
+    assert scored.mean() > 0.95 and np.allclose(probs[scored].sum(axis=1), 1)
+    assert (labelled.loc[scored, "pred_id"] == probs[scored].to_numpy().argmax(1)).all()
+    assert (study.path / "predictions" / f"demo_unlabelled_{res.name}.xlsx.prompt.json").exists()
     shares = pd.read_csv(study.path / "predictions" / f"demo_unlabelled_{res.name}_shares.csv")
     assert shares["headline"].any() and shares["share"].between(0, 1).all()
     assert any(f"error rates from the out-of-fold predictions of {res.name}" in str(c.get("outputs")) for c in nb.cells)

@@ -186,6 +186,8 @@ class Counting:
     def __init__(self, refuse: bool = False, unscored: int = 0):
         self.name, self.calls, self.prompts, self.refuse, self.unscored = "stub", 0, [], refuse, unscored
 
+    DECISIVE = ("backend",)
+
     def settings(self) -> dict:
         return {"backend": "stub"}
 
@@ -228,6 +230,10 @@ def test_llm_run_on_the_folds_keeps_examples_out_of_each_test_fold_and_a_rerun_i
     pd.testing.assert_frame_equal(again.predictions, res.predictions)
     named = llm.run_llm_folds(study, Counting(refuse=True), prompt, k=2, template="分类：{codebook}", which=[0, 2])
     pd.testing.assert_frame_equal(named.predictions, res.predictions)  # folds named but finished: kept, not rescored
+    other = Counting(refuse=True)
+    other.settings = lambda: {"backend": "other server"}
+    with pytest.raises(DataError, match="was scored with other backend settings \\(backend: 'stub' recorded, 'other"):
+        llm.run_llm_folds(study, other, prompt, k=2, template="分类：{codebook}")
 
 
 def test_a_fold_with_texts_the_backend_could_not_score_is_not_saved_and_never_given_a_class(tiny_study):

@@ -121,6 +121,22 @@ def test_predictions_keep_formula_like_texts_as_text_and_mark_truncated_ones(tmp
     assert back["pred_label"].notna().all()
 
 
+def test_the_saved_model_labeller_gives_what_predict_texts_gives_and_checks_its_companions(tmp_path, saved_model):
+    labeller = predict.open_saved_model(saved_model, batch_size=2, device="cpu")
+    texts = ["只此青绿", "", "文物三刷"]
+    expected = predict.predict_texts(*predict.load_model(saved_model), texts, progress=False)
+    pd.testing.assert_frame_equal(labeller.predict_texts(texts, progress=False), expected)
+    assert labeller.names == ["节目制作", "文物典籍", "文化精神", "无关"] and labeller.label == saved_model.parent.name
+    assert labeller.columns() == list(expected.columns) and labeller.run_dir == saved_model.parent
+    pd.DataFrame({"Sentence": texts}).to_csv(tmp_path / "in.csv", index=False)
+    taken = tmp_path / "out.csv.note"
+    taken.write_text("earlier")
+    labeller.companions = lambda out: [taken]  # a kind that writes a file next to its sheet
+    with pytest.raises(FileExistsError, match="out.csv.note.*choose another output file"):
+        labeller.predict_file(tmp_path / "in.csv", tmp_path / "out.csv")
+    assert not (tmp_path / "out.csv").exists() and taken.read_text() == "earlier"
+
+
 def test_predictions_do_not_mix_with_earlier_ones(tmp_path, saved_model):
     pd.DataFrame({"Sentence": ["好"], "pred_label": ["旧"]}).to_excel(tmp_path / "in.xlsx", index=False)
     with pytest.raises(nbdata.DataError, match=r"already has column\(s\) \['pred_label'\]"):
