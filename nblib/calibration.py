@@ -256,11 +256,13 @@ def pooled_calibration(
     """
     scaled = apply_per_fold(probs, folds, temperature_calibrations(temperatures))
     bias = fit_class_bias(scaled, np.asarray(labels))
-    where = (
-        f"temperature: the median of folds' validation temperatures; class biases: the out-of-fold outputs "
-        f"of folds {', '.join(str(int(k)) for k in np.unique(folds))}, {len(scaled)} texts"
-    )
     temps = list(temperatures.values())
+    temperature = "the median of folds' validation temperatures" if temps else "1, the folds fitted none"
+    where = (
+        f"temperature: {temperature}; "
+        f"class biases: the out-of-fold outputs of folds {', '.join(str(int(k)) for k in np.unique(folds))}, "
+        f"{len(scaled)} texts"
+    )
     return Calibration(float(np.median(temps)) if temps else 1.0, tuple(float(b) for b in bias), where)
 
 

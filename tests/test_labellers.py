@@ -55,6 +55,7 @@ def test_an_llm_run_labels_new_texts_with_its_final_prompt_calibrated_like_a_fin
     raw = backend.score(labeller.prompt, NEW[1:3]).probs
     cal = study.run(name).pooled_calibration()
     assert cal.bias is not None and labeller.calibration == cal  # class biases fitted on the out-of-fold outputs
+    assert cal.temperature == 1 and "temperature: 1, the folds fitted none" in labeller.describe()
     np.testing.assert_allclose(out.loc[1:2, ["prob_0", "prob_1", "prob_2"]].to_numpy(), cal.apply(raw), atol=1e-6)
     assert out.loc[1:2, "pred_id"].tolist() == cal.apply(raw).argmax(1).tolist()
 
