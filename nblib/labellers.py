@@ -232,7 +232,8 @@ def open_labeller(
         params: how the caller names its parameters, for the messages.
 
     Raises:
-        DataError: ``llm_run`` given together with ``bert_run`` or ``model_dir``.
+        DataError: ``llm_run`` given together with ``bert_run`` or ``model_dir``, or with BERT's ``max_len``,
+            ``truncation`` or ``ensemble="folds"``.
     """
     s = settings
     if s.llm_run:
