@@ -20,13 +20,13 @@ import resource, sys, torch
 from nblib.hardware import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
-def step():  # tensors of 1-8 MiB alive together, then freed, as in a training step
-    held = [torch.ones(n << 18) for n in (1, 3, 8, 2, 5)]
+def step():  # ten 8 MiB tensors alive together, then freed, as in a training step
+    held = [torch.ones(8 << 18) for _ in range(10)]
     return sum(t.sum() for t in held)
 for _ in range(3):  # warm-up: the first touches fault in any case
     step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(100):
+for _ in range(30):
     step()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
@@ -39,9 +39,10 @@ def _page_faults(mode: str) -> int:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_keep_freed_memory_stops_refaulting_tensor_memory():
-    default, kept = _page_faults("default"), _page_faults("keep")
-    assert default > 100 * 2000  # glibc gives the 19 MiB back each step: ~4,900 pages faulted in again
-    assert kept < default / 20
+    # Kept: the 80 MiB a step stay mapped, so the steps fault (almost) nothing in again. The default is not asserted:
+    # glibc's dynamic thresholds and transparent huge pages make it vary from run to run (ten runs on one machine:
+    # 613,440 faults in eight, 0 in two), while without the setting this probe faulted ~613,000 pages in most runs.
+    assert _page_faults("keep") < 30 * 1000
 
 
 def test_keep_freed_memory_is_idempotent():
