@@ -32,6 +32,30 @@ def write_tiny_sheet(folder: Path, n_per_class: int = 12, name: str = "tiny.csv"
     return path
 
 
+def tiny_fold(folder: Path, n_per_class: int, n_train: int, n_val: int, hidden: int = 64) -> dict:
+    """A tiny random BERT built from the tiny sheet and one fold of its texts, as ``bert.prepare``'s keyword
+    arguments: ``n_train`` training texts, ``n_val`` validation texts (0: none), the rest test."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from nblib import bert
+    from nblib.data import load_labelled
+
+    d = load_labelled(write_tiny_sheet(folder, n_per_class))
+    enc = str(bert.build_tiny_encoder(d.texts, Path(folder) / "enc", hidden=hidden))
+    tok = AutoTokenizer.from_pretrained(enc)
+    ds = bert.Encoded(tok, d.texts, 32, d.labels)
+    rows = np.random.default_rng(0).permutation(len(d.texts))
+    return dict(
+        source=enc,
+        label_names=d.label_names,
+        tokenizer=tok,
+        train=ds.subset(rows[:n_train]),
+        val=ds.subset(rows[n_train : n_train + n_val]) if n_val else None,
+        test=ds.subset(rows[n_train + n_val :]),
+    )
+
+
 def cell_text(nb, tag: str | None = None) -> str:
     """All source and text output of a notebook's code cells (or of those with a tag), for assertions."""
     parts = []

@@ -22,7 +22,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from helpers import DEMO_LABELLED, ROOT, write_tiny_sheet
+from helpers import DEMO_LABELLED, ROOT, tiny_fold, write_tiny_sheet
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertModel
 
 from nblib import bert, bert_cv, hardware, results
@@ -434,20 +434,7 @@ def test_ddp_needs_a_gpu_per_process_and_the_final_model_uses_one_process_per_gp
 
 def fold_inputs(tmp_path, write_sheet) -> dict:
     """The keyword arguments of bert.fine_tune for a tiny fold: 12 training texts, 6 test texts, no validation."""
-    d = tiny_data(tmp_path, n_per_class=6)
-    enc = str(bert.build_tiny_encoder(d.texts, tmp_path / "enc"))
-    tok = AutoTokenizer.from_pretrained(enc)
-    ds = bert.Encoded(tok, d.texts, 32, d.labels)
-    rows = np.random.default_rng(0).permutation(len(d.texts))
-    return dict(
-        source=enc,
-        label_names=d.label_names,
-        tokenizer=tok,
-        train=ds.subset(rows[:12]),
-        val=None,
-        test=ds.subset(rows[12:]),
-        select_on="val_macro_f1",
-    )
+    return tiny_fold(tmp_path, 6, n_train=12, n_val=0) | {"select_on": "val_macro_f1"}
 
 
 def run_out_of_memory(module, args):

@@ -11,11 +11,9 @@ import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from helpers import write_tiny_sheet
-from transformers import AutoTokenizer
+from helpers import tiny_fold, write_tiny_sheet
 
 from nblib import baselines, bert, bert_cv
-from nblib.data import load_labelled
 from nblib.metrics import validation_scores
 from nblib.settings import from_params
 from nblib.study import open_study
@@ -32,19 +30,7 @@ def fresh_accelerate_state():
 @pytest.fixture
 def fold(tmp_path) -> dict:
     """A tiny random BERT built from a tiny sheet, and a fold of it: 30 training, 6 validation, 9 test texts."""
-    d = load_labelled(write_tiny_sheet(tmp_path, 15))
-    enc = str(bert.build_tiny_encoder(d.texts, tmp_path / "enc", hidden=32))
-    tok = AutoTokenizer.from_pretrained(enc)
-    ds = bert.Encoded(tok, d.texts, 32, d.labels)
-    rows = np.random.default_rng(0).permutation(len(d.texts))
-    return dict(
-        source=enc,
-        label_names=d.label_names,
-        tokenizer=tok,
-        train=ds.subset(rows[:30]),
-        val=ds.subset(rows[30:36]),
-        test=ds.subset(rows[36:]),
-    )
+    return tiny_fold(tmp_path, 15, n_train=30, n_val=6, hidden=32)
 
 
 SETTINGS = bert.TrainSettings(epochs=3, batch_size=8, lr=1e-3)
