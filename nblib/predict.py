@@ -447,10 +447,13 @@ def _check(
     check_device(device, params)
 
 
-def _columns(model: PreTrainedModel) -> list[str]:
-    """The columns of a prediction table (:func:`predict_texts`)."""
-    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    return ["pred_id", "pred_label", *[f"prob_{n}" for n in names], "truncated"]
+def class_names(model: PreTrainedModel) -> list[str]:
+    """A classifier's class names, in label-id order (its ``id2label``).
+
+    Args:
+        model: the classifier.
+    """
+    return [model.config.id2label[i] for i in range(model.config.num_labels)]
 
 
 def _predict(
@@ -466,7 +469,7 @@ def _predict(
 ) -> pd.DataFrame:
     """:func:`predict_texts` with ``max_len`` and ``truncation`` settled."""
     _check(model, tokenizer, batch_size, max_len, device, params)
-    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    names = class_names(model)
 
     def score(present: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         accelerator = Accelerator(cpu=device == "cpu" or not torch.cuda.is_available())
@@ -674,7 +677,7 @@ class SavedModelLabeller(Labeller):
     @property
     def names(self) -> list[str]:
         """The class names, in label-id order."""
-        return [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
+        return class_names(self.model)
 
     @property
     def run_dir(self) -> Path:
@@ -715,7 +718,7 @@ class SavedModelLabeller(Labeller):
 
     def columns(self) -> list[str]:
         """The columns :meth:`predict_texts` gives (``truncated`` last)."""
-        return _columns(self.model)
+        return [*super().columns(), "truncated"]
 
     def wrote(self, result: pd.DataFrame, out_path: Path) -> None:
         """Log how many texts were cut.
